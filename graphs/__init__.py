@@ -1,0 +1,1 @@
+"""Ready-made LangGraph graphs backed by MemOS."""

@@ -1,0 +1,60 @@
+"""`memory_agent`: a chat agent that recalls before answering and remembers after.
+
+    recall -> respond -> remember
+
+Invoke with `config={"configurable": {"user_id": "alice", "thread_id": "t1"}}`; memory is
+per user and persists across threads and runs (it lives in MemOS, not in the checkpointer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, MessagesState, StateGraph
+from memos_agents.langgraph.nodes import recall_node, remember_node
+
+from memos_agents.mos import MemOS
+
+from .common import agent_step, default_chat_model
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant with long-term memory. Use what you remember about the user "
+    "when it helps, and do not invent memories."
+)
+
+
+class MemoryAgentState(MessagesState):
+    memories: list[dict[str, Any]]
+
+
+def build_memory_agent(
+    mem: MemOS,
+    model: BaseChatModel,
+    *,
+    k: int = 5,
+    vault: str | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+    checkpointer: Any = None,
+    mode: str = "fast",
+) -> Any:
+    """Compile the memory agent over `mem` with any LangChain chat model."""
+    builder = StateGraph(MemoryAgentState)
+    builder.add_sequence(
+        [
+            ("recall", recall_node(mem, k=k, vault=vault)),
+            ("respond", agent_step(model, system_prompt)),
+            ("remember", remember_node(mem, vault=vault, mode=mode)),
+        ]
+    )
+    builder.add_edge(START, "recall")
+    builder.add_edge("remember", END)
+    return builder.compile(checkpointer=checkpointer, name="memory_agent")
+
+
+def make_graph(config: RunnableConfig | None = None) -> Any:
+    """Entry point for `langgraph.json`: MemOS at `MEMOS_DATA_DIR` (default ./.memos), the chat
+    model of `MEMOS_CHAT_MODEL` or else the local model process."""
+    mem = MemOS.open()
+    return build_memory_agent(mem, default_chat_model(mem))

@@ -1,0 +1,420 @@
+"""The catalog: cubes and every version of them, in SQLite or PostgreSQL through SQLAlchemy 2.
+
+The catalog is the source of truth. Each cube row carries an `index_state`:
+`pending` until the vector index and graph agree with the row, then `committed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .cube import MemCube, State, VersionRecord
+from .errors import NotFound, StoreError
+
+PENDING = "pending"
+COMMITTED = "committed"
+SCHEMA_VERSION = "1"
+
+metadata = MetaData()
+
+cubes_t = Table(
+    "memos_cubes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("vault", String(256), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("agent_id", String(256)),
+    Column("session_id", String(256)),
+    Column("form", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("index_state", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("valid_from", Float),
+    Column("importance", Float, nullable=False),
+    Column("access_count", Integer, nullable=False, default=0),
+    Column("last_accessed_at", Float),
+    Column("data", Text, nullable=False),
+    Index("ix_memos_cubes_scope", "vault", "user_id", "state"),
+    Index("ix_memos_cubes_index_state", "index_state"),
+)
+
+versions_t = Table(
+    "memos_cube_versions",
+    metadata,
+    Column("cube_id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("op", String(32), nullable=False),
+    Column("changed_by", String(256), nullable=False),
+    Column("changed_at", Float, nullable=False),
+    Column("data", Text, nullable=False),
+)
+
+meta_t = Table(
+    "memos_meta",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+def ts(dt: datetime | None) -> float | None:
+    return None if dt is None else dt.timestamp()
+
+
+def from_ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _row_values(cube: MemCube, index_state: str) -> dict[str, Any]:
+    lc = cube.lifecycle
+    return {
+        "id": cube.id,
+        "vault": cube.scope.vault,
+        "user_id": cube.scope.user_id,
+        "agent_id": cube.scope.agent_id,
+        "session_id": cube.scope.session_id,
+        "form": cube.form.value,
+        "state": lc.state.value,
+        "version": lc.version,
+        "index_state": index_state,
+        "created_at": ts(lc.created_at),
+        "updated_at": ts(lc.updated_at),
+        "expires_at": ts(lc.expires_at),
+        "valid_from": ts(lc.valid_from),
+        "importance": cube.organisation.importance,
+        "access_count": lc.access_count,
+        "last_accessed_at": ts(lc.last_accessed_at),
+        "data": cube.model_dump_json(),
+    }
+
+
+def _cube_from_row(row: Any) -> MemCube:
+    cube = MemCube.model_validate_json(row.data)
+    # Access bookkeeping and expiry change without a new version and live in columns.
+    cube.lifecycle.access_count = row.access_count
+    cube.lifecycle.last_accessed_at = from_ts(row.last_accessed_at)
+    cube.lifecycle.expires_at = from_ts(row.expires_at)
+    return cube
+
+
+class Catalog:
+    """Cubes, versions and settings in one relational database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise StoreError(f"cannot open catalog {url!r}: {exc}") from exc
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot create catalog tables in {url!r}: {exc}") from exc
+        if self.get_meta("schema_version") is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # settings
+    def get_meta(self, key: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar()
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.engine.begin() as c:
+            done = c.execute(update(meta_t).where(meta_t.c.key == key).values(value=value))
+            if done.rowcount == 0:
+                c.execute(insert(meta_t).values(key=key, value=value))
+
+    # writes
+    def insert(self, cubes: Sequence[MemCube], changed_by: str) -> None:
+        """Insert new cubes (pending) and their first version, all or nothing."""
+        if not cubes:
+            return
+        now = datetime.now(UTC).timestamp()
+        rows = [_row_values(c, PENDING) for c in cubes]
+        versions = [
+            {
+                "cube_id": c.id,
+                "version": c.lifecycle.version,
+                "op": "create",
+                "changed_by": changed_by,
+                "changed_at": now,
+                "data": r["data"],
+            }
+            for c, r in zip(cubes, rows, strict=True)
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(insert(cubes_t), rows)
+            conn.execute(insert(versions_t), versions)
+
+    def write_version(self, cube: MemCube, op: str, changed_by: str, expected_version: int) -> None:
+        """Store `cube` as a new version (pending re-index); fails if someone else wrote first."""
+        values = _row_values(cube, PENDING)
+        del values["id"], values["access_count"], values["last_accessed_at"]
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(cubes_t)
+                .where(cubes_t.c.id == cube.id, cubes_t.c.version == expected_version)
+                .values(**values)
+            )
+            if done.rowcount != 1:
+                raise StoreError(
+                    f"cube {cube.id} changed concurrently (expected version {expected_version})"
+                )
+            conn.execute(
+                insert(versions_t).values(
+                    cube_id=cube.id,
+                    version=cube.lifecycle.version,
+                    op=op,
+                    changed_by=changed_by,
+                    changed_at=ts(cube.lifecycle.updated_at),
+                    data=values["data"],
+                )
+            )
+
+    def insert_history(self, cube: MemCube, versions: Sequence[VersionRecord]) -> None:
+        """Insert a cube (pending) with its full version history, as imported."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(cubes_t).values(**_row_values(cube, PENDING)))
+            conn.execute(
+                insert(versions_t),
+                [
+                    {
+                        "cube_id": cube.id,
+                        "version": v.version,
+                        "op": v.op,
+                        "changed_by": v.changed_by,
+                        "changed_at": ts(v.changed_at),
+                        "data": v.cube.model_dump_json(),
+                    }
+                    for v in versions
+                ],
+            )
+
+    def mark_committed(self, ids: Iterable[str], versions: dict[str, int]) -> None:
+        """Mark rows whose index now matches `versions[id]` as committed (one UPDATE per
+        distinct version, not per row)."""
+        by_version: dict[int, list[str]] = {}
+        for cid in ids:
+            by_version.setdefault(versions[cid], []).append(cid)
+        with self.engine.begin() as conn:
+            for version, group in by_version.items():
+                for start in range(0, len(group), 500):
+                    conn.execute(
+                        update(cubes_t)
+                        .where(
+                            cubes_t.c.id.in_(group[start : start + 500]),
+                            cubes_t.c.version == version,
+                        )
+                        .values(index_state=COMMITTED)
+                    )
+
+    def touch(self, ids: Sequence[str], at: datetime) -> None:
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(cubes_t)
+                .where(cubes_t.c.id.in_(list(ids)))
+                .values(access_count=cubes_t.c.access_count + 1, last_accessed_at=ts(at))
+            )
+
+    def set_expiry(self, expiries: dict[str, datetime | None]) -> None:
+        """Move cubes' expiry (a TTL refresh) without writing a new version."""
+        with self.engine.begin() as conn:
+            for cid, when in expiries.items():
+                conn.execute(update(cubes_t).where(cubes_t.c.id == cid).values(expires_at=ts(when)))
+
+    def purge(self, cube_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(versions_t).where(versions_t.c.cube_id == cube_id))
+            conn.execute(delete(cubes_t).where(cubes_t.c.id == cube_id))
+
+    # reads
+    def get(self, cube_id: str) -> MemCube:
+        found = self.get_many([cube_id])
+        if cube_id not in found:
+            raise NotFound(f"no cube with id {cube_id!r}")
+        return found[cube_id]
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, MemCube]:
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(cubes_t).where(cubes_t.c.id.in_(list(ids)))).all()
+        return {r.id: _cube_from_row(r) for r in rows}
+
+    def past_expiry(self, now: datetime, limit: int = 10_000) -> list[MemCube]:
+        """Active cubes whose TTL has run out."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(cubes_t)
+                .where(cubes_t.c.state == State.active.value, cubes_t.c.expires_at <= ts(now))
+                .limit(limit)
+            ).all()
+        return [_cube_from_row(r) for r in rows]
+
+    def vaults(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(cubes_t.c.vault).distinct()).scalars())
+
+    def pending(self, limit: int = 1000) -> list[MemCube]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(cubes_t).where(cubes_t.c.index_state == PENDING).limit(limit)
+            ).all()
+        return [_cube_from_row(r) for r in rows]
+
+    def list(
+        self,
+        *,
+        vault: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        states: Sequence[State] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[MemCube]:
+        q = select(cubes_t)
+        if vault is not None:
+            q = q.where(cubes_t.c.vault == vault)
+        if user_id is not None:
+            q = q.where(cubes_t.c.user_id == user_id)
+        if session_id is not None:
+            q = q.where(cubes_t.c.session_id == session_id)
+        if states:
+            q = q.where(cubes_t.c.state.in_([s.value for s in states]))
+        q = q.order_by(cubes_t.c.created_at, cubes_t.c.id).limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            return [_cube_from_row(r) for r in conn.execute(q).all()]
+
+    def histories(self, vault: str, user_id: str) -> dict[str, list[VersionRecord]]:
+        """Every version of every cube in one scope, grouped by cube, oldest first."""
+        q = (
+            select(versions_t)
+            .join(cubes_t, cubes_t.c.id == versions_t.c.cube_id)
+            .where(cubes_t.c.vault == vault, cubes_t.c.user_id == user_id)
+            .order_by(versions_t.c.cube_id, versions_t.c.version)
+        )
+        out: dict[str, list[VersionRecord]] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                out.setdefault(r.cube_id, []).append(_version_of(r))
+        return out
+
+    def history(self, cube_id: str) -> list[VersionRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(versions_t)
+                .where(versions_t.c.cube_id == cube_id)
+                .order_by(versions_t.c.version)
+            ).all()
+        if not rows:
+            raise NotFound(f"no cube with id {cube_id!r}")
+        return [_version_of(r) for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            by_state = dict(
+                conn.execute(select(cubes_t.c.state, func.count()).group_by(cubes_t.c.state)).all()
+            )
+            by_form = dict(
+                conn.execute(select(cubes_t.c.form, func.count()).group_by(cubes_t.c.form)).all()
+            )
+            users = conn.execute(select(func.count(func.distinct(cubes_t.c.user_id)))).scalar()
+            vaults = conn.execute(select(func.count(func.distinct(cubes_t.c.vault)))).scalar()
+            versions = conn.execute(select(func.count()).select_from(versions_t)).scalar()
+            pending = conn.execute(
+                select(func.count()).where(cubes_t.c.index_state == PENDING)
+            ).scalar()
+        return {
+            "cubes": sum(by_state.values()),
+            "by_state": by_state,
+            "by_form": by_form,
+            "users": users,
+            "vaults": vaults,
+            "versions": versions,
+            "pending_index": pending,
+        }
+
+    def count_users(self, vault: str, at: datetime | None = None) -> dict[str, int]:
+        """Active cubes per user_id in `vault`; with `at`, only those not expired by then."""
+        q = (
+            select(cubes_t.c.user_id, func.count())
+            .where(cubes_t.c.vault == vault, cubes_t.c.state == State.active.value)
+            .group_by(cubes_t.c.user_id)
+        )
+        if at is not None:
+            q = q.where(cubes_t.c.expires_at.is_(None) | (cubes_t.c.expires_at > ts(at)))
+        with self.engine.connect() as conn:
+            return dict(conn.execute(q).all())
+
+    def live(
+        self, vault: str, user_ids: Sequence[str], at: datetime, limit: int | None = None
+    ) -> list[MemCube]:
+        """Active cubes of these users in `vault` not expired at `at`, latest update first."""
+        q = (
+            select(cubes_t)
+            .where(
+                cubes_t.c.vault == vault,
+                cubes_t.c.state == State.active.value,
+                cubes_t.c.expires_at.is_(None) | (cubes_t.c.expires_at > ts(at)),
+            )
+            .order_by(cubes_t.c.updated_at.desc(), cubes_t.c.id)
+            .limit(limit)
+        )
+        rows: list[Any] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(user_ids), 500):  # stay under bound-parameter limits
+                group = list(user_ids[start : start + 500])
+                rows.extend(conn.execute(q.where(cubes_t.c.user_id.in_(group))).all())
+        rows.sort(key=lambda r: (-r.updated_at, r.id))
+        return [_cube_from_row(r) for r in rows[:limit]]
+
+
+def _version_of(row: Any) -> VersionRecord:
+    return VersionRecord(
+        cube_id=row.cube_id,
+        version=row.version,
+        op=row.op,
+        changed_by=row.changed_by,
+        changed_at=from_ts(row.changed_at),
+        cube=MemCube.model_validate_json(row.data),
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

@@ -1,0 +1,203 @@
+"""The MemCube: one memory, one id, three forms; scope, provenance, lifecycle, governance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .redaction import Redaction
+
+MAX_ID_LEN = 256
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Form(StrEnum):
+    plaintext = "plaintext"
+    activation = "activation"
+    parameter = "parameter"
+
+
+class State(StrEnum):
+    active = "active"
+    archived = "archived"
+    frozen = "frozen"
+    expired = "expired"
+    superseded = "superseded"
+    deleted = "deleted"
+
+
+class Visibility(StrEnum):
+    private = "private"
+    shared = "shared"
+    public = "public"
+
+
+class SourceKind(StrEnum):
+    message = "message"
+    document = "document"
+    extraction = "extraction"
+    api = "api"
+    import_ = "import"
+    derived = "derived"
+
+
+def check_name(value: str, what: str) -> str:
+    """A scope name: a non-empty string without control characters."""
+    from .errors import InvalidInput
+
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInput(f"{what} must not be empty")
+    if len(value) > MAX_ID_LEN:
+        raise InvalidInput(f"{what} is longer than {MAX_ID_LEN} characters")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidInput(f"{what} must not contain control characters")
+    return value
+
+
+class Scope(BaseModel):
+    """Where a cube belongs: a vault, and inside it one user (and optionally agent and session)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vault: str = "default"
+    user_id: str
+    agent_id: str | None = None
+    session_id: str | None = None
+
+    @field_validator("vault", "user_id")
+    @classmethod
+    def _required(cls, v: str, info: Any) -> str:
+        return check_name(v, info.field_name)
+
+    @field_validator("agent_id", "session_id")
+    @classmethod
+    def _optional(cls, v: str | None, info: Any) -> str | None:
+        return None if v is None else check_name(v, info.field_name)
+
+
+class Provenance(BaseModel):
+    """Where the content came from and who made the cube."""
+
+    source_kind: SourceKind = SourceKind.api
+    source_refs: list[str] = Field(default_factory=list)
+    derived_from: list[str] = Field(default_factory=list)
+    created_by: str
+    speaker: str | None = None
+    role: str | None = None
+
+
+class Lifecycle(BaseModel):
+    """Versions and times: `valid_*` is when the fact held, the rest when it was stored."""
+
+    state: State = State.active
+    version: int = 1
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    last_accessed_at: datetime | None = None
+    access_count: int = 0
+    expires_at: datetime | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+
+
+class Governance(BaseModel):
+    visibility: Visibility = Visibility.private
+    fingerprint: str = ""
+    redactions: list[Redaction] = Field(default_factory=list)
+
+
+class Organisation(BaseModel):
+    tags: list[str] = Field(default_factory=list)
+    topic: str | None = None
+    concept: str | None = None
+    entities: list[str] = Field(default_factory=list)
+    importance: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class MemCube(BaseModel):
+    """A unit of memory. `content` is text (plaintext) or a blob / adapter reference."""
+
+    id: str = Field(default_factory=new_id)
+    form: Form = Form.plaintext
+    content: str
+    scope: Scope
+    provenance: Provenance
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    governance: Governance = Field(default_factory=Governance)
+    organisation: Organisation = Field(default_factory=Organisation)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def compute_fingerprint(self) -> str:
+        """SHA-256 over what the cube says and where it belongs (not its bookkeeping)."""
+        body = json.dumps(
+            {
+                "form": self.form.value,
+                "content": self.content,
+                "scope": self.scope.model_dump(mode="json"),
+                "version": self.lifecycle.version,
+            },
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def seal(self) -> MemCube:
+        """Set the fingerprint from the current content; returns self."""
+        self.governance.fingerprint = self.compute_fingerprint()
+        return self
+
+    @property
+    def intact(self) -> bool:
+        return self.governance.fingerprint == self.compute_fingerprint()
+
+    def is_live(self, now: datetime | None = None) -> bool:
+        """Active or frozen, and not past its TTL."""
+        if self.lifecycle.state not in (State.active, State.frozen):
+            return False
+        exp = self.lifecycle.expires_at
+        return exp is None or exp > (now or utcnow())
+
+    @property
+    def text(self) -> str:
+        return self.content
+
+
+class SearchHit(BaseModel):
+    """One search result: the cube and how well it matched (cosine similarity, 1 is best)."""
+
+    cube: MemCube
+    score: float
+
+    @property
+    def id(self) -> str:
+        return self.cube.id
+
+    @property
+    def text(self) -> str:
+        return self.cube.content
+
+
+class VersionRecord(BaseModel):
+    """One entry of a cube's history: a full snapshot and who changed it, when, how."""
+
+    cube_id: str
+    version: int
+    op: str
+    changed_by: str
+    changed_at: datetime
+    cube: MemCube

@@ -1,0 +1,221 @@
+"""`memos-agents model ...`: the local model process and the memory forms it serves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="The local model process: activation (KV) and parameter (LoRA) memory.")
+
+DirOpt = Annotated[Path, typer.Option("--dir", "-d", envvar="MEMOS_DIR", help="data directory")]
+UserOpt = Annotated[str, typer.Option("--user", "-u", help="user id")]
+VaultOpt = Annotated[str | None, typer.Option("--vault", help="vault name")]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", envvar="MEMOS_MODEL_URL", help="a running model server (ours or vLLM)"),
+]
+CubesOpt = Annotated[list[str] | None, typer.Option("--cube", "-c", help="cube id (repeatable)")]
+
+
+def _opened(data_dir: Path) -> Any:
+    from ..cli import opened
+
+    return opened(data_dir)
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="HF model id, folder or .gguf (default: packaged SmolLM2)")
+    ] = None,
+    port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
+    host: str = "127.0.0.1",
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    kv_budget_mb: Annotated[int, typer.Option(help="bytes of KV caches held in memory")] = 1024,
+    dtype: str = "float32",
+    device: str = "cpu",
+    data_dir: DirOpt = Path(".memos"),
+    log_level: str = "warning",
+) -> None:
+    """Serve a causal LM on loopback with the OpenAI API and vLLM's LoRA endpoints, in the
+    foreground. MemOS processes on the same data dir find it."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if model is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .memory import MODEL_CACHE_ENV
+    from .server import serve as run
+
+    cache = Path(os.environ.get(MODEL_CACHE_ENV) or data_dir / "models")
+    run(
+        model,
+        host=host,
+        port=port,
+        cache_dir=cache,
+        dtype=dtype,
+        device=device,
+        threads=threads,
+        kv_budget_mb=kv_budget_mb,
+        state_file=data_dir / "model" / "server.json",
+        log_level=log_level,
+    )
+
+
+@app.command()
+def status(data_dir: DirOpt = Path(".memos"), url: UrlOpt = None) -> None:
+    """What the model process of this data dir (or at --url) serves, and its KV pool."""
+    from ..cli import _dump, console
+    from .client import ModelClient, ModelProcess
+
+    if url is None:
+        proc = ModelProcess.find(data_dir / "model")
+        if proc is None:
+            console.print("no model process is running for this data dir")
+            raise typer.Exit(1)
+        url = proc.url
+    client = ModelClient(url)
+    try:
+        _dump({"url": client.url, **client.info(), "models": client.models()})
+    finally:
+        client.close()
+
+
+@app.command()
+def stop(data_dir: DirOpt = Path(".memos")) -> None:
+    """Stop the model process of this data dir."""
+    from ..cli import console
+    from .client import ModelProcess
+
+    proc = ModelProcess.find(data_dir / "model")
+    if proc is None or not proc.stop():
+        console.print("no model process was running")
+    else:
+        console.print(f"stopped model process {proc.pid}")
+
+
+@app.command()
+def build(
+    user: UserOpt,
+    cube: CubesOpt = None,
+    name: str | None = None,
+    vault: VaultOpt = None,
+    url: UrlOpt = None,
+    data_dir: DirOpt = Path(".memos"),
+) -> None:
+    """Build activation memory (a KV cache) of these plaintext memories."""
+    from ..cli import _dump
+
+    if not cube:
+        raise typer.BadParameter("give at least one --cube")
+    with _opened(data_dir) as mem:
+        mem.model(url)
+        act = mem.build_activation(cube, user_id=user, vault=vault, name=name)
+        _dump(
+            {
+                "id": act.id,
+                "version": act.lifecycle.version,
+                "content": act.content,
+                **{k: act.metadata.get(k) for k in ("tokens", "bytes", "build_s", "fingerprint")},
+            }
+        )
+
+
+@app.command()
+def distil(
+    user: UserOpt,
+    cube: CubesOpt = None,
+    tag: str | None = None,
+    name: str | None = None,
+    steps: int = 30,
+    lr: float = 1e-3,
+    rank: int = 8,
+    vault: VaultOpt = None,
+    url: UrlOpt = None,
+    data_dir: DirOpt = Path(".memos"),
+) -> None:
+    """Distil plaintext memories (ids or a tag) into a LoRA adapter (parameter memory)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ..cli import _dump, err
+
+    with (
+        _opened(data_dir) as mem,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            "loss {task.fields[loss]}",
+            TimeElapsedColumn(),
+            console=err,
+        ) as bar,
+    ):
+        mem.model(url)
+        task = bar.add_task(f"distil {name or tag or ''}".strip(), total=steps, loss="-")
+
+        def progress(event: dict[str, Any]) -> None:
+            bar.update(task, completed=event["step"], loss=f"{event['loss']:.3f}")
+
+        p = mem.distil(
+            cube or None,
+            user_id=user,
+            vault=vault,
+            tag=tag,
+            name=name,
+            steps=steps,
+            lr=lr,
+            rank=rank,
+            progress=progress,
+        )
+        _dump(
+            {
+                "id": p.id,
+                "version": p.lifecycle.version,
+                "content": p.content,
+                **{k: p.metadata.get(k) for k in ("loss_start", "loss_end", "seconds", "bytes")},
+            }
+        )
+
+
+@app.command()
+def generate(
+    prompt: str,
+    user: UserOpt,
+    memory: Annotated[list[str] | None, typer.Option("--memory", "-m", help="plaintext id")] = None,
+    activation: Annotated[str | None, typer.Option(help="activation cube id")] = None,
+    parameter: Annotated[str | None, typer.Option(help="parameter cube id")] = None,
+    plan: Annotated[bool, typer.Option(help="let the scheduler choose the memories")] = False,
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    vault: VaultOpt = None,
+    url: UrlOpt = None,
+    data_dir: DirOpt = Path(".memos"),
+) -> None:
+    """Answer PROMPT with the local model and the memories given (streamed)."""
+    from ..cli import console, err
+
+    with _opened(data_dir) as mem:
+        mem.model(url)
+        the_plan = mem.scheduler.plan(prompt, user_id=user, vault=vault) if plan else None
+        if the_plan is not None:
+            err.print(the_plan.explain(), markup=False)
+        out = mem.generate(
+            prompt,
+            user_id=user,
+            vault=vault,
+            memories=memory,
+            activation=activation,
+            parameter=parameter,
+            plan=the_plan,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            on_token=lambda t: console.print(t, end="", markup=False, highlight=False),
+        )
+        console.print()
+        err.print(
+            json.dumps(
+                {"ttft_s": out.ttft_s, "cached_tokens": out.cached_tokens, "usage": out.usage}
+            )
+        )

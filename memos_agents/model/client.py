@@ -1,0 +1,504 @@
+"""Talking to a model process (ours or any OpenAI-compatible server such as vLLM), and starting,
+finding and stopping ours.
+
+No torch here: a MemOS process that uses a local model only speaks HTTP to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import MemOSError
+
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+START_TIMEOUT = float(os.environ.get("MEMOS_MODEL_START_TIMEOUT", "900"))
+
+
+class ModelError(MemOSError):
+    """The model process refused a request or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class ActivationRefused(ModelError):
+    """An activation (KV cache) cube does not fit: another model, or its sources changed."""
+
+
+class ModelUnavailable(ModelError):
+    """No model process answers at the URL, or one could not be started."""
+
+
+@dataclass
+class Completion:
+    """One chat completion, as the model process reported it."""
+
+    text: str
+    finish_reason: str | None
+    usage: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    ttft_s: float | None = None  # client side: request sent -> first content
+
+    @property
+    def cached_tokens(self) -> int:
+        return int((self.usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        err = resp.json().get("error") or {}
+        message, kind = err.get("message") or resp.text, err.get("type")
+    except ValueError:
+        message, kind = resp.text, None
+    cls = ActivationRefused if kind == "activation_refused" else ModelError
+    raise cls(f"model process: {message}", status=resp.status_code, kind=kind)
+
+
+class ModelClient:
+    """HTTP client of one model process. `is_memos` tells whether it is ours (KV blobs, score,
+    distil) or a plain OpenAI-compatible server."""
+
+    def __init__(self, url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        if self.url.endswith("/v1"):
+            self.url = self.url[:-3]
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._info: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    # discovery
+    def health(self, timeout: float = 2.0) -> bool:
+        try:
+            return self.http.get("/v1/models", timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def info(self, refresh: bool = False) -> dict[str, Any]:
+        """Model identity (`/v1/memos/info`); for a server that is not ours, what `/v1/models`
+        says, with `memos: False`."""
+        if self._info is None or refresh:
+            resp = self._request("GET", "/v1/memos/info")
+            if resp.status_code == 404:
+                models = self.models()
+                base = next((m for m in models if not m.get("parent")), models[0] if models else {})
+                self._info = {"memos": False, "model": base.get("id"), "revision": None}
+            else:
+                _raise_for(resp)
+                self._info = resp.json()
+        return self._info
+
+    @property
+    def is_memos(self) -> bool:
+        return bool(self.info().get("memos"))
+
+    @property
+    def model_name(self) -> str:
+        return str(self.info()["model"])
+
+    def models(self) -> list[dict[str, Any]]:
+        resp = self._request("GET", "/v1/models")
+        _raise_for(resp)
+        return list(resp.json().get("data") or [])
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise ModelUnavailable(f"no model process answers at {self.url}: {exc}") from exc
+
+    # chat
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        activation: dict[str, Any] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Completion:
+        """A chat completion, always streamed so `ttft_s` is measured; `on_token` sees each
+        piece of text as it arrives."""
+        parts: list[str] = []
+        result = Completion(text="", finish_reason=None)
+        for event in self.stream(
+            messages,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            seed=seed,
+            activation=activation,
+            _result=result,
+        ):
+            parts.append(event)
+            if on_token is not None:
+                on_token(event)
+        result.text = "".join(parts)
+        return result
+
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        activation: dict[str, Any] | None = None,
+        _result: Completion | None = None,
+    ) -> Iterator[str]:
+        body: dict[str, Any] = {
+            "model": model or self.model_name,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if stop:
+            body["stop"] = stop
+        if seed is not None:
+            body["seed"] = seed
+        if activation is not None:
+            body["memos_activation"] = activation
+        result = _result if _result is not None else Completion(text="", finish_reason=None)
+        sent = time.perf_counter()
+        try:
+            with self.http.stream("POST", "/v1/chat/completions", json=body) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if "error" in event:
+                        raise ModelError(f"model process: {event['error'].get('message')}")
+                    if event.get("usage"):
+                        result.usage = event["usage"]
+                    if event.get("memos"):
+                        result.timings = event["memos"].get("timings") or {}
+                    for choice in event.get("choices") or []:
+                        if choice.get("finish_reason"):
+                            result.finish_reason = choice["finish_reason"]
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            if result.ttft_s is None:
+                                result.ttft_s = time.perf_counter() - sent
+                            yield piece
+        except httpx.HTTPError as exc:
+            raise ModelUnavailable(f"no model process answers at {self.url}: {exc}") from exc
+
+    # LoRA (vLLM's runtime endpoints)
+    def load_adapter(self, name: str, path: str | Path) -> bool:
+        """Load an adapter under `name`; False if one of that name was already loaded."""
+        if any(m.get("id") == name for m in self.models()):
+            return False
+        resp = self._request(
+            "POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}
+        )
+        if resp.status_code == 400 and "already" in resp.text:
+            return False
+        _raise_for(resp)
+        return True
+
+    def unload_adapter(self, name: str) -> bool:
+        resp = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+        if resp.status_code == 404:
+            return False
+        _raise_for(resp)
+        return True
+
+    def adapters(self) -> list[str]:
+        return [m["id"] for m in self.models() if m.get("parent")]
+
+    # MemOS extensions
+    def _need_memos(self, what: str) -> None:
+        if not self.is_memos:
+            raise ModelError(
+                f"{what} needs a memos-agents model process; {self.url} is a plain "
+                "OpenAI-compatible server (with vLLM, enable prefix caching: memories are then "
+                "sent as text and their KV cache is reused by the server)"
+            )
+
+    def build_activation(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        fingerprint: str,
+        path: str | Path,
+        adapter: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        self._need_memos("building activation memory")
+        body = {
+            "messages": messages,
+            "fingerprint": fingerprint,
+            "path": str(path),
+            "model": adapter or self.model_name,
+            "meta": meta or {},
+        }
+        resp = self._request("POST", "/v1/memos/activation/build", json=body)
+        _raise_for(resp)
+        return resp.json()
+
+    def evict(self, fingerprint: str | None = None) -> int:
+        self._need_memos("evicting activation memory")
+        resp = self._request(
+            "POST", "/v1/memos/activation/evict", json={"fingerprint": fingerprint}
+        )
+        _raise_for(resp)
+        return int(resp.json()["evicted"])
+
+    def score(
+        self, items: list[dict[str, Any]], adapter: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Mean negative log-likelihood (and perplexity) of each item under the base model or
+        an adapter: {"text": ...} or {"messages": [...], "completion": ...}."""
+        self._need_memos("scoring")
+        resp = self._request(
+            "POST", "/v1/memos/score", json={"items": items, "model": adapter or self.model_name}
+        )
+        _raise_for(resp)
+        return list(resp.json()["scores"])
+
+    def distil(
+        self,
+        *,
+        name: str,
+        path: str | Path,
+        examples: list[dict[str, Any]],
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Train a LoRA adapter on `examples`; it is saved to `path` and stays loaded as `name`.
+        `progress` gets {"step", "steps", "loss"} after every step."""
+        self._need_memos("distilling parameter memory")
+        body = {"name": name, "path": str(path), "examples": examples, **options}
+        try:
+            with self.http.stream("POST", "/v1/memos/distil", json=body) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                for line in resp.iter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if "progress" in event:
+                        if progress is not None:
+                            progress(event["progress"])
+                    elif "error" in event:
+                        raise ModelError(
+                            f"model process: {event['error']['message']}",
+                            status=event["error"].get("code"),
+                        )
+                    elif "result" in event:
+                        return dict(event["result"])
+        except httpx.HTTPError as exc:
+            raise ModelUnavailable(f"no model process answers at {self.url}: {exc}") from exc
+        raise ModelError("model process ended the distillation without a result")
+
+    def shutdown(self) -> bool:
+        try:
+            resp = self.http.post("/v1/memos/shutdown", timeout=5.0)
+            return resp.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+# the process
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ModelProcess:
+    """A model process this program started (or found through its state file)."""
+
+    def __init__(
+        self,
+        url: str,
+        pid: int,
+        popen: subprocess.Popen[bytes] | None = None,
+        state_file: Path | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        self.url = url
+        self.pid = pid
+        self.popen = popen
+        self.state_file = state_file
+        self.log_file = log_file
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return _alive(self.pid)
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        state_dir: Path,
+        cache_dir: Path,
+        model: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        threads: int | None = None,
+        kv_budget_mb: int = 1024,
+        dtype: str = "float32",
+        device: str = "cpu",
+        timeout: float = START_TIMEOUT,
+        attach: bool = True,
+    ) -> ModelProcess:
+        """Start `python -m memos_agents.model.server` and wait until it answers. With `attach`
+        the child stops by itself when this process dies."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        ready = state_dir / f"ready-{os.getpid()}-{time.monotonic_ns()}.json"
+        log_file = state_dir / "server.log"
+        args = [
+            sys.executable,
+            "-m",
+            "memos_agents.model.server",
+            "--cache-dir",
+            str(cache_dir),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--ready-file",
+            str(ready),
+            "--state-file",
+            str(state_dir / "server.json"),
+            "--kv-budget-mb",
+            str(kv_budget_mb),
+            "--dtype",
+            dtype,
+            "--device",
+            device,
+        ]
+        if model:
+            args += ["--model", model]
+        if threads:
+            args += ["--threads", str(threads)]
+        if attach:
+            args += ["--parent-pid", str(os.getpid())]
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+        if model is None:  # the packaged model never needs the hub
+            env.setdefault("HF_HUB_OFFLINE", "1")
+        with open(log_file, "ab") as out:
+            popen = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if popen.poll() is not None:
+                tail = log_file.read_text(errors="replace")[-2000:]
+                raise ModelUnavailable(
+                    f"model process exited with {popen.returncode} while starting:\n{tail}"
+                )
+            if time.monotonic() > deadline:
+                popen.kill()
+                raise ModelUnavailable(f"model process did not start within {timeout:.0f} s")
+            time.sleep(0.1)
+        info = json.loads(ready.read_text())
+        ready.unlink(missing_ok=True)
+        return cls(info["url"], popen.pid, popen, state_dir / "server.json", log_file)
+
+    @classmethod
+    def find(cls, state_dir: Path) -> ModelProcess | None:
+        """The model process recorded in `state_dir`, if it is still running and answers."""
+        try:
+            state = json.loads((state_dir / "server.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not _alive(int(state["pid"])):
+            return None
+        client = ModelClient(state["url"], timeout=5.0)
+        try:
+            ok = client.health()
+        finally:
+            client.close()
+        if not ok:
+            return None
+        return cls(state["url"], int(state["pid"]), state_file=state_dir / "server.json")
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Stop cleanly (shutdown request, then SIGTERM, then SIGKILL). True if it was running."""
+        if not self.alive():
+            self._forget()
+            return False
+        client = ModelClient(self.url, timeout=5.0)
+        try:
+            client.shutdown()
+        finally:
+            client.close()
+        if not self._wait(timeout / 2):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            if not self._wait(timeout / 2):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                self._wait(5)
+        self._forget()
+        return True
+
+    def _wait(self, seconds: float) -> bool:
+        if self.popen is not None:
+            try:
+                self.popen.wait(seconds)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not _alive(self.pid):
+                return True
+            time.sleep(0.1)
+        return not _alive(self.pid)
+
+    def _forget(self) -> None:
+        if self.state_file is None:
+            return
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return
+        if int(state.get("pid", -1)) == self.pid:
+            self.state_file.unlink(missing_ok=True)

@@ -1,0 +1,409 @@
+"""The engine inside a model process: one causal LM, its KV caches and LoRA adapters.
+
+Every call that touches the model runs on one worker thread, one at a time, so adapter switches,
+training and generation never interleave. Generation is a plain greedy / sampling loop over
+`model(...)` with a `DynamicCache`; with activation memory the loop starts from a fork of the
+stored cache and only the tokens after the cached prefix are computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from .kv import BlobRefused, KVEntry, KVPool, cache_nbytes, fork, load_blob, save_blob
+from .protocol import ADAPTER_FORMAT, sha256_text
+from .runtime import ModelSource
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class RequestError(Exception):
+    """A request the engine refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+
+
+@dataclass
+class GenRequest:
+    messages: list[dict[str, Any]]
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    adapter: str | None = None
+    activation: dict[str, Any] | None = None  # {"blob": path, "fingerprint": fp}
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    def __init__(
+        self,
+        source: ModelSource,
+        tokenizer: Any,
+        model: Any,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        kv_budget_bytes: int = 1 << 30,
+    ) -> None:
+        self.source = source
+        self.tok = tokenizer
+        self.model = model
+        self.dtype = dtype
+        self.device = device
+        self.pool = KVPool(kv_budget_bytes)
+        self.adapters: dict[str, dict[str, Any]] = {}  # name -> {"path", "meta"}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-model")
+        self._busy = threading.Lock()
+        template = getattr(tokenizer, "chat_template", None) or ""
+        if not template:
+            raise ValueError(f"model {source.name} has no chat template")
+        self.template_sha = sha256_text(template)[:16]
+        eos = model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.started_at = time.time()
+
+    # identity
+    @property
+    def identity(self) -> dict[str, str]:
+        return {
+            "model": self.source.name,
+            "revision": self.source.revision,
+            "dtype": self.dtype,
+            "template_sha": self.template_sha,
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **self.identity,
+            "memos": True,
+            "device": self.device,
+            "threads": torch.get_num_threads(),
+            "max_context": self.max_context,
+            "adapters": sorted(self.adapters),
+            "kv_pool": self.pool.stats(),
+            "started_at": self.started_at,
+        }
+
+    # threading
+    def submit(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Future[Any]:
+        return self._worker.submit(self._exclusive, fn, *args, **kw)
+
+    def _exclusive(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        with self._busy, torch.inference_mode():
+            return fn(*args, **kw)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+    # tokens
+    def render(self, messages: list[dict[str, Any]], generation_prompt: bool = True) -> list[int]:
+        try:
+            text = self.tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+        except Exception as exc:
+            raise RequestError(400, f"cannot apply the chat template: {exc}") from exc
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    # adapters
+    @contextmanager
+    def _adapter(self, name: str | None) -> Iterator[None]:
+        if name is not None and name not in self.adapters:
+            raise RequestError(404, f"The model `{name}` does not exist.", "NotFoundError")
+        if self.adapters:
+            if name is None:
+                self.model.disable_adapters()
+            else:
+                self.model.enable_adapters()
+                self.model.set_adapter(name)
+        yield
+
+    def load_adapter(self, name: str, path: str) -> dict[str, Any]:
+        if name in self.adapters:
+            raise RequestError(400, f"The lora adapter '{name}' has already been loaded.")
+        if name == self.source.name:
+            raise RequestError(400, f"'{name}' is the base model's name")
+        folder = Path(path)
+        if not (folder / "adapter_config.json").is_file():
+            raise RequestError(404, f"no adapter_config.json under {path}")
+        meta = self._adapter_meta(folder)
+        if meta is not None:
+            for key in ("model", "revision"):
+                if meta.get(key) != self.identity[key]:
+                    raise RequestError(
+                        409,
+                        f"adapter {path} was trained on {key}={meta.get(key)!r}; this process "
+                        f"serves {key}={self.identity[key]!r}",
+                    )
+        try:
+            self.model.load_adapter(str(folder), adapter_name=name)
+        except Exception as exc:
+            raise RequestError(400, f"cannot load adapter {path}: {exc}") from exc
+        self.adapters[name] = {"path": str(folder), "meta": meta or {}}
+        self.model.disable_adapters()
+        return {"name": name, "path": str(folder)}
+
+    def unload_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            raise RequestError(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        self.model.delete_adapter(name)
+        del self.adapters[name]
+        self.pool.evict_where("adapter", name)  # caches computed under it are useless now
+
+    @staticmethod
+    def _adapter_meta(folder: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads((folder / "memos_adapter.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    # activation memory
+    def build_kv(
+        self,
+        messages: list[dict[str, Any]],
+        fingerprint: str,
+        path: str,
+        adapter: str | None = None,
+        extra_meta: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        ids = self.render(messages, generation_prompt=False)
+        if self.max_context and len(ids) >= self.max_context:
+            raise RequestError(
+                400, f"memory block is {len(ids)} tokens; context is {self.max_context}"
+            )
+        with self._adapter(adapter):
+            cache = DynamicCache(config=self.model.config)
+            self.model(
+                input_ids=torch.tensor([ids], device=self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        meta = {
+            **{k: str(v) for k, v in (extra_meta or {}).items()},
+            **self.identity,
+            "adapter": adapter or "",
+            "layers": str(len(cache.layers)),
+            "tokens": str(len(ids)),
+            "created_at": str(time.time()),
+        }
+        entry = KVEntry(fingerprint, cache, ids, meta, cache_nbytes(cache))
+        computed = time.perf_counter() - started
+        size = save_blob(Path(path), entry)
+        held = self.pool.put(entry)
+        return {
+            "fingerprint": fingerprint,
+            "tokens": len(ids),
+            "bytes": size,
+            "compute_s": round(computed, 4),
+            "total_s": round(time.perf_counter() - started, 4),
+            "held": held,
+            "path": path,
+        }
+
+    def _activation(self, spec: dict[str, Any], adapter: str | None) -> tuple[KVEntry, float]:
+        fp = spec.get("fingerprint")
+        blob = spec.get("blob")
+        if not isinstance(fp, str) or not isinstance(blob, str):
+            raise RequestError(400, "memos_activation needs 'blob' and 'fingerprint'")
+        started = time.perf_counter()
+        entry = self.pool.get(fp)
+        if entry is None:
+            try:
+                entry = load_blob(Path(blob), self.identity, fp, self.model.config, self.device)
+            except BlobRefused as exc:
+                raise RequestError(409, str(exc), "activation_refused") from exc
+            self.pool.put(entry)
+        if (entry.meta.get("adapter") or None) != adapter:
+            raise RequestError(
+                409,
+                f"activation was computed under adapter {entry.meta.get('adapter') or None!r}; "
+                f"the request uses {adapter!r}",
+                "activation_refused",
+            )
+        return entry, time.perf_counter() - started
+
+    # generation
+    def generate(self, req: GenRequest, emit: Emit, cancel: threading.Event) -> dict[str, Any]:
+        started = time.perf_counter()
+        ids = self.render(req.messages)
+        timings: dict[str, float] = {"render_s": time.perf_counter() - started}
+        if self.max_context and len(ids) + req.max_tokens > self.max_context:
+            raise RequestError(
+                400,
+                f"This model's maximum context length is {self.max_context} tokens; the request "
+                f"has {len(ids)} prompt tokens and asks for {req.max_tokens} more",
+            )
+        with self._adapter(req.adapter):
+            cache = DynamicCache(config=self.model.config)
+            start = 0
+            if req.activation:
+                entry, timings["activation_s"] = self._activation(req.activation, req.adapter)
+                m = min(common_prefix(ids, entry.prefix_ids), len(ids) - 1)
+                if m > 0:
+                    cache = fork(entry.cache, self.model.config)
+                    if m < len(entry.prefix_ids):
+                        cache.crop(m - len(entry.prefix_ids))
+                    start = m
+            gen = torch.Generator(device="cpu")
+            if req.seed is not None:
+                gen.manual_seed(req.seed)
+            out = self._decode(ids, start, cache, req, gen, emit, cancel, started, timings)
+        usage = {
+            "prompt_tokens": len(ids),
+            "completion_tokens": out["completion_tokens"],
+            "total_tokens": len(ids) + out["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": start},
+        }
+        timings["total_s"] = time.perf_counter() - started
+        return {
+            "finish_reason": out["finish_reason"],
+            "text": out["text"],
+            "usage": usage,
+            "timings": {k: round(v, 5) for k, v in timings.items()},
+        }
+
+    def _decode(
+        self,
+        ids: list[int],
+        start: int,
+        cache: DynamicCache,
+        req: GenRequest,
+        gen: torch.Generator,
+        emit: Emit,
+        cancel: threading.Event,
+        started: float,
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        step_ids = torch.tensor([ids[start:]], device=self.device)
+        produced: list[int] = []
+        text = ""
+        finish = "length"
+        for _ in range(req.max_tokens):
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            out = self.model(
+                input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
+            cache = out.past_key_values
+            nxt = self._pick(out.logits[0, -1], req, gen)
+            if not produced:
+                timings["first_token_s"] = time.perf_counter() - started
+            if nxt in self.eos_ids:
+                finish = "stop"
+                break
+            produced.append(nxt)
+            full = self.tok.decode(produced, skip_special_tokens=True)
+            if full.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                step_ids = torch.tensor([[nxt]], device=self.device)
+                continue
+            hit = min((i for s in req.stop if (i := full.find(s)) >= 0), default=-1)
+            if hit >= 0:
+                full = full[:hit]
+                finish = "stop"
+            if len(full) > len(text):
+                emit({"delta": full[len(text) :]})
+                text = full
+            if finish == "stop":
+                break
+            step_ids = torch.tensor([[nxt]], device=self.device)
+        if not produced and "first_token_s" not in timings:
+            timings["first_token_s"] = time.perf_counter() - started
+        return {"completion_tokens": len(produced), "text": text, "finish_reason": finish}
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, req: GenRequest, gen: torch.Generator) -> int:
+        if req.temperature is None or req.temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float() / req.temperature, dim=-1)
+        if 0 < req.top_p < 1:
+            sorted_p, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < req.top_p
+            sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+    # evaluation
+    def score(
+        self, items: list[dict[str, Any]], adapter: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Mean negative log-likelihood of each item's target: {"text"} scores the whole text,
+        {"messages", "completion"} scores the completion after the chat prompt."""
+        results = []
+        with self._adapter(adapter):
+            for item in items:
+                prompt_ids, target_ids = self._example_ids(item)
+                if not target_ids:
+                    raise RequestError(400, "nothing to score")
+                ids = torch.tensor([prompt_ids + target_ids], device=self.device)
+                logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+                labels = ids[0, 1:]
+                nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+                tail = nll[len(prompt_ids) - 1 :] if prompt_ids else nll
+                mean = float(tail.mean())
+                results.append(
+                    {"nll": mean, "perplexity": math.exp(mean), "tokens": len(target_ids)}
+                )
+        return results
+
+    def _example_ids(self, item: dict[str, Any]) -> tuple[list[int], list[int]]:
+        if "messages" in item:
+            prompt = self.render(list(item["messages"]), generation_prompt=True)
+            target = self.tok(
+                str(item["completion"]) + (self.tok.eos_token or ""), add_special_tokens=False
+            ).input_ids
+            return prompt, target
+        text = str(item.get("text", ""))
+        ids = self.tok(text, add_special_tokens=False).input_ids
+        bos = self.tok.bos_token_id
+        return ([bos] if bos is not None else []), ids
+
+    # parameter memory
+    def distil(self, req: dict[str, Any], emit: Emit, cancel: threading.Event) -> dict[str, Any]:
+        from .training import train_lora
+
+        name = req["name"]
+        if name in self.adapters or name == self.source.name:
+            raise RequestError(400, f"an adapter named {name!r} is already loaded")
+        meta = {
+            "format": ADAPTER_FORMAT,
+            **self.identity,
+            "created_at": time.time(),
+            **(req.get("meta") or {}),
+        }
+        if self.adapters:
+            self.model.disable_adapters()
+        with torch.inference_mode(False):
+            result = train_lora(self, req, meta, emit, cancel)
+        self.adapters[name] = {"path": result["path"], "meta": meta}
+        self.model.disable_adapters()
+        return result

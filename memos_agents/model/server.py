@@ -1,0 +1,457 @@
+"""The model process: an OpenAI-compatible HTTP server on loopback over one `Engine`.
+
+Standard endpoints (the subset of the OpenAI API and vLLM's LoRA endpoints that MemOS uses, so
+the same client works against a vLLM server):
+
+- `GET  /v1/models`
+- `POST /v1/chat/completions` (`stream: true` answers server-sent events)
+- `POST /v1/load_lora_adapter` `{"lora_name", "lora_path"}`, `POST /v1/unload_lora_adapter`;
+  a request picks an adapter by naming it in `model`.
+
+MemOS extensions (a vLLM server has none of them; MemOS then sends memories as text and relies
+on vLLM's prefix caching):
+
+- `GET  /health`, `GET /v1/memos/info` (model identity the fingerprints depend on)
+- `POST /v1/memos/activation/build`, `POST /v1/memos/activation/evict`
+- `memos_activation: {"blob", "fingerprint"}` in a chat completion request
+- `POST /v1/memos/score` (mean NLL of texts), `POST /v1/memos/distil` (LoRA training, NDJSON
+  progress), `POST /v1/memos/shutdown`
+
+Run it with `memos-agents model serve` or `python -m memos_agents.model.server`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle threads must not spin
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+log = logging.getLogger("memos_agents.model.server")
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": kind, "code": status}},
+    )
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    from .engine import RequestError
+
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RequestError(400, "messages must be a non-empty list")
+    out = []
+    for m in msgs:
+        if not isinstance(m, dict) or "role" not in m:
+            raise RequestError(400, "each message needs a role")
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        out.append({"role": str(m["role"]), "content": "" if content is None else str(content)})
+    return out
+
+
+def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> Any:
+    from contextlib import asynccontextmanager
+
+    from .engine import GenRequest, RequestError
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        if on_ready is not None:
+            on_ready()
+        yield
+
+    app = FastAPI(title="memos-agents model process", version="1", lifespan=lifespan)
+    served = engine.source.name
+
+    @app.exception_handler(RequestError)
+    async def _refused(_req: Request, exc: RequestError) -> Any:
+        return _error(exc.status, exc.message, exc.kind)
+
+    async def run(fn: Any, *args: Any) -> Any:
+        return await asyncio.wrap_future(engine.submit(fn, *args))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": served}
+
+    @app.get("/v1/memos/info")
+    async def info() -> dict[str, Any]:
+        return engine.info()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        created = int(engine.started_at)
+        data = [
+            {
+                "id": served,
+                "object": "model",
+                "created": created,
+                "owned_by": "memos-agents",
+                "root": engine.source.load_path,
+                "parent": None,
+                "max_model_len": engine.max_context,
+            }
+        ]
+        data += [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "memos-agents",
+                "root": a["path"],
+                "parent": served,
+            }
+            for name, a in sorted(engine.adapters.items())
+        ]
+        return {"object": "list", "data": data}
+
+    def _gen_request(body: dict[str, Any]) -> GenRequest:
+        model = body.get("model") or served
+        if int(body.get("n") or 1) != 1:
+            raise RequestError(400, "only n=1 is supported")
+        stop = body.get("stop") or []
+        if isinstance(stop, str):
+            stop = [stop]
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise RequestError(400, "max_tokens must be a positive integer")
+        temperature = body.get("temperature")
+        return GenRequest(
+            messages=_messages(body),
+            max_tokens=max_tokens,
+            temperature=1.0 if temperature is None else float(temperature),
+            top_p=float(body.get("top_p") if body.get("top_p") is not None else 1.0),
+            seed=body.get("seed"),
+            stop=[str(s) for s in stop],
+            adapter=None if model == served else str(model),
+            activation=body.get("memos_activation"),
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = await request.json()
+        req = _gen_request(body)
+        if req.adapter is not None and req.adapter not in engine.adapters:
+            raise RequestError(404, f"The model `{req.adapter}` does not exist.", "NotFoundError")
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model = body.get("model") or served
+        cancel = threading.Event()
+        if not body.get("stream"):
+            result = await run(engine.generate, req, lambda _e: None, cancel)
+            return {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": result["text"]},
+                        "finish_reason": result["finish_reason"],
+                    }
+                ],
+                "usage": result["usage"],
+                "memos": {"timings": result["timings"]},
+            }
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        future = engine.submit(engine.generate, req, emit, cancel)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, f))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            payload = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        # fail before streaming starts when the request is refused (unknown blob, bad adapter)
+        first = await queue.get()
+        if not isinstance(first, dict) and first.exception() is not None:
+            exc = first.exception()
+            if isinstance(exc, RequestError):
+                return _error(exc.status, exc.message, exc.kind)
+            raise exc
+
+        async def events() -> AsyncIterator[str]:
+            item = first
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                while True:
+                    if isinstance(item, dict):
+                        yield chunk({"content": item["delta"]})
+                    else:
+                        exc = item.exception()
+                        if exc is not None:
+                            msg = exc.message if isinstance(exc, RequestError) else repr(exc)
+                            yield f"data: {json.dumps({'error': {'message': msg}})}\n\n"
+                            break
+                        result = item.result()
+                        yield chunk(
+                            {}, result["finish_reason"], memos={"timings": result["timings"]}
+                        )
+                        if include_usage:
+                            payload = {
+                                "id": cid,
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": model,
+                                "choices": [],
+                                "usage": result["usage"],
+                            }
+                            yield f"data: {json.dumps(payload)}\n\n"
+                        break
+                    item = await queue.get()
+                yield "data: [DONE]\n\n"
+            finally:
+                cancel.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora(request: Request) -> Any:
+        body = await request.json()
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise RequestError(400, "lora_name and lora_path are required")
+        await run(engine.load_adapter, name, path)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora(request: Request) -> Any:
+        body = await request.json()
+        name = body.get("lora_name")
+        if not isinstance(name, str) or not name:
+            raise RequestError(400, "lora_name is required")
+        await run(engine.unload_adapter, name)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
+    @app.post("/v1/memos/activation/build")
+    async def build(request: Request) -> Any:
+        body = await request.json()
+        fp, path = body.get("fingerprint"), body.get("path")
+        if not isinstance(fp, str) or not isinstance(path, str):
+            raise RequestError(400, "fingerprint and path are required")
+        model = body.get("model") or served
+        adapter = None if model == served else str(model)
+        return await run(
+            engine.build_kv, _messages(body), fp, path, adapter, body.get("meta") or {}
+        )
+
+    @app.post("/v1/memos/activation/evict")
+    async def evict(request: Request) -> Any:
+        body = await request.json()
+        return {"evicted": engine.pool.evict(body.get("fingerprint"))}
+
+    @app.post("/v1/memos/score")
+    async def score(request: Request) -> Any:
+        body = await request.json()
+        items = body.get("items")
+        if not isinstance(items, list) or not items:
+            raise RequestError(400, "items must be a non-empty list")
+        model = body.get("model") or served
+        adapter = None if model == served else str(model)
+        return {"scores": await run(engine.score, items, adapter)}
+
+    @app.post("/v1/memos/distil")
+    async def distil(request: Request) -> Any:
+        body = await request.json()
+        if not isinstance(body.get("name"), str) or not isinstance(body.get("path"), str):
+            raise RequestError(400, "name and path are required")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        future = engine.submit(engine.distil, body, emit, cancel)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, f))
+
+        async def lines() -> AsyncIterator[str]:
+            try:
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, dict):
+                        yield json.dumps({"progress": item}) + "\n"
+                        continue
+                    exc = item.exception()
+                    if exc is not None:
+                        status = exc.status if isinstance(exc, RequestError) else 500
+                        msg = exc.message if isinstance(exc, RequestError) else repr(exc)
+                        yield json.dumps({"error": {"message": msg, "code": status}}) + "\n"
+                    else:
+                        yield json.dumps({"result": item.result()}) + "\n"
+                    break
+            finally:
+                cancel.set()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.post("/v1/memos/shutdown")
+    async def shutdown() -> dict[str, Any]:
+        if on_shutdown is not None:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, on_shutdown)
+        return {"status": "stopping"}
+
+    return app
+
+
+def _parent_watch(parent: int, stop: Any) -> None:
+    """Stop when the process that started us is gone (its children are re-parented)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            log.warning("parent process %d is gone; stopping", parent)
+            stop()
+            return
+
+
+def serve(
+    model: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cache_dir: Path,
+    dtype: str = "float32",
+    device: str = "cpu",
+    threads: int | None = None,
+    kv_budget_mb: int = 1024,
+    ready_file: Path | None = None,
+    state_file: Path | None = None,
+    parent_pid: int | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Load the model, bind, write `ready_file` ({"url", "pid", ...}) and serve until stopped.
+    `state_file` (`<data dir>/model/server.json`) is how MemOS processes find this one."""
+    import torch
+    import transformers
+    import uvicorn
+
+    transformers.logging.disable_progress_bar()
+
+    from . import runtime
+    from .engine import Engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    source = runtime.resolve(model, cache_dir)
+    tok, lm = runtime.load(source, dtype=dtype, device=device)
+    engine = Engine(source, tok, lm, dtype=dtype, device=device, kv_budget_bytes=kv_budget_mb << 20)
+    load_s = time.perf_counter() - started
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    url = f"http://{host}:{bound}"
+
+    holder: list[Any] = []
+
+    def stop() -> None:
+        if holder:
+            holder[0].should_exit = True
+
+    def ready() -> None:
+        info = {
+            "url": url,
+            "pid": os.getpid(),
+            "model": source.name,
+            "revision": source.revision,
+            "load_s": round(load_s, 2),
+            "converted": bool(source.extra.get("converted")),
+        }
+        for target in (ready_file, state_file):
+            if target is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps({**info, "started_at": time.time()}))
+                os.replace(tmp, target)
+        print(f"memos-agents model process serving {source.name} at {url}", flush=True)
+
+    app = create_app(engine, on_shutdown=stop, on_ready=ready)
+    config = uvicorn.Config(
+        app, host=host, port=bound, log_level=log_level, timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    holder.append(server)
+    if parent_pid:
+        threading.Thread(target=_parent_watch, args=(parent_pid, stop), daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.close()
+        if state_file is not None:
+            try:
+                if json.loads(state_file.read_text()).get("pid") == os.getpid():
+                    state_file.unlink()
+            except (OSError, ValueError):
+                pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m memos_agents.model.server")
+    p.add_argument("--model", default=None, help="model id, folder or .gguf (default: SmolLM2)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, required=True)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--kv-budget-mb", type=int, default=1024)
+    p.add_argument("--ready-file", type=Path, default=None)
+    p.add_argument("--state-file", type=Path, default=None)
+    p.add_argument("--parent-pid", type=int, default=None)
+    p.add_argument("--log-level", default="warning")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr)
+    serve(
+        a.model,
+        host=a.host,
+        port=a.port,
+        cache_dir=a.cache_dir,
+        dtype=a.dtype,
+        device=a.device,
+        threads=a.threads,
+        kv_budget_mb=a.kv_budget_mb,
+        ready_file=a.ready_file,
+        state_file=a.state_file,
+        parent_pid=a.parent_pid,
+        log_level=a.log_level,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,945 @@
+"""`MemOS`: the one facade over reader, vault and stores, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .config import MemOSConfig
+from .cube import (
+    Form,
+    Lifecycle,
+    MemCube,
+    Organisation,
+    Provenance,
+    Scope,
+    SearchHit,
+    SourceKind,
+    State,
+    VersionRecord,
+    Visibility,
+    check_name,
+    utcnow,
+)
+from .embeddings import resolve_embedder
+from .errors import InvalidInput, MemOSError
+from .governance import (
+    SYSTEM,
+    Access,
+    Action,
+    AuditEntry,
+    MemGovernance,
+    PermissionDenied,
+    Role,
+    check_principal,
+    owner_of,
+)
+from .lifecycle import (
+    OPS,
+    RetentionPolicy,
+    check_transition,
+    expired_by_retention,
+    next_version,
+    rolled_back,
+    version_at,
+)
+from .reader import MAX_TEXT, MemoryDraft, MemReader, Mode, estimate_importance, extract_entities
+from .redaction import Redaction, RedactionPolicy, redact
+from .vault import MemVault
+
+if TYPE_CHECKING:
+    from .loader import MIPDocument
+    from .model.chat import MemOSChatModel
+    from .model.client import ModelClient
+    from .model.memory import Generation
+    from .scheduler import MemScheduler
+    from .store import Channel, Delivery
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+MAX_K = 1000
+
+
+def _scope(vault: str, user_id: Any, agent_id: Any = None, session_id: Any = None) -> Scope:
+    check_name(user_id, "user_id")
+    if agent_id is not None:
+        check_name(agent_id, "agent_id")
+    if session_id is not None:
+        check_name(session_id, "session_id")
+    return Scope(
+        vault=check_name(vault, "vault"), user_id=user_id, agent_id=agent_id, session_id=session_id
+    )
+
+
+def _check_text(text: Any, what: str = "content") -> str:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidInput(f"{what} must not be empty")
+    if len(text) > MAX_TEXT:
+        raise InvalidInput(f"{what} is longer than {MAX_TEXT} characters")
+    if "\x00" in text:
+        raise InvalidInput(f"{what} contains a NUL character")
+    return text
+
+
+def _check_tags(tags: Any) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise InvalidInput("tags must be a list of non-empty strings")
+    return list(dict.fromkeys(tags))
+
+
+def _expiry(ttl: float | timedelta | None, expires_at: datetime | None) -> datetime | None:
+    if ttl is not None and expires_at is not None:
+        raise InvalidInput("give ttl or expires_at, not both")
+    if ttl is None:
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise InvalidInput("expires_at must be timezone-aware")
+        return expires_at
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if not isinstance(seconds, int | float) or seconds <= 0:
+        raise InvalidInput("ttl must be a positive number of seconds or a timedelta")
+    return utcnow() + timedelta(seconds=seconds)
+
+
+class MemOS:
+    """Memory for agents. `MemOS.open("./.memos")` and go."""
+
+    def __init__(
+        self, config: MemOSConfig, vault: MemVault, reader: MemReader, principal: str = SYSTEM
+    ) -> None:
+        from .store import MemStore
+
+        self.config = config
+        self.vault = vault
+        self.reader = reader
+        self.memstore = MemStore(vault.catalog)
+        self.governance = MemGovernance(vault.catalog)
+        self.principal = check_principal(principal)
+
+    def as_principal(self, principal: str) -> MemOS:
+        """A view of the same stores whose every call runs as `principal` (`user:<id>`,
+        `agent:<id>`): reads are filtered and writes checked by MemGovernance."""
+        view = copy.copy(self)
+        view.principal = check_principal(principal)
+        return view
+
+    def _actor(self, fallback: str) -> str:
+        return fallback if self.principal == SYSTEM else self.principal
+
+    def _guard(self, action: Action, cubes: Sequence[MemCube], op: str) -> None:
+        """The enforcement point: raise PermissionDenied (audited) unless allowed."""
+        try:
+            self.governance.check(self.principal, action, cubes)
+        except PermissionDenied:
+            self._audit(op, cubes, outcome="denied")
+            raise
+
+    def _audit(
+        self,
+        op: str,
+        cubes: Sequence[MemCube],
+        outcome: str = "ok",
+        *,
+        vault: str | None = None,
+        detail: str = "",
+    ) -> None:
+        self.governance.audit(
+            self.principal,
+            op,
+            cube_ids=[c.id for c in cubes],
+            vault=cubes[0].scope.vault if cubes else vault,
+            outcome=outcome,
+            detail=detail,
+        )
+
+    def readable(self, cubes: Sequence[MemCube], principal: str | None = None) -> list[MemCube]:
+        """The cubes `principal` (default: this view's) may read."""
+        who = principal or self.principal
+        return [
+            c
+            for c, ok in zip(cubes, self.governance.allowed(who, Action.read, cubes), strict=True)
+            if ok
+        ]
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        embedder: Any = None,
+        llm: Any = None,
+        principal: str = SYSTEM,
+        **settings: Any,
+    ) -> MemOS:
+        """Open (or create) the data dir. `settings` are `MemOSConfig` fields; `embedder` may be
+        a model name or any LangChain `Embeddings`; `llm` any LangChain chat model (fine mode)."""
+        from .catalog import Catalog
+        from .graph import open_graph
+        from .vector.chroma import ChromaIndex
+
+        if path is not None:
+            settings["data_dir"] = Path(path)
+        if isinstance(embedder, str):
+            settings["embedder"] = embedder
+            embedder = None
+        try:
+            config = MemOSConfig(**settings)
+        except Exception as exc:
+            raise InvalidInput(f"bad configuration: {exc}") from exc
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "blobs").mkdir(exist_ok=True)
+        catalog = Catalog(config.resolved_catalog_url())
+        index = ChromaIndex(path=data_dir / "chroma", url=config.chroma_url)
+        graph = open_graph(config.graph_url, data_dir, idle_timeout=config.graph_idle_timeout)
+        vault = MemVault(catalog, index, graph, resolve_embedder(embedder or config.embedder))
+        vault.operator.llm = llm  # a chat model names the topics (query intents: vault.llm)
+        mem = cls(config, vault, MemReader(llm=llm), principal=principal)
+        repaired = vault.reconcile()
+        if repaired:
+            log.warning("re-indexed %d cube(s) left pending by an earlier run", repaired)
+        return mem
+
+    # context management
+    def close(self) -> None:
+        """Stop this MemOS's scheduler worker and model runtime client, release the stores."""
+        scheduler = self.__dict__.get("_scheduler")
+        if scheduler is not None:
+            scheduler.stop()
+        runtime = self.__dict__.get("_model_runtime")
+        if runtime is not None:
+            runtime.close()
+        self.vault.close()
+
+    def __enter__(self) -> MemOS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # writes
+    def add(
+        self,
+        messages: Any,
+        *,
+        user_id: str,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        vault: str | None = None,
+        mode: Mode = "fast",
+        tags: Sequence[str] | None = None,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | None = None,
+        visibility: Visibility | str = Visibility.private,
+        metadata: dict[str, Any] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[MemCube]:
+        """Remember messages (a string, a dict, LangChain messages, or a list of them).
+        fast mode stores one cube per turn; fine mode stores the facts a chat model extracts."""
+        scope = _scope(vault or self.config.vault, user_id, agent_id, session_id)
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": _check_text(messages)}]
+        drafts = self.reader.read_messages(messages, mode=mode)
+        return self._store(
+            drafts,
+            scope,
+            tags=tags,
+            expiry=_expiry(ttl, expires_at),
+            visibility=visibility,
+            metadata=metadata,
+            progress=progress,
+        )
+
+    def add_document(
+        self,
+        document: str | Path,
+        *,
+        user_id: str,
+        source: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        vault: str | None = None,
+        tags: Sequence[str] | None = None,
+        ttl: float | timedelta | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[MemCube]:
+        """Remember a document (text, or a path to a text file), split into chunks."""
+        scope = _scope(vault or self.config.vault, user_id, agent_id, session_id)
+        if isinstance(document, Path):
+            try:
+                text = document.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidInput(f"cannot read document {document}: {exc}") from exc
+            source = source or document.name
+        else:
+            text = _check_text(document, "document")
+        drafts = self.reader.read_document(text, source=source)
+        return self._store(
+            drafts,
+            scope,
+            tags=tags,
+            expiry=_expiry(ttl, None),
+            visibility=Visibility.private,
+            metadata=metadata,
+        )
+
+    def _store(
+        self,
+        drafts: Sequence[MemoryDraft],
+        scope: Scope,
+        *,
+        tags: Sequence[str] | None,
+        expiry: datetime | None,
+        visibility: Visibility | str,
+        metadata: dict[str, Any] | None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[MemCube]:
+        tag_list = _check_tags(tags)
+        try:
+            vis = Visibility(visibility)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"visibility must be one of {[v.value for v in Visibility]}"
+            ) from exc
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidInput("metadata must be a dict")
+        self.governance.check_vault(self.principal, scope.vault, Action.write, scope.user_id)
+        drafts, redacted = self._redact(drafts, scope.vault)
+        creator = self._actor(
+            f"agent:{scope.agent_id}" if scope.agent_id else f"user:{scope.user_id}"
+        )
+        now = utcnow()
+        cubes = [
+            MemCube(
+                form=Form.plaintext,
+                content=d.text,
+                scope=scope,
+                provenance=Provenance(
+                    source_kind=d.source_kind,
+                    source_refs=d.source_refs,
+                    created_by=creator,
+                    speaker=d.speaker,
+                    role=d.role,
+                ),
+                # a microsecond apart, so a batch keeps its order in time-ordered reads
+                lifecycle=Lifecycle(
+                    created_at=now + timedelta(microseconds=i),
+                    updated_at=now + timedelta(microseconds=i),
+                    expires_at=expiry,
+                    valid_from=d.valid_from or now + timedelta(microseconds=i),
+                ),
+                governance={"visibility": vis, "redactions": found},
+                organisation=Organisation(
+                    tags=list(dict.fromkeys([*tag_list, *d.tags])),
+                    entities=d.entities,
+                    importance=d.importance,
+                ),
+                metadata={**d.metadata, **(metadata or {})},
+            )
+            for i, (d, found) in enumerate(zip(drafts, redacted, strict=True))
+        ]
+        for start in range(0, len(cubes), BATCH):
+            chunk = cubes[start : start + BATCH]
+            self.vault.add(chunk, created_by=creator)
+            self._audit("add", chunk)
+            if progress is not None:
+                progress(len(chunk))
+        return cubes
+
+    def set_redaction_policy(self, vault: str, policy: RedactionPolicy | None) -> None:
+        """Mask personal data in everything added to `vault` from now on (None: stop)."""
+        check_name(vault, "vault")
+        self._check_admin(vault)
+        self.vault.catalog.set_meta(
+            f"redaction:{vault}", policy.model_dump_json() if policy else "{}"
+        )
+        self._audit("set_redaction_policy", [], vault=vault)
+
+    def _redact(
+        self, drafts: Sequence[MemoryDraft], vault: str
+    ) -> tuple[list[MemoryDraft], list[list[Redaction]]]:
+        raw = self.vault.catalog.get_meta(f"redaction:{vault}")
+        if not raw or raw == "{}":
+            return list(drafts), [[] for _ in drafts]
+        policy = RedactionPolicy.model_validate_json(raw)
+        out, found = [], []
+        for d in drafts:
+            text, hits = redact(d.text, policy)
+            if hits:  # entities are re-read from the masked text: no PII in the graph
+                d = d.model_copy(update={"text": text, "entities": extract_entities(text)})
+            out.append(d)
+            found.append(hits)
+        return out, found
+
+    def update(
+        self,
+        cube_id: str,
+        content: str,
+        *,
+        user_id: str | None = None,
+        by: str | None = None,
+        valid_from: datetime | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> MemCube:
+        """Replace a cube's content as a new version; earlier versions stay in `history`."""
+        _check_text(content)
+        cube = self.vault.get(cube_id, scope_user=user_id)
+        self._guard(Action.write, [cube], "update")
+        if cube.lifecycle.state is not State.active:
+            raise InvalidInput(
+                f"cube {cube_id} is {cube.lifecycle.state.value}; only active cubes change"
+            )
+        if cube.form is not Form.plaintext:
+            raise InvalidInput(
+                f"cube {cube_id} is {cube.form.value} memory; its content is not text"
+            )
+        old_version = cube.lifecycle.version
+        now = utcnow()
+        entities = extract_entities(content)
+        if cube.provenance.speaker:
+            entities = [cube.provenance.speaker, *entities]
+        new = cube.model_copy(deep=True)
+        new.content = content
+        new.lifecycle.version = old_version + 1
+        new.lifecycle.updated_at = now
+        new.lifecycle.valid_from = valid_from or now
+        new.organisation.entities = list(dict.fromkeys(entities))
+        new.organisation.importance = estimate_importance(content, entities)
+        if tags is not None:
+            new.organisation.tags = _check_tags(tags)
+        new.provenance.source_kind = SourceKind.api
+        self.vault.write_version(new, "update", by or self._actor(owner_of(cube)), old_version)
+        self._audit("update", [new])
+        return new
+
+    def delete(self, cube_id: str, *, user_id: str | None = None, by: str | None = None) -> MemCube:
+        """Soft delete: the cube becomes a tombstone (no longer found); `purge` erases it."""
+        cube = self.vault.get(cube_id, scope_user=user_id)
+        if cube.lifecycle.state is State.deleted:
+            return cube
+        return self.transition(cube_id, State.deleted, user_id=user_id, by=by)
+
+    def transition(
+        self,
+        cube_id: str,
+        state: State | str,
+        *,
+        user_id: str | None = None,
+        by: str | None = None,
+    ) -> MemCube:
+        """Move a cube to another lifecycle state (archive, freeze, restore, ...) as a new
+        version; only the transitions in `lifecycle.TRANSITIONS` are allowed."""
+        try:
+            to = State(state)
+        except ValueError as exc:
+            raise InvalidInput(f"state must be one of {[s.value for s in State]}") from exc
+        cube = self.vault.get(cube_id, scope_user=user_id)
+        self._guard(Action.delete if to is State.deleted else Action.write, [cube], to.value)
+        check_transition(cube, to)
+        new = next_version(cube, to)
+        op = OPS[to]
+        self.vault.write_version(new, op, by or self._actor(owner_of(cube)), cube.lifecycle.version)
+        self._audit(op, [new])
+        return new
+
+    def rollback(self, cube_id: str, version: int, *, user_id: str | None = None) -> MemCube:
+        """Make an earlier version current again, as a new version (nothing is rewritten)."""
+        cube = self.vault.get(cube_id, scope_user=user_id)
+        self._guard(Action.write, [cube], "rollback")
+        if cube.lifecycle.state is State.deleted:
+            raise InvalidInput(f"cube {cube_id} is deleted; restore it before rolling back")
+        target = next(
+            (v for v in self.vault.catalog.history(cube_id) if v.version == version), None
+        )
+        if target is None or version == cube.lifecycle.version:
+            raise InvalidInput(f"cube {cube_id} has no earlier version {version!r}")
+        new = rolled_back(cube, target)
+        self.vault.write_version(
+            new, "rollback", self._actor(owner_of(cube)), cube.lifecycle.version
+        )
+        self._audit("rollback", [new], detail=f"to v{version}")
+        return new
+
+    def set_retention(self, vault: str, policy: RetentionPolicy | None) -> None:
+        """Retention for a vault (max age, max count per user); `sweep` applies it."""
+        check_name(vault, "vault")
+        self._check_admin(vault)
+        self.vault.catalog.set_meta(
+            f"retention:{vault}", policy.model_dump_json() if policy else "{}"
+        )
+        self._audit("set_retention", [], vault=vault)
+
+    def sweep(self, now: datetime | None = None) -> dict[str, int]:
+        """Move cubes past their TTL to `expired` and archive what retention policies say;
+        returns how many of each. The scheduler runs it; any caller may too."""
+        now = now or utcnow()
+        catalog = self.vault.catalog
+        expired = archived = 0
+        for cube in catalog.past_expiry(now):
+            self.vault.write_version(
+                next_version(cube, State.expired, now), "expire", SYSTEM, cube.lifecycle.version
+            )
+            expired += 1
+        for vault in catalog.vaults():
+            raw = catalog.get_meta(f"retention:{vault}")
+            if not raw or raw == "{}":
+                continue
+            live = catalog.list(vault=vault, states=[State.active], limit=10**9)
+            for cube in expired_by_retention(live, RetentionPolicy.model_validate_json(raw), now):
+                self.vault.write_version(
+                    next_version(cube, State.archived, now),
+                    "archive",
+                    SYSTEM,
+                    cube.lifecycle.version,
+                )
+                archived += 1
+        if expired or archived:
+            self.governance.audit(SYSTEM, "sweep", detail=f"expired={expired} archived={archived}")
+        return {"expired": expired, "archived": archived}
+
+    def as_of(
+        self,
+        when: datetime,
+        *,
+        user_id: str,
+        vault: str | None = None,
+        query: str | None = None,
+        k: int = 10,
+    ) -> list[MemCube]:
+        """What was true for this user at `when` (bi-temporal: each version holds from its
+        valid_from until the next one's). With `query`, the `k` most similar, best first."""
+        if when.tzinfo is None:
+            raise InvalidInput("as_of needs a timezone-aware datetime")
+        scope = _scope(vault or self.config.vault, user_id)
+        held = [
+            c
+            for h in self.vault.catalog.histories(scope.vault, scope.user_id).values()
+            if (c := version_at(h, when)) is not None
+        ]
+        held = self.readable(held)
+        if query is not None:
+            _check_text(query, "query")
+            q = self.vault.embedder.embed_query(query)
+            vecs = self.vault.embedder.embed_documents([c.content for c in held])
+            ranked = sorted(
+                zip(held, vecs, strict=True),
+                key=lambda cv: -sum(a * b for a, b in zip(q, cv[1], strict=True)),
+            )
+            held = [c for c, _ in ranked[:k]]
+        self._audit("as_of", held, vault=scope.vault, detail=when.isoformat())
+        return held
+
+    def purge(self, cube_id: str, *, user_id: str | None = None) -> None:
+        """Erase a cube and all its versions from the catalog, the vector index and the graph."""
+        cube = self.vault.get(cube_id, scope_user=user_id)
+        self._guard(Action.purge, [cube], "purge")
+        self.vault.purge(cube)
+        self.governance.revoke_cube(cube.id)
+        self._audit("purge", [cube])
+
+    # reads
+    def search(
+        self,
+        query: str,
+        *,
+        user_id: str,
+        k: int = 5,
+        vault: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        tags: Sequence[str] | None = None,
+        min_score: float | None = None,
+        mode: Literal["hybrid", "dense"] = "hybrid",
+        explain: bool = False,
+        as_of: datetime | None = None,
+        window: int = 0,
+    ) -> Any:
+        """The `k` live cubes of this user that best answer `query`, best first.
+
+        hybrid (default): the query's intent (entities, concepts, time range) routed to the
+        graph, the dense index and BM25, fused; `score` is the fused relevance in (0, 1].
+        dense: cosine similarity alone (`score` is the cosine). `min_score` bounds the cosine.
+        `as_of`: what was current then (superseded facts included). `window`: each hit carries
+        that many session turns either side in `hit.context`. `explain=True` returns a
+        `SearchResult(hits, explain)` instead of the list of hits."""
+        _check_text(query, "query")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InvalidInput(f"k must be an integer from 1 to {MAX_K}")
+        if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= 50:
+            raise InvalidInput("window must be an integer from 0 to 50")
+        if as_of is not None and (not isinstance(as_of, datetime) or as_of.tzinfo is None):
+            raise InvalidInput("as_of must be a timezone-aware datetime")
+        scope = _scope(vault or self.config.vault, user_id, agent_id, session_id)
+        ex = None
+        if mode == "dense" and as_of is None and not window and not explain:
+            hits = self.vault.search(query, scope, k, tags=_check_tags(tags), min_score=min_score)
+        elif mode in ("hybrid", "dense"):
+            hits, ex = self.vault.route(
+                query, scope, k, tags=_check_tags(tags), min_score=min_score, as_of=as_of,
+                window=window, explain=explain, dense_only=mode == "dense",
+            )
+        else:
+            raise InvalidInput("mode must be 'hybrid' or 'dense'")
+        if self.principal != SYSTEM and self.principal != f"user:{scope.user_id}":
+            keep = {c.id for c in self.readable([h.cube for h in hits])}
+            hits = [h for h in hits if h.cube.id in keep]
+        self._audit("search", [h.cube for h in hits], vault=scope.vault)
+        if explain:
+            from .retrieval import SearchResult
+
+            return SearchResult(hits=hits, explain=ex)
+        return hits
+
+    def get(self, cube_id: str, *, user_id: str | None = None) -> MemCube:
+        cube = self.vault.get(cube_id, scope_user=user_id)
+        self._guard(Action.read, [cube], "get")
+        self._audit("get", [cube])
+        return cube
+
+    def history(self, cube_id: str, *, user_id: str | None = None) -> list[VersionRecord]:
+        """Every version of a cube, oldest first, with who changed it and when."""
+        cube = self.vault.get(cube_id, scope_user=user_id)
+        self._guard(Action.read, [cube], "history")
+        self._audit("history", [cube])
+        return self.vault.catalog.history(cube_id)
+
+    def list(
+        self,
+        *,
+        user_id: str,
+        vault: str | None = None,
+        session_id: str | None = None,
+        include_deleted: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[MemCube]:
+        scope = _scope(vault or self.config.vault, user_id, None, session_id)
+        states = None if include_deleted else [State.active, State.frozen]
+        cubes = self.vault.catalog.list(
+            vault=scope.vault,
+            user_id=scope.user_id,
+            session_id=session_id,
+            states=states,
+            limit=limit,
+            offset=offset,
+        )
+        return self.readable([c for c in cubes if include_deleted or c.is_live()])
+
+    def graph(self, *, user_id: str, vault: str | None = None) -> Any:
+        """The topic -> concept -> fact hierarchy of a user's memory (`.render()` gives a text
+        tree, `.to_dot()` Graphviz)."""
+        scope = _scope(vault or self.config.vault, user_id)
+        self.governance.check_vault(self.principal, scope.vault, Action.read, scope.user_id)
+        return self.vault.operator.hierarchy(scope.vault, scope.user_id)
+
+    def stats(self) -> dict[str, Any]:
+        out = self.vault.stats()
+        out["data_dir"] = str(self.config.data_dir)
+        return out
+
+    # MemGovernance: roles, grants, audit
+    def grant_role(self, vault: str, principal: str, role: Role | str) -> None:
+        """Give `principal` a role in `vault` (needs admin there, or system)."""
+        self._check_admin(vault)
+        self.governance.grant_role(vault, principal, role, by=self.principal)
+        self._audit("grant_role", [], vault=vault, detail=f"{principal}={role}")
+
+    def revoke_role(self, vault: str, principal: str) -> bool:
+        self._check_admin(vault)
+        done = self.governance.revoke_role(vault, principal)
+        self._audit("revoke_role", [], vault=vault, detail=principal)
+        return done
+
+    def _check_admin(self, vault: str) -> None:
+        role = self.governance.role(vault, self.principal)
+        if self.principal != SYSTEM and role not in (Role.admin, Role.owner):
+            self._audit("grant", [], outcome="denied", vault=vault)
+            raise PermissionDenied(f"{self.principal} is not an admin of vault {vault!r}")
+
+    def share(self, cube_id: str, principal: str, access: Access | str = Access.read) -> None:
+        """Share one cube with another principal, read-only or read-write (revocable)."""
+        cube = self.vault.get(cube_id)
+        self._guard(
+            Action.admin if self.principal != owner_of(cube) else Action.read, [cube], "share"
+        )
+        self.governance.share(cube.id, principal, access, by=self.principal)
+        self._audit("share", [cube], detail=f"{principal}:{access}")
+
+    def unshare(self, cube_id: str, principal: str) -> bool:
+        cube = self.vault.get(cube_id)
+        self._guard(
+            Action.admin if self.principal != owner_of(cube) else Action.read, [cube], "unshare"
+        )
+        done = self.governance.unshare(cube.id, principal)
+        self._audit("unshare", [cube], detail=principal)
+        return done
+
+    def audit_log(self, cube_id: str | None = None, limit: int = 1000) -> list[AuditEntry]:
+        return self.governance.audit_log(cube_id=cube_id, limit=limit)
+
+    def verify_audit(self) -> tuple[bool, int | None]:
+        """Check the audit hash chain: (intact, first bad seq)."""
+        return self.governance.verify_audit()
+
+    # MemLoader / MemDumper: the Memory Interchange Protocol
+    def export(
+        self,
+        path: str | Path | None = None,
+        *,
+        vault: str | None = None,
+        user_id: str | None = None,
+        tags: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        include_deleted: bool = False,
+    ) -> MIPDocument:
+        """Export readable cubes (with versions, redactions, access log) as MIP; to `path` too."""
+        from .loader import MemDumper
+
+        doc = MemDumper(self).dump(
+            principal=self.principal,
+            vault=vault,
+            user_id=user_id,
+            tags=tags,
+            since=since,
+            until=until,
+            include_deleted=include_deleted,
+        )
+        if path is not None:
+            Path(path).write_text(doc.model_dump_json(indent=1), encoding="utf-8")
+        self._audit("export", [i.cube for i in doc.cubes], vault=vault)
+        return doc
+
+    def import_file(
+        self,
+        source: str | Path | MIPDocument,
+        *,
+        vault: str | None = None,
+        user_id: str | None = None,
+    ) -> list[MemCube]:
+        """Import a MIP file (validated against its schema first), optionally into a new
+        vault / user scope; lineage and history are kept."""
+        from .loader import MemLoader, MIPDocument, read_mip
+
+        if vault is not None:
+            check_name(vault, "vault")
+        if user_id is not None:
+            check_name(user_id, "user_id")
+        doc = source if isinstance(source, MIPDocument) else read_mip(Path(source))
+        cubes = MemLoader(self).load(doc, principal=self.principal, vault=vault, user_id=user_id)
+        self._audit("import", cubes, vault=vault)
+        return cubes
+
+    # MemStore: channels between agents
+    def publish(
+        self,
+        channel: str,
+        memory: str | MemCube | Sequence[str | MemCube] | None = None,
+        *,
+        user_id: str,
+        cube_ids: Sequence[str] = (),
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        vault: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[Delivery]:
+        """Publish to a channel. Text becomes a new shared cube of the publisher; existing cubes
+        (objects or `cube_ids`) must belong to `user_id` and be shared or public."""
+        from .store import Delivery
+
+        items = [] if memory is None else [memory] if isinstance(memory, str | MemCube) else memory
+        if not items and not cube_ids:
+            raise InvalidInput("nothing to publish")
+        scope = _scope(vault or self.config.vault, user_id, agent_id, session_id)
+        by = f"agent:{agent_id}" if agent_id else f"user:{user_id}"
+        ids = [*cube_ids, *(m.id for m in items if isinstance(m, MemCube))]
+        cubes = [self.vault.get(i, scope_user=scope.user_id) for i in ids]
+        texts = [_check_text(m) for m in items if not isinstance(m, MemCube)]
+        if texts:
+            cubes += self.add(
+                [{"role": "assistant" if agent_id else "user", "content": t} for t in texts],
+                user_id=user_id,
+                agent_id=agent_id,
+                session_id=session_id,
+                vault=scope.vault,
+                tags=tags,
+                visibility=Visibility.shared,
+            )
+        seqs = self.memstore.publish(channel, cubes, published_by=by)
+        return [
+            Delivery(seq=s, channel=channel, cube=c, published_by=by, published_at=utcnow())
+            for s, c in zip(seqs, cubes, strict=True)
+        ]
+
+    def subscribe(
+        self, channel: str, subscriber: str, *, start: Literal["earliest", "latest"] = "earliest"
+    ) -> Channel:
+        """A durable subscription: `poll` returns what arrived since the last `ack`."""
+        return self.memstore.subscribe(channel, subscriber, start)
+
+    def poll(self, channel: str, subscriber: str, *, limit: int = 100) -> list[Delivery]:
+        return self.memstore.poll(channel, subscriber, limit)
+
+    def ack(self, channel: str, subscriber: str, seq: int) -> int:
+        return self.memstore.ack(channel, subscriber, seq)
+
+    def channels(self) -> list[Channel]:
+        return self.memstore.channels()
+
+    # local model: activation (KV cache) and parameter (LoRA) memory, and the scheduler
+    def model(
+        self,
+        url: str | None = None,
+        *,
+        model: str | None = None,
+        start: bool = True,
+        threads: int | None = None,
+        kv_budget_mb: int = 1024,
+    ) -> ModelClient:
+        """The local model process: the one at `url` (or `MEMOS_MODEL_URL`; ours or vLLM), else
+        the one running for this data dir, else a child process started now (the packaged
+        SmolLM2 unless `model` names another; it stops when this process ends)."""
+        from .model.memory import runtime
+
+        return runtime(self).connect(
+            url, model=model, start=start, threads=threads, kv_budget_mb=kv_budget_mb
+        )
+
+    def stop_model(self) -> bool:
+        """Stop the model process of this data dir; True if one was running."""
+        from .model.memory import runtime
+
+        return runtime(self).stop()
+
+    def chat_model(self, **kw: Any) -> MemOSChatModel:
+        """A LangChain chat model backed by the local model process (for fine-mode extraction,
+        the graphs, any chain); `kw` are `MemOSChatModel` fields (temperature, max_tokens...)."""
+        from .model.chat import MemOSChatModel
+
+        client = self.model()
+        return MemOSChatModel(base_url=client.url, model=kw.pop("model", None), **kw)
+
+    def build_activation(
+        self, cube_ids: Sequence[str | MemCube], *, user_id: str, **kw: Any
+    ) -> MemCube:
+        """Activation memory: the KV cache of these plaintext memories, stored as a versioned
+        activation cube (`vault`, `name`, `system_prompt`, `parameter` optional)."""
+        from .model.memory import build_activation
+
+        return build_activation(self, cube_ids, user_id=user_id, **kw)
+
+    def distil(
+        self, cube_ids: Sequence[str | MemCube] | None = None, *, user_id: str, **kw: Any
+    ) -> MemCube:
+        """Parameter memory: a LoRA adapter trained on these memories (or `tag=`), stored as a
+        versioned parameter cube (`name`, `steps`, `lr`, `rank`, `progress` optional)."""
+        from .model.memory import distil
+
+        return distil(self, cube_ids, user_id=user_id, **kw)
+
+    def generate(self, prompt: Any, *, user_id: str, **kw: Any) -> Generation:
+        """Answer with the local model using `memories` (as text), `activation` (a KV cache
+        cube: same greedy reply as the text, faster), `parameter` (a LoRA cube), or a
+        `plan` from `mem.scheduler.plan(...)`."""
+        from .model.memory import generate
+
+        return generate(self, prompt, user_id=user_id, **kw)
+
+    def generate_stream(self, prompt: Any, *, user_id: str, **kw: Any) -> Iterator[str]:
+        """`generate`, as text pieces as they are produced."""
+        from .model.memory import stream
+
+        return stream(self, prompt, user_id=user_id, **kw)
+
+    def load_parameter(self, cube_id: str, *, user_id: str | None = None) -> str:
+        """Load a parameter cube's adapter into the model process; returns its model name."""
+        from .model.memory import _cube, ensure_adapter
+
+        cube = _cube(self, cube_id, user_id, Form.parameter)
+        return ensure_adapter(self, cube, self.model())
+
+    def unload_parameter(self, cube_id: str, *, user_id: str | None = None) -> bool:
+        """Unload a parameter cube's adapter; requests then get the base model's outputs."""
+        from .model.memory import lora_name
+
+        return self.model().unload_adapter(lora_name(self.vault.get(cube_id, scope_user=user_id)))
+
+    @property
+    def scheduler(self) -> MemScheduler:
+        """The MemScheduler of this MemOS: policies, background jobs, task plans."""
+        from .scheduler import scheduler_of
+
+        return scheduler_of(self)
+
+    # async twins
+    async def aadd(self, messages: Any, **kw: Any) -> list[MemCube]:
+        return await asyncio.to_thread(self.add, messages, **kw)
+
+    async def aadd_document(self, document: str | Path, **kw: Any) -> list[MemCube]:
+        return await asyncio.to_thread(self.add_document, document, **kw)
+
+    async def asearch(self, query: str, **kw: Any) -> list[SearchHit]:
+        return await asyncio.to_thread(self.search, query, **kw)
+
+    async def aget(self, cube_id: str, **kw: Any) -> MemCube:
+        return await asyncio.to_thread(self.get, cube_id, **kw)
+
+    async def aupdate(self, cube_id: str, content: str, **kw: Any) -> MemCube:
+        return await asyncio.to_thread(self.update, cube_id, content, **kw)
+
+    async def ahistory(self, cube_id: str, **kw: Any) -> list[VersionRecord]:
+        return await asyncio.to_thread(self.history, cube_id, **kw)
+
+    async def adelete(self, cube_id: str, **kw: Any) -> MemCube:
+        return await asyncio.to_thread(self.delete, cube_id, **kw)
+
+    async def apurge(self, cube_id: str, **kw: Any) -> None:
+        return await asyncio.to_thread(self.purge, cube_id, **kw)
+
+    async def alist(self, **kw: Any) -> list[MemCube]:
+        return await asyncio.to_thread(self.list, **kw)
+
+    async def astats(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.stats)
+
+    async def apublish(self, channel: str, memory: Any, **kw: Any) -> list[Delivery]:
+        return await asyncio.to_thread(self.publish, channel, memory, **kw)
+
+    async def asubscribe(self, channel: str, subscriber: str, **kw: Any) -> Channel:
+        return await asyncio.to_thread(self.subscribe, channel, subscriber, **kw)
+
+    async def apoll(self, channel: str, subscriber: str, **kw: Any) -> list[Delivery]:
+        return await asyncio.to_thread(self.poll, channel, subscriber, **kw)
+
+    async def aack(self, channel: str, subscriber: str, seq: int) -> int:
+        return await asyncio.to_thread(self.ack, channel, subscriber, seq)
+
+    async def achannels(self) -> list[Channel]:
+        return await asyncio.to_thread(self.channels)
+
+    async def abuild_activation(self, cube_ids: Any, **kw: Any) -> MemCube:
+        return await asyncio.to_thread(self.build_activation, cube_ids, **kw)
+
+    async def adistil(self, cube_ids: Any = None, **kw: Any) -> MemCube:
+        return await asyncio.to_thread(self.distil, cube_ids, **kw)
+
+    async def agenerate(self, prompt: Any, **kw: Any) -> Generation:
+        return await asyncio.to_thread(self.generate, prompt, **kw)
+
+    async def astop_model(self) -> bool:
+        return await asyncio.to_thread(self.stop_model)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+
+__all__ = ["MemOS", "MemOSError"]

@@ -1,0 +1,532 @@
+"""MemOperator: organises plaintext memory into a topic -> concept -> fact graph, and keeps it
+free of stale facts (supersede with lineage; nothing is silently deleted).
+
+Organise, on every write, without a model:
+- entities (proper names, speakers) and concepts (RAKE-style keyphrases, Snowball-normalised;
+  a multi-word concept also files under its head word: "sunset painting" -> "painting");
+- typed, weighted relations between concepts: RELATED (co-occurring in a fact) and BROADER
+  (a phrase to its head word);
+- topics: each new fact joins the nearest topic centroid of its scope (cosine over the vectors
+  the vault already computed; nothing is embedded twice), or seeds a new topic; the scope is
+  re-clustered (k-means over its stored vectors) whenever it has doubled since the last time,
+  so the cost stays amortised O(1) per add. Topics are labelled c-TF-IDF style by the concepts
+  that are frequent in them and rare elsewhere; with a LangChain chat model, the model names
+  them.
+
+Supersede, conservatively: a new fact supersedes an older one of the same scope only when
+(a) neither is a keyed store item and both have the same speaker, (b) they are close in meaning
+(cosine >= `supersede_similarity`), (c) they share a named entity or concept, and (d) the new
+text states an explicit update ("no longer", "moved to", "switched to", "not anymore", ...;
+a question never does); or, for facts that are not conversation turns or document chunks,
+when the new one repeats the old one word for word. The old cube gets a new version (state
+superseded, valid_to set), the new one lists it in `derived_from`, the graph gets a SUPERSEDES
+edge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import re
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from .cube import Form, MemCube, SourceKind, State, utcnow
+from .graph.base import ConceptLink, FactNode, TopicNode, concept_norm, norm_entity
+from .reader import extract_concepts
+
+if TYPE_CHECKING:
+    from .vault import MemVault
+
+log = logging.getLogger(__name__)
+
+_UPDATE_CUE = re.compile(
+    r"\b(no longer|not any ?more|moved to|switched to|changed (?:my|our|it|the)|"
+    r"instead of|from now on|correction|i quit|we quit|stopped|replaced|now (?:live|work|"
+    r"prefer|use|go|have|am|is|are)|updated?:)\b",
+    re.IGNORECASE,
+)
+
+
+class OperatorConfig(BaseModel):
+    assign_similarity: float = Field(default=0.35, description="join a topic at this cosine")
+    recluster_min: int = Field(default=32, description="first full clustering at this size")
+    recluster_max: int = Field(default=50_000, description="no full re-clustering past this")
+    max_topics: int = 200
+    supersede_similarity: float = 0.6
+    concepts_per_fact: int = 4
+    background: bool = Field(
+        default=True,
+        description="relations, topic weights and re-clustering on a worker thread "
+        "(`flush()` waits for it); off: inside each write",
+    )
+
+
+class Placement(BaseModel):
+    """Where the operator put one fact."""
+
+    concepts: list[str] = Field(default_factory=list)
+    topic: str | None = None
+
+
+class TopicView(BaseModel):
+    tid: str
+    label: str
+    size: int
+    concepts: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TopicTree(BaseModel):
+    """The topic -> concept -> fact hierarchy of one scope."""
+
+    vault: str
+    user_id: str
+    topics: list[TopicView] = Field(default_factory=list)
+
+    def render(self, concepts: int = 5, facts: int = 2, width: int = 88) -> str:
+        """A text tree."""
+        lines = [f"{self.user_id} @ {self.vault}: {len(self.topics)} topics"]
+        for ti, t in enumerate(self.topics):
+            last_t = ti == len(self.topics) - 1
+            lines.append(f"{'└──' if last_t else '├──'} [{t.tid}] {t.label}  ({t.size} facts)")
+            pad = "    " if last_t else "│   "
+            shown = t.concepts[:concepts]
+            for ci, c in enumerate(shown):
+                last_c = ci == len(shown) - 1
+                lines.append(f"{pad}{'└──' if last_c else '├──'} {c['name']} "
+                             f"(w={c['weight']:g})")
+                pad2 = pad + ("    " if last_c else "│   ")
+                for f in c.get("facts", [])[:facts]:
+                    text = " ".join(str(f["text"]).split())
+                    lines.append(f"{pad2}· {text[: width - len(pad2) - 2]}")
+        return "\n".join(lines)
+
+    def to_dot(self, concepts: int = 5) -> str:
+        """Graphviz DOT of topics and their concepts."""
+        out = ["digraph memory {", "  rankdir=LR; node [shape=box, fontsize=10];"]
+        for t in self.topics:
+            tid = f"t_{_dot_id(t.tid)}"
+            out.append(f'  {tid} [label="{_dot_str(t.label)}\\n{t.size} facts", '
+                       'style=filled, fillcolor="#dde8ff"];')
+            for c in t.concepts[:concepts]:
+                cid = f"c_{_dot_id(c['name'])}"
+                out.append(f'  {cid} [label="{_dot_str(c["name"])}"];')
+                out.append(f'  {tid} -> {cid} [label="{c["weight"]:g}"];')
+        out.append("}")
+        return "\n".join(out)
+
+
+def _dot_id(s: str) -> str:
+    return re.sub(r"\W", "_", s)
+
+
+def _dot_str(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+@dataclass
+class _Topics:
+    """The topic state of one scope: normalised centroids, sizes, labels."""
+
+    tids: list[str] = field(default_factory=list)
+    centroids: np.ndarray | None = None  # (k, d), rows of unit length
+    sums: np.ndarray | None = None  # (k, d) running sums of member vectors
+    sizes: list[int] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    generation: int = 0
+    next_id: int = 0
+    n_total: int = 0
+    n_clustered: int = 0
+    dirty: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "tids": self.tids, "sizes": self.sizes, "labels": self.labels,
+            "generation": self.generation, "next_id": self.next_id, "n_total": self.n_total,
+            "n_clustered": self.n_clustered,
+            "sums": None if self.sums is None else np.round(self.sums, 5).tolist(),
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> _Topics:
+        d = json.loads(text)
+        t = cls(tids=d["tids"], sizes=d["sizes"], labels=d["labels"],
+                generation=d["generation"], next_id=d["next_id"], n_total=d["n_total"],
+                n_clustered=d["n_clustered"])
+        if d.get("sums"):
+            t.sums = np.asarray(d["sums"], dtype=np.float32)
+            t.centroids = _unit(t.sums)
+        return t
+
+    def nearest(self, v: np.ndarray) -> tuple[int, float]:
+        if self.centroids is None or not len(self.tids):
+            return -1, -1.0
+        sims = self.centroids @ v
+        j = int(sims.argmax())
+        return j, float(sims[j])
+
+    def add(self, j: int, v: np.ndarray) -> None:
+        assert self.sums is not None and self.centroids is not None
+        self.sums[j] += v
+        self.sizes[j] += 1
+        self.centroids[j] = _unit(self.sums[j : j + 1])[0]
+
+    def new(self, v: np.ndarray, label: str) -> int:
+        tid = f"{self.generation}.{self.next_id}"
+        self.next_id += 1
+        self.tids.append(tid)
+        self.sizes.append(1)
+        self.labels.append(label)
+        row = v.reshape(1, -1).astype(np.float32)
+        self.sums = row.copy() if self.sums is None else np.vstack([self.sums, row])
+        self.centroids = _unit(self.sums)
+        return len(self.tids) - 1
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(m, axis=1, keepdims=True)
+    n[n == 0] = 1.0
+    return (m / n).astype(np.float32)
+
+
+class MemOperator:
+    """Organises one vault's plaintext cubes (every scope in it) in its graph store."""
+
+    def __init__(self, vault: MemVault, config: OperatorConfig | None = None,
+                 llm: Any = None) -> None:
+        self.vault = vault
+        self.config = config or OperatorConfig()
+        self.llm = llm
+        self._topics: dict[tuple[str, str], _Topics] = {}
+        self._lock = threading.RLock()
+        self._queue: queue.Queue[tuple[Any, tuple[Any, ...]] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+
+    # -- the background worker ---------------------------------------------------------------
+    def submit(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` on the worker thread (inline when `background` is off)."""
+        if not self.config.background:
+            fn(*args)
+            return
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="memos-operator",
+                                                daemon=True)
+                self._worker.start()
+        self._queue.put((fn, args))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                fn, args = item
+                fn(*args)
+            except Exception as exc:  # organisation is derived data: log, go on
+                log.warning("organising failed: %s", exc)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every submitted organisation step is done."""
+        if self._worker is not None and self._worker.is_alive():
+            self._queue.join()
+
+    def close(self) -> None:
+        """Finish pending work and stop the worker."""
+        if self._worker is not None and self._worker.is_alive():
+            self._queue.put(None)
+            self._worker.join(timeout=60)
+        self._worker = None
+
+    # -- placement (before the graph write) ---------------------------------------------------
+    def annotate(
+        self, cubes: Sequence[MemCube], vectors: dict[str, list[float]]
+    ) -> dict[str, Placement]:
+        """Concepts and a topic for each live plaintext cube; sets `organisation.concept` /
+        `organisation.topic` on the cubes. Vectors are the ones the vault just computed."""
+        out: dict[str, Placement] = {}
+        by_scope: dict[tuple[str, str], list[MemCube]] = defaultdict(list)
+        for c in cubes:
+            if c.form is not Form.plaintext:
+                continue
+            concepts = self.concepts_of(c)
+            out[c.id] = Placement(concepts=concepts)
+            if concepts:
+                c.organisation.concept = concepts[0]
+            if c.id in vectors and c.is_live():
+                by_scope[(c.scope.vault, c.scope.user_id)].append(c)
+        with self._lock:
+            for (vault, user), group in by_scope.items():
+                topics = self._state(vault, user)
+                for c in group:
+                    v = np.asarray(vectors[c.id], dtype=np.float32)
+                    j, sim = topics.nearest(v)
+                    if j < 0 or (sim < self.config.assign_similarity
+                                 and len(topics.tids) < self.config.max_topics):
+                        j = topics.new(v, out[c.id].concepts[0] if out[c.id].concepts else "misc")
+                    else:
+                        topics.add(j, v)
+                    topics.n_total += 1
+                    topics.dirty += 1
+                    out[c.id].topic = topics.tids[j]
+                    c.organisation.topic = topics.labels[j]
+        return out
+
+    def concepts_of(self, cube: MemCube) -> list[str]:
+        phrases = extract_concepts(cube.content, self.config.concepts_per_fact,
+                                   entities=cube.organisation.entities)
+        heads = [p.split()[-1] for p in phrases if len(p.split()) > 1]
+        return list(dict.fromkeys([*phrases, *(h for h in heads if len(h) > 3)]))
+
+    # -- after the graph write: relations, topic weights, re-clustering -------------------------
+    def organise(
+        self,
+        cubes: Sequence[MemCube],
+        placements: dict[str, Placement],
+        facts: Sequence[FactNode] = (),
+    ) -> None:
+        """Link new `facts` to their concepts and topic, then typed concept relations and
+        concept -> topic weights for the placed cubes, and a re-clustering of any scope that
+        doubled since it was last clustered."""
+        graph = self.vault.graph
+        if facts and hasattr(graph, "place_facts"):
+            graph.place_facts(facts)
+        by_scope: dict[tuple[str, str], list[MemCube]] = defaultdict(list)
+        for c in cubes:
+            if c.id in placements:
+                by_scope[(c.scope.vault, c.scope.user_id)].append(c)
+        for (vault, user), group in by_scope.items():
+            links: list[ConceptLink] = []
+            weights: Counter[tuple[str, str]] = Counter()
+            for c in group:
+                p = placements[c.id]
+                names = p.concepts
+                top = names[:3]
+                for a_i, a in enumerate(top):
+                    for b in top[a_i + 1 :]:
+                        if b.endswith(" " + a) or a.endswith(" " + b):
+                            continue
+                        links.append(ConceptLink(source=a, target=b, kind="RELATED"))
+                for a in names:
+                    if len(a.split()) > 1 and a.split()[-1] in names:
+                        links.append(ConceptLink(source=a, target=a.split()[-1], kind="BROADER"))
+                if p.topic is not None:
+                    for name in names:
+                        weights[(name, p.topic)] += 1
+            if not hasattr(graph, "link_concepts"):
+                continue
+            graph.link_concepts(vault, user, links)
+            if weights:
+                graph.add_to_topics(vault, user, dict(weights))
+            with self._lock:
+                topics = self._state(vault, user)
+                new_topics = [
+                    TopicNode(tid=t, vault=vault, user_id=user, label=lab, size=s)
+                    for t, lab, s in zip(topics.tids, topics.labels, topics.sizes, strict=True)
+                    if t in {placements[c.id].topic for c in group}
+                ]
+                due = (topics.n_total >= self.config.recluster_min
+                       and topics.n_total >= 2 * max(topics.n_clustered, 1)
+                       and topics.n_total <= self.config.recluster_max)
+            graph.upsert_topics(new_topics)
+            if due:
+                try:
+                    self.recluster(vault, user)
+                except Exception as exc:  # organisation is derived: never fail a write on it
+                    log.warning("re-clustering %s/%s failed: %s", vault, user, exc)
+            elif topics.dirty >= 2000:
+                self._save(vault, user, topics)
+
+    # -- topics ------------------------------------------------------------------------------
+    def _key(self, vault: str, user: str) -> str:
+        return f"topics:{json.dumps([vault, user])}"
+
+    def _state(self, vault: str, user: str) -> _Topics:
+        st = self._topics.get((vault, user))
+        if st is None:
+            raw = self.vault.catalog.get_meta(self._key(vault, user))
+            st = _Topics.from_json(raw) if raw else _Topics()
+            self._topics[(vault, user)] = st
+        return st
+
+    def _save(self, vault: str, user: str, topics: _Topics) -> None:
+        self.vault.catalog.set_meta(self._key(vault, user), topics.to_json())
+        topics.dirty = 0
+
+    def recluster(self, vault: str, user_id: str) -> int:
+        """Cluster the scope's live facts afresh (k-means on their stored vectors), label the
+        topics, and rewrite the hierarchy; returns the number of topics."""
+        from sklearn.cluster import KMeans
+
+        cubes = [c for c in self.vault.catalog.list(vault=vault, user_id=user_id,
+                                                     states=[State.active], limit=10**9)
+                 if c.form is Form.plaintext]
+        if len(cubes) < 2:
+            return 0
+        vecs_by_id = self.vault.index.embeddings(vault, user_id, [c.id for c in cubes]) \
+            if hasattr(self.vault.index, "embeddings") else {}
+        cubes = [c for c in cubes if c.id in vecs_by_id]
+        if len(cubes) < 2:
+            return 0
+        x = _unit(np.asarray([vecs_by_id[c.id] for c in cubes], dtype=np.float32))
+        k = int(min(self.config.max_topics, max(2, round(math.sqrt(len(cubes) / 2)))))
+        km = KMeans(n_clusters=k, n_init=2, random_state=0, max_iter=100).fit(x)
+        labels_of = km.labels_
+        concepts = [self.concepts_of(c) for c in cubes]
+        with self._lock:
+            topics = self._state(vault, user_id)
+            topics.generation += 1
+            topics.next_id = k
+            topics.tids = [f"{topics.generation}.{j}" for j in range(k)]
+            sums = np.zeros((k, x.shape[1]), dtype=np.float32)
+            np.add.at(sums, labels_of, x)
+            topics.sums = sums
+            topics.centroids = _unit(sums)
+            topics.sizes = np.bincount(labels_of, minlength=k).tolist()
+            topics.labels = self._label(cubes, concepts, labels_of, k)
+            topics.n_total = topics.n_clustered = len(cubes)
+            assignment = {c.id: topics.tids[int(j)] for c, j in zip(cubes, labels_of, strict=True)}
+            nodes = [TopicNode(tid=t, vault=vault, user_id=user_id, label=lab, size=s)
+                     for t, lab, s in zip(topics.tids, topics.labels, topics.sizes, strict=True)]
+            self._save(vault, user_id, topics)
+        graph = self.vault.graph
+        graph.upsert_topics(nodes)
+        graph.assign_topics(vault, user_id, assignment)
+        graph.drop_topics(vault, user_id, [n.tid for n in nodes])
+        return k
+
+    def _label(self, cubes: list[MemCube], concepts: list[list[str]], labels: np.ndarray,
+               k: int) -> list[str]:
+        """c-TF-IDF over concepts: frequent in the topic, rare across topics."""
+        per_topic: list[Counter[str]] = [Counter() for _ in range(k)]
+        surface: dict[str, Counter[str]] = defaultdict(Counter)
+        for cs, j in zip(concepts, labels, strict=True):
+            for name in cs:
+                norm = concept_norm(name)
+                if norm:
+                    per_topic[int(j)][norm] += 1
+                    surface[norm][name] += 1
+        df = Counter(norm for c in per_topic for norm in c)
+        sizes = [sum(c.values()) or 1 for c in per_topic]
+        avg = sum(sizes) / k
+        out = []
+        for j in range(k):
+            scored = sorted(
+                ((tf / sizes[j]) * math.log(1 + avg / df[n]) * (1 + 0.3 * (" " in n)), n)
+                for n, tf in per_topic[j].items() if tf >= 1
+            )
+            names = [surface[n].most_common(1)[0][0] for _, n in reversed(scored[-3:])]
+            out.append(" / ".join(names) if names else "misc")
+        if self.llm is not None:
+            try:
+                out = self._llm_labels(cubes, labels, out)
+            except Exception as exc:
+                log.warning("chat model topic labelling failed, keeping c-TF-IDF labels: %s", exc)
+        return out
+
+    def _llm_labels(self, cubes: list[MemCube], labels: np.ndarray, base: list[str]) -> list[str]:
+        from .reader import _ask_llm
+
+        class _Labels(BaseModel):
+            labels: list[str] = Field(default_factory=list)
+
+        samples = []
+        for j, label in enumerate(base):
+            texts = [c.content[:120] for c, lab in zip(cubes, labels, strict=True)
+                     if int(lab) == j][:3]
+            samples.append(f"{j}: keywords: {label}; examples: " + " | ".join(texts))
+        prompt = (
+            "Name each topic of a person's memories in 2-4 words. Reply with JSON only: "
+            '{"labels": ["...", ...]}, one label per topic, in order.\n' + "\n".join(samples)
+        )
+        got = _ask_llm(self.llm, prompt, _Labels).labels[: len(base)]
+        return [g.strip() or b for g, b in zip([*got, *base[len(got):]], base, strict=True)]
+
+    def hierarchy(self, vault: str, user_id: str, facts_per_concept: int = 3) -> TopicTree:
+        """The topic -> concept -> fact tree of one scope (after pending work is done)."""
+        self.flush()
+        rows = self.vault.graph.hierarchy(vault, user_id, facts_per_concept)
+        return TopicTree(vault=vault, user_id=user_id,
+                         topics=[TopicView(**r) for r in rows])
+
+    # -- dedup / supersede ----------------------------------------------------------------------
+    def supersede_candidates(
+        self, cubes: Sequence[MemCube], vectors: dict[str, list[float]]
+    ) -> list[tuple[MemCube, str, str]]:
+        """(new cube, old cube id, reason) pairs: the old facts the new ones replace."""
+        router = self.vault.router
+        out: list[tuple[MemCube, str, str]] = []
+        batch = {c.id for c in cubes}
+        for c in cubes:
+            if (c.form is not Form.plaintext or not c.is_live()
+                    or "key" in c.metadata or c.id not in vectors):
+                continue
+            # an update is stated, not asked: "Any more paintings coming up?" is no update
+            cue = None if c.content.rstrip().endswith("?") else _UPDATE_CUE.search(c.content)
+            repeatable = c.provenance.source_kind not in (SourceKind.message, SourceKind.document)
+            if not cue and not repeatable:
+                continue
+            idx = router.scope_index(c.scope.vault, c.scope.user_id)
+            speaker = norm_entity(c.provenance.speaker) if c.provenance.speaker else None
+            if not cue:
+                # a verbatim repeat of a fact (not a conversation turn): merge into the new one
+                h = hash((c.provenance.speaker or "", " ".join(c.content.split()).casefold()))
+                with idx.lock:
+                    olds = [idx.docs[i].id for i in idx.by_hash.get(h, [])
+                            if idx.docs[i].alive and idx.docs[i].id not in batch
+                            and idx.docs[i].state == State.active.value
+                            and not idx.docs[i].keyed]
+                out += [(c, o, "duplicate") for o in olds[-1:]]
+                continue
+            found = self.vault.index.query(c.scope.vault, c.scope.user_id, vectors[c.id], n=6)
+            mine = {norm_entity(e) for e in c.organisation.entities if norm_entity(e) != speaker}
+            mine |= {concept_norm(x) for x in self.concepts_of(c)}
+            for oid, sim in found:
+                if oid == c.id or oid in batch or sim < self.config.supersede_similarity:
+                    continue
+                with idx.lock:
+                    i = idx.pos.get(oid)
+                    d = idx.docs[i] if i is not None else None
+                if d is None or not d.alive or d.state != State.active.value or d.keyed:
+                    continue
+                if d.speaker != speaker or d.valid_from > (c.lifecycle.valid_from or
+                                                           c.lifecycle.created_at).timestamp():
+                    continue
+                old = self.vault.catalog.get_many([oid]).get(oid)
+                if old is None:
+                    continue
+                theirs = {norm_entity(e) for e in old.organisation.entities
+                          if norm_entity(e) != speaker}
+                theirs |= {concept_norm(x) for x in self.concepts_of(old)}
+                if mine & theirs:
+                    out.append((c, oid, f"update ({cue.group(0)!r}, cosine {sim:.2f})"))
+                    break
+        return out
+
+    def supersede(self, new: MemCube, old_id: str, reason: str, by: str) -> MemCube | None:
+        """Mark `old_id` superseded by `new` (a new version of the old cube, valid_to set)."""
+        from .lifecycle import next_version
+
+        old = self.vault.catalog.get(old_id)
+        if old.lifecycle.state is not State.active:
+            return None
+        at = new.lifecycle.valid_from or utcnow()
+        gone = next_version(old, State.superseded)
+        gone.lifecycle.valid_to = max(at, old.lifecycle.valid_from or at)
+        gone.metadata = {**gone.metadata, "superseded_by": new.id, "supersede_reason": reason}
+        self.vault.write_version(gone, "supersede", by, old.lifecycle.version)
+        self.vault.graph.supersede(new.id, old.id, at.timestamp())
+        return gone
+
+
+__all__ = ["MemOperator", "OperatorConfig", "Placement", "TopicTree", "TopicView"]

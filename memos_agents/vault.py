@@ -1,0 +1,322 @@
+"""MemVault: named repositories of cubes over the catalog, the vector index and the graph.
+
+Write path: catalog first (pending) -> vector index + graph -> committed. `reconcile` brings
+anything left pending (a crash between the steps) back in line, so nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from .catalog import Catalog, ts
+from .cube import Form, MemCube, Scope, SearchHit, State, utcnow
+from .embeddings import Embedder
+from .errors import ConfigError, IntegrityError, InvalidInput, NotFound, StoreError
+from .graph.base import FactNode, GraphStore
+from .operator import MemOperator, Placement
+from .reader import MemoryIntent, read_intent
+from .retrieval import RetrievalConfig, RoutedHit, Router, SearchExplain
+from .vector.base import VectorIndex, VectorRecord
+
+log = logging.getLogger(__name__)
+
+OVERFETCH = 4
+
+
+def embed_text(cube: MemCube) -> str:
+    """What gets embedded: the text, with the speaker in front when there is one."""
+    speaker = cube.provenance.speaker
+    return f"{speaker}: {cube.content}" if speaker else cube.content
+
+
+def _fact_of(cube: MemCube, placement: Placement | None = None) -> FactNode:
+    return FactNode(
+        id=cube.id,
+        vault=cube.scope.vault,
+        user_id=cube.scope.user_id,
+        session_id=cube.scope.session_id,
+        agent_id=cube.scope.agent_id,
+        text=cube.content[:500],
+        source_kind=cube.provenance.source_kind.value,
+        source_refs=cube.provenance.source_refs,
+        entities=cube.organisation.entities,
+        concepts=placement.concepts if placement else [],
+        topic=placement.topic if placement else None,
+        speaker=cube.provenance.speaker,
+        state=cube.lifecycle.state.value,
+        importance=cube.organisation.importance,
+        valid_from=ts(cube.lifecycle.valid_from),
+        valid_to=ts(cube.lifecycle.valid_to),
+        created_at=ts(cube.lifecycle.created_at) or 0.0,
+    )
+
+
+def _vector_meta(cube: MemCube) -> dict[str, str | int | float | bool]:
+    meta: dict[str, str | int | float | bool] = {
+        "created_at": ts(cube.lifecycle.created_at) or 0.0,
+        "source_kind": cube.provenance.source_kind.value,
+    }
+    if cube.scope.session_id:
+        meta["session_id"] = cube.scope.session_id
+    if cube.scope.agent_id:
+        meta["agent_id"] = cube.scope.agent_id
+    if cube.lifecycle.valid_from:
+        meta["valid_from"] = ts(cube.lifecycle.valid_from) or 0.0
+    return meta
+
+
+class MemVault:
+    """All cubes of one data directory, in whichever named vaults they belong to."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        index: VectorIndex,
+        graph: GraphStore,
+        embedder: Embedder,
+        retrieval: RetrievalConfig | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.index = index
+        self.graph = graph
+        self.embedder = embedder
+        self._check_embedder()
+        self.router = Router(self, retrieval)
+        self.operator = MemOperator(self)
+        self.llm: Any = None  # a LangChain chat model for query intents / topic labels
+
+    def _check_embedder(self) -> None:
+        known = self.catalog.get_meta("embedder")
+        if known is None:
+            self.catalog.set_meta("embedder", self.embedder.name)
+        elif known != self.embedder.name:
+            raise ConfigError(
+                f"this data dir was indexed with embedder {known!r}; opening it with "
+                f"{self.embedder.name!r} would mix vector spaces (pass embedder={known!r})"
+            )
+
+    # writes
+    def add(self, cubes: Sequence[MemCube], created_by: str, organise: bool = True) -> None:
+        """Store new cubes: embed, place them (concepts, topic), catch the facts they supersede,
+        write the catalog (pending), then the index and graph (committed). With `organise`
+        false (or for keyed store items) nothing is superseded."""
+        for c in cubes:
+            c.seal()
+        vectors = self._embed(cubes)
+        placements = self.operator.annotate(cubes, vectors)
+        replaced = self.operator.supersede_candidates(cubes, vectors) if organise else []
+        for new, old_id, _ in replaced:
+            if old_id not in new.provenance.derived_from:
+                new.provenance.derived_from.append(old_id)
+        self.catalog.insert(cubes, changed_by=created_by)
+        self.sync(cubes, vectors=vectors, placements=placements, fresh=True)
+        for new, old_id, reason in replaced:
+            try:
+                self.operator.supersede(new, old_id, reason, created_by)
+            except Exception as exc:  # the new fact is stored; the old one stays current
+                log.warning("could not supersede %s by %s: %s", old_id, new.id, exc)
+
+    def write_version(self, cube: MemCube, op: str, changed_by: str, expected_version: int) -> None:
+        cube.seal()
+        self.catalog.write_version(cube, op, changed_by, expected_version)
+        self.sync([cube])
+
+    def _embed(self, cubes: Sequence[MemCube]) -> dict[str, list[float]]:
+        live = [c for c in cubes if c.form is Form.plaintext and c.is_live()]
+        if not live:
+            return {}
+        try:
+            vectors = self.embedder.embed_documents([embed_text(c) for c in live])
+        except Exception as exc:
+            raise StoreError(f"embedding failed; nothing was stored: {exc}") from exc
+        return {c.id: v for c, v in zip(live, vectors, strict=True)}
+
+    def sync(
+        self,
+        cubes: Sequence[MemCube],
+        vectors: dict[str, list[float]] | None = None,
+        placements: dict[str, Placement] | None = None,
+        fresh: bool = False,
+    ) -> None:
+        """Make the index and graph agree with these catalog rows, then mark them committed.
+        Active plaintext cubes are (re-)embedded unless `vectors` has them; superseded ones keep
+        their vector (for `as_of` searches) and their graph node (for lineage)."""
+        live = [c for c in cubes if c.form is Form.plaintext and c.is_live()]
+        kept = [c for c in cubes
+                if c.form is Form.plaintext and c.lifecycle.state is State.superseded]
+        keep_ids = {c.id for c in live} | {c.id for c in kept}
+        gone = [c for c in cubes if c.id not in keep_ids]
+        vectors = dict(vectors or {})
+        try:
+            missing = [c for c in live if c.id not in vectors]
+            if missing:
+                vectors.update(self._embed(missing))
+            if placements is None:
+                placements = self.operator.annotate(live + kept, vectors)
+            if live:
+                by_scope: dict[tuple[str, str], list[VectorRecord]] = defaultdict(list)
+                for c in live:
+                    by_scope[(c.scope.vault, c.scope.user_id)].append(
+                        VectorRecord(id=c.id, embedding=vectors[c.id], metadata=_vector_meta(c))
+                    )
+                for (vault, user), recs in by_scope.items():
+                    self.index.upsert(vault, user, recs)
+            if live or kept:
+                if fresh:  # new facts: concepts and topic are linked by the operator
+                    self.graph.upsert_facts([_fact_of(c) for c in live + kept], fresh=True)
+                else:
+                    self.graph.upsert_facts([_fact_of(c, placements.get(c.id))
+                                             for c in live + kept])
+            if gone:
+                for (vault, user), ids in _ids_by_scope(gone).items():
+                    self.index.delete(vault, user, ids)
+                self.graph.delete_facts([c.id for c in gone])
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"indexing failed; {len(cubes)} cube(s) are kept in the catalog as pending "
+                f"and will be re-indexed when the vault is next opened: {exc}"
+            ) from exc
+        self.catalog.mark_committed(
+            [c.id for c in cubes], {c.id: c.lifecycle.version for c in cubes}
+        )
+        self.router.on_write(cubes)
+        placed = {cid: p for cid, p in placements.items() if cid in {c.id for c in live}}
+        if placed:
+            facts = [_fact_of(c, placed[c.id]) for c in live if c.id in placed] if fresh else []
+            self.operator.submit(self.operator.organise, live, placed, facts)
+
+    def reconcile(self, batch: int = 500) -> int:
+        """Re-index every cube left pending; returns how many were repaired. A batch that
+        still fails stays pending (and is logged) so opening the vault never fails on it."""
+        done = 0
+        failed: set[str] = set()
+        while pending := [c for c in self.catalog.pending(limit=batch + len(failed))
+                          if c.id not in failed][:batch]:
+            try:
+                self.sync(pending)
+                done += len(pending)
+            except StoreError as exc:
+                log.error("could not re-index %d pending cube(s): %s", len(pending), exc)
+                failed.update(c.id for c in pending)
+        return done
+
+    def purge(self, cube: MemCube) -> None:
+        self.index.delete(cube.scope.vault, cube.scope.user_id, [cube.id])
+        self.graph.delete_facts([cube.id])
+        self.catalog.purge(cube.id)
+        self.router.on_purge(cube)
+
+    # reads
+    def get(self, cube_id: str, scope_user: str | None = None) -> MemCube:
+        if not isinstance(cube_id, str) or not cube_id:
+            raise InvalidInput("cube id must be a non-empty string")
+        cube = self.catalog.get(cube_id)
+        if scope_user is not None and cube.scope.user_id != scope_user:
+            raise NotFound(f"no cube with id {cube_id!r}")  # never reveal another user's ids
+        if not cube.intact:
+            raise IntegrityError(f"cube {cube_id} does not match its fingerprint: it was altered")
+        return cube
+
+    def search(
+        self,
+        query: str,
+        scope: Scope,
+        k: int,
+        *,
+        tags: Sequence[str] | None = None,
+        min_score: float | None = None,
+        now: datetime | None = None,
+    ) -> list[SearchHit]:
+        where: dict[str, Any] = {}
+        if scope.session_id:
+            where["session_id"] = scope.session_id
+        if scope.agent_id:
+            where["agent_id"] = scope.agent_id
+        if len(where) > 1:
+            where = {"$and": [{key: v} for key, v in where.items()]}
+        vec = self.embedder.embed_query(query)
+        n = k * OVERFETCH if tags else k + OVERFETCH
+        found = self.index.query(scope.vault, scope.user_id, vec, n=n, where=where or None)
+        cubes = self.catalog.get_many([i for i, _ in found])
+        now = now or utcnow()
+        wanted = set(tags or ())
+        hits = []
+        for cid, score in found:
+            cube = cubes.get(cid)
+            if (
+                cube is None
+                or cube.scope.user_id != scope.user_id
+                or cube.scope.vault != scope.vault
+            ):
+                continue
+            if not cube.is_live(now) or (wanted and not wanted & set(cube.organisation.tags)):
+                continue
+            if min_score is not None and score < min_score:
+                continue
+            if not cube.intact:
+                log.warning("cube %s does not match its fingerprint; not served", cid)
+                continue
+            hits.append(SearchHit(cube=cube, score=round(score, 6)))
+            if len(hits) == k:
+                break
+        self.catalog.touch([h.cube.id for h in hits], now)
+        for h in hits:
+            h.cube.lifecycle.access_count += 1
+            h.cube.lifecycle.last_accessed_at = now
+        return hits
+
+    def route(
+        self,
+        query: str,
+        scope: Scope,
+        k: int,
+        *,
+        tags: Sequence[str] | None = None,
+        min_score: float | None = None,
+        as_of: datetime | None = None,
+        window: int = 0,
+        explain: bool = False,
+        now: datetime | None = None,
+        intent: MemoryIntent | None = None,
+        dense_only: bool = False,
+    ) -> tuple[list[RoutedHit], SearchExplain | None]:
+        """Hybrid search: the query's intent routed to graph, dense and keyword candidates,
+        fused (see `memos_agents.retrieval`). Returns the hits and, if asked, the explanation."""
+        now = now or utcnow()
+        intent = intent or read_intent(query, now, self.llm)
+        hits, ex = self.router.search(
+            query, scope, k, intent=intent, tags=tags, min_score=min_score, as_of=as_of,
+            window=window, explain=explain, now=now,
+            config=self.router.dense_config() if dense_only else None,
+        )
+        self.catalog.touch([h.cube.id for h in hits], now)
+        for h in hits:
+            h.cube.lifecycle.access_count += 1
+            h.cube.lifecycle.last_accessed_at = now
+        return hits, ex
+
+    def stats(self) -> dict[str, Any]:
+        out = self.catalog.stats()
+        out["vectors"] = self.index.count()
+        out["graph"] = self.graph.counts()
+        out["embedder"] = self.embedder.name
+        return out
+
+    def close(self) -> None:
+        self.operator.close()
+        self.index.close()
+        self.graph.close()
+        self.catalog.close()
+
+
+def _ids_by_scope(cubes: Sequence[MemCube]) -> dict[tuple[str, str], list[str]]:
+    out: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for c in cubes:
+        out[(c.scope.vault, c.scope.user_id)].append(c.id)
+    return out

@@ -1,0 +1,5 @@
+"""Plaintext vector index backends."""
+
+from .base import VectorIndex, VectorRecord
+
+__all__ = ["VectorIndex", "VectorRecord"]

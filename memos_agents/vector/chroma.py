@@ -1,0 +1,134 @@
+"""Chroma backend: `PersistentClient` under the data dir, or `HttpClient` for a Chroma server.
+
+We always pass our own embeddings; Chroma's default embedding function (which downloads a
+model) is never called. One collection per (vault, user_id), named by a hash of the scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..errors import ConfigError, StoreError
+from .base import VectorRecord
+
+
+def collection_name(vault: str, user_id: str) -> str:
+    digest = hashlib.sha256(f"{vault}\x00{user_id}".encode()).hexdigest()[:32]
+    return f"memos_{digest}"
+
+
+class ChromaIndex:
+    def __init__(self, path: Path | None = None, url: str | None = None) -> None:
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        try:
+            if url:
+                u = urlparse(url)
+                if u.scheme not in ("http", "https") or not u.hostname:
+                    raise ConfigError(f"chroma url must be http(s)://host[:port], got {url!r}")
+                self.client: Any = chromadb.HttpClient(
+                    host=u.hostname,
+                    port=u.port or (443 if u.scheme == "https" else 8000),
+                    ssl=u.scheme == "https",
+                    settings=settings,
+                )
+            else:
+                assert path is not None
+                self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot open Chroma ({url or path}): {exc}") from exc
+        self._collections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _collection(self, vault: str, user_id: str, create: bool) -> Any:
+        name = collection_name(vault, user_id)
+        with self._lock:
+            col = self._collections.get(name)
+            if col is not None:
+                return col
+            try:
+                if create:
+                    col = self.client.get_or_create_collection(
+                        name,
+                        embedding_function=None,
+                        configuration={"hnsw": {"space": "cosine"}},
+                        metadata={"vault": vault, "user_id": user_id},
+                    )
+                else:
+                    col = self.client.get_collection(name, embedding_function=None)
+            except Exception:
+                if create:
+                    raise
+                return None
+            self._collections[name] = col
+            return col
+
+    def upsert(self, vault: str, user_id: str, records: Sequence[VectorRecord]) -> None:
+        if not records:
+            return
+        col = self._collection(vault, user_id, create=True)
+        for start in range(0, len(records), 5000):
+            chunk = records[start : start + 5000]
+            col.upsert(
+                ids=[r.id for r in chunk],
+                embeddings=[r.embedding for r in chunk],
+                metadatas=[r.metadata or None for r in chunk],
+            )
+
+    def delete(self, vault: str, user_id: str, ids: Sequence[str]) -> None:
+        col = self._collection(vault, user_id, create=False)
+        if col is not None and ids:
+            col.delete(ids=list(ids))
+
+    def query(
+        self,
+        vault: str,
+        user_id: str,
+        embedding: Sequence[float],
+        n: int,
+        where: dict[str, Any] | None = None,
+    ) -> list[tuple[str, float]]:
+        col = self._collection(vault, user_id, create=False)
+        if col is None:
+            return []
+        res = col.query(
+            query_embeddings=[list(embedding)],
+            n_results=n,
+            where=where or None,
+            include=["distances"],
+        )
+        return [(i, 1.0 - d) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)]
+
+    def embeddings(
+        self, vault: str, user_id: str, ids: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Stored vectors of this scope (all, or those of `ids`), by id (numpy arrays)."""
+        col = self._collection(vault, user_id, create=False)
+        if col is None:
+            return {}
+        out: dict[str, Any] = {}
+        if ids is not None:
+            for start in range(0, len(ids), 5000):
+                res = col.get(ids=list(ids[start : start + 5000]), include=["embeddings"])
+                out.update(zip(res["ids"], res["embeddings"], strict=True))
+            return out
+        total = col.count()
+        for offset in range(0, total, 5000):
+            res = col.get(include=["embeddings"], limit=5000, offset=offset)
+            out.update(zip(res["ids"], res["embeddings"], strict=True))
+        return out
+
+    def count(self) -> int:
+        return sum(c.count() for c in self.client.list_collections() if c.name.startswith("memos_"))
+
+    def close(self) -> None:
+        self._collections.clear()

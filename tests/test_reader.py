@@ -1,0 +1,164 @@
+"""MemReader: fast mode without a model, fine mode through a LangChain chat model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+
+from memos_agents.cube import SourceKind
+from memos_agents.errors import ExtractionError, InvalidInput
+from memos_agents.formats import read_batches
+from memos_agents.reader import MemReader, extract_entities
+
+LOCOMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
+
+
+def test_fast_mode_one_draft_per_turn_keeps_speaker_time_and_ids() -> None:
+    drafts = MemReader().read_messages(
+        [
+            {
+                "role": "user",
+                "speaker": "Alice",
+                "content": "I moved to Lisbon in May.",
+                "id": "m1",
+                "timestamp": "2023-05-08T13:56:00",
+            },
+            HumanMessage(content="My dog Miso loves Cascais.", id="m2"),
+            AIMessage(content="Nice!"),
+        ]
+    )
+    assert [d.text for d in drafts] == [
+        "I moved to Lisbon in May.",
+        "My dog Miso loves Cascais.",
+        "Nice!",
+    ]
+    assert drafts[0].speaker == "Alice" and drafts[0].source_refs == ["m1"]
+    assert drafts[0].valid_from is not None and drafts[0].valid_from.year == 2023
+    assert drafts[1].role == "user" and drafts[2].role == "assistant"
+    assert "Lisbon" in drafts[0].entities and "Alice" in drafts[0].entities
+    assert {"Miso", "Cascais"} <= set(drafts[1].entities)
+    assert all(d.source_kind is SourceKind.message for d in drafts)
+    assert drafts[2].importance < drafts[0].importance
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        [{"role": "user"}],
+        [{"content": "   "}],
+        [{"content": 3}],
+        [42],
+        [{"content": "x" * 100_001}],
+    ],
+)
+def test_bad_messages_are_rejected(bad) -> None:
+    with pytest.raises(InvalidInput):
+        MemReader().read_messages(bad)
+
+
+def test_entities_skip_sentence_starters() -> None:
+    ents = extract_entities("Yesterday I met Caroline at the LGBTQ support group in New York City.")
+    assert "Yesterday" not in ents and "I" not in ents
+    assert {"Caroline", "New York City"} <= set(ents)
+
+
+def test_documents_become_overlapping_chunks() -> None:
+    text = "\n\n".join(f"Paragraph {i} talks about Lisbon and the sea. " * 8 for i in range(10))
+    drafts = MemReader(chunk_size=400, chunk_overlap=50).read_document(text, source="notes.md")
+    assert len(drafts) > 5
+    assert all(len(d.text) <= 400 for d in drafts)
+    assert drafts[3].source_refs == ["notes.md#chunk3"]
+    assert all(d.source_kind is SourceKind.document for d in drafts)
+
+
+def test_fine_mode_parses_json_from_a_chat_model() -> None:
+    reply = json.dumps(
+        {
+            "facts": [
+                {
+                    "text": "Alice moved to Lisbon in May 2023.",
+                    "source_turns": [0],
+                    "entities": ["Alice", "Lisbon"],
+                    "tags": ["home"],
+                    "importance": 0.9,
+                },
+                {"text": "Alice's dog is called Miso.", "source_turns": [0, 7]},
+            ]
+        }
+    )
+    llm = FakeListChatModel(responses=[f"Sure! ```json\n{reply}\n```"])
+    drafts = MemReader(llm=llm).read_messages(
+        [
+            {
+                "role": "user",
+                "speaker": "Alice",
+                "content": "I moved to Lisbon in May; my dog is Miso.",
+                "id": "m1",
+            }
+        ],
+        mode="fine",
+    )
+    assert [d.text for d in drafts] == [
+        "Alice moved to Lisbon in May 2023.",
+        "Alice's dog is called Miso.",
+    ]
+    assert (
+        drafts[0].source_refs == ["m1"]
+        and drafts[0].tags == ["home"]
+        and drafts[0].importance == 0.9
+    )
+    assert drafts[1].source_refs == ["m1"]  # out-of-range turn 7 dropped
+    assert "Miso" in drafts[1].entities and drafts[0].source_kind is SourceKind.extraction
+
+
+@pytest.mark.parametrize("reply", ["I found nothing", '{"facts": [{"nope": 1}]}', "{broken"])
+def test_fine_mode_bad_model_output_is_an_extraction_error(reply: str) -> None:
+    with pytest.raises(ExtractionError):
+        MemReader(llm=FakeListChatModel(responses=[reply])).read_messages(
+            ["hello there"], mode="fine"
+        )
+
+
+def test_fine_mode_without_model_is_invalid() -> None:
+    with pytest.raises(InvalidInput, match="chat model"):
+        MemReader().read_messages(["hello"], mode="fine")
+
+
+def test_locomo_format_keeps_dia_ids_and_session_dates() -> None:
+    batches = list(read_batches(LOCOMO))
+    assert batches[0].user_id == "conv-26" and batches[0].session_id == "session_1"
+    first = batches[0].messages[0]
+    assert first["id"] == "D1:1" and first["speaker"] == "Caroline"
+    assert first["timestamp"] is not None
+    total = sum(len(b.messages) for b in batches)
+    assert total > 600
+    assert any("[shares an image:" in m["content"] for b in batches for m in b.messages)
+
+
+def test_jsonl_format_groups_by_user_and_session(tmp_path: Path) -> None:
+    f = tmp_path / "chat.jsonl"
+    f.write_text(
+        "\n".join(
+            json.dumps(m)
+            for m in [
+                {"role": "user", "content": "hi", "user_id": "a", "session_id": "1"},
+                {"role": "assistant", "content": "hello", "user_id": "a", "session_id": "1"},
+                {"role": "user", "content": "yo", "user_id": "b", "session_id": "9"},
+            ]
+        )
+    )
+    batches = list(read_batches(f))
+    assert [(b.user_id, b.session_id, len(b.messages)) for b in batches] == [
+        ("a", "1", 2),
+        ("b", "9", 1),
+    ]
+    assert batches[0].messages[0]["id"] == "chat.jsonl:1"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"content": "ok"}\nnot json\n')
+    with pytest.raises(InvalidInput, match=r"bad\.jsonl:2"):
+        list(read_batches(bad))

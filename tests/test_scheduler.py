@@ -1,0 +1,227 @@
+"""MemScheduler on the real embedded stores: policies (hot, cold, stable, idle), durable jobs,
+the background worker, task plans and the CLI. Jobs that need the model process run with stub
+handlers here; tests/test_model.py runs a real promotion."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+from typer.testing import CliRunner
+
+from memos_agents import MemOS
+from memos_agents.cli import app
+from memos_agents.cube import Form, MemCube, Provenance, Scope, SourceKind, State, utcnow
+from memos_agents.errors import InvalidInput
+from memos_agents.model.memory import lora_name
+from memos_agents.scheduler import MemScheduler, jobs_table
+
+DAY = 86400.0
+
+
+def _reads(mem: MemOS, cubes: list[MemCube], times: int, at=None) -> None:
+    for _ in range(times):
+        mem.vault.catalog.touch([c.id for c in cubes], at or utcnow())
+
+
+def _derived(mem: MemOS, form: Form, sources: list[MemCube], **meta) -> MemCube:
+    cube = MemCube(
+        form=form,
+        content=meta.pop("content", f"{form.value}/x"),
+        scope=Scope(vault=mem.config.vault, user_id="alice"),
+        provenance=Provenance(
+            source_kind=SourceKind.derived,
+            derived_from=[c.id for c in sources],
+            created_by="test",
+        ),
+        metadata={"sources": [[c.id, c.lifecycle.version, ""] for c in sources], **meta},
+    )
+    mem.vault.add([cube], created_by="test")
+    return cube
+
+
+def test_hot_memories_are_proposed_for_activation_within_the_token_budget(mem):
+    facts = [
+        f"Fact number {i} about Alice, who lives in a small house by the sea." for i in range(6)
+    ]
+    cubes = mem.add(facts, user_id="alice")
+    sched = mem.scheduler
+    assert sched.scan(user_id="alice") == []  # nothing read yet
+    _reads(mem, cubes[:3], 3)
+    _reads(mem, cubes[3:4], 2)  # below hot_min_access
+    [prop] = [p for p in sched.scan(user_id="alice") if p.kind != "distil"]
+    assert prop.kind == "promote" and set(prop.cube_ids) == {c.id for c in cubes[:3]}
+    assert "read >= 3 times" in prop.reason and prop.params == {"name": "hot"}
+    # outside the recency window nothing is hot any more
+    later = utcnow() + timedelta(days=8)
+    assert "promote" not in [p.kind for p in sched.scan(user_id="alice", now=later)]
+    sched.set_policy(hot_max_tokens=64)  # room for the header and only a couple of memories
+    small = sched.hot_set(mem.config.vault, "alice")
+    assert 0 < len(small) < 3
+    assert MemScheduler(mem).policy.hot_max_tokens == 64  # the policy is kept in the catalog
+    with pytest.raises(InvalidInput):
+        sched.set_policy(hot_min_access=0)
+
+
+def test_cold_archive_stable_distil_and_idle_demote(mem):
+    sched = mem.scheduler
+    sched.set_policy(cold_max_importance=1.0)
+    lore = mem.add(
+        [f"Dragons of kind {i} breathe fire." for i in range(4)], user_id="alice", tags=["dragons"]
+    )
+    other = mem.add(["A note nobody reads."], user_id="alice")
+    blob = mem.config.data_dir / "blobs" / "kv" / "idle.safetensors"
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(b"x")
+    act = _derived(mem, Form.activation, lore[:1], content="kv/idle.safetensors", name="old")
+
+    soon = utcnow() + timedelta(days=8)
+    props = sched.scan(user_id="alice", now=soon)
+    assert {p.kind for p in props} == {"distil"}  # a stable cluster (by topic, else tag)
+    [cluster] = props
+    assert set(cluster.cube_ids) == {c.id for c in lore} and "none changed" in cluster.reason
+    assert cluster.params["name"] in {"dragons", lore[0].organisation.topic}
+    assert sched.tick(user_id="alice", now=soon) == []  # distillation only on request / policy
+    sched.handlers["distil"] = lambda job: {"stub": len(job.params["cube_ids"])}
+    assert [j.kind for j in sched.tick(user_id="alice", now=soon, distil=True)] == ["distil"]
+    assert sched.run_pending()[0].result == {"stub": 4}
+    _derived(mem, Form.parameter, lore)  # once distilled, the cluster is covered
+    assert "distil" not in {p.kind for p in sched.scan(user_id="alice", now=soon)}
+
+    much_later = utcnow() + timedelta(days=120)
+    kinds = {p.kind: p for p in sched.scan(user_id="alice", now=much_later)}
+    assert set(kinds) == {"archive", "demote"}
+    assert set(kinds["archive"].cube_ids) == {c.id for c in [*lore, *other]}
+    assert kinds["demote"].cube_ids == [act.id] and "unused" in kinds["demote"].reason
+    jobs = sched.tick(user_id="alice", now=much_later)
+    assert sorted(j.kind for j in jobs) == ["archive", "demote"]
+    done = sched.run_pending()
+    assert all(j.state == "done" for j in done), [j.error for j in done]
+    assert mem.get(other[0].id).lifecycle.state is State.archived
+    assert mem.history(other[0].id)[-1].op == "archive"
+    assert mem.search("note nobody reads", user_id="alice") == []  # archived: not served
+    assert mem.get(act.id).lifecycle.state is State.archived and not blob.exists()
+
+
+def test_jobs_are_durable_deduplicated_and_recovered(data_dir, embedder, mem):
+    cubes = mem.add(["Alice likes tea.", "Alice likes jazz."], user_id="alice")
+    sched = mem.scheduler
+    job = sched.promote("alice", [c.id for c in cubes])
+    assert job is not None and job.state == "queued" and job.reason == "on request"
+    assert sched.promote("alice", [c.id for c in cubes]) is None  # same job already queued
+    assert sched.status()["counts"] == {"queued": 1}
+    mem.close()
+
+    again = MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30)
+    try:
+        sched = again.scheduler
+        assert [j.id for j in sched.jobs(state="queued")] == [job.id]
+        # a worker that died mid-job (its pid is gone): the job is run again
+        dead = f"{socket.gethostname()}:{2**22 + 12345}:gone"
+        with again.vault.catalog.engine.begin() as conn:
+            conn.execute(
+                update(jobs_table())
+                .where(jobs_table().c.id == job.id)
+                .values(
+                    state="running",
+                    worker=dead,
+                    attempts=1,
+                    started_at=time.time(),
+                    heartbeat_at=time.time(),
+                )
+            )
+        calls = []
+        sched.handlers["promote"] = lambda j: calls.append(j.id) or {"ok": True}
+        [ran] = sched.run_pending()
+        assert ran.id == job.id and ran.state == "done" and ran.attempts == 2 and calls
+        # a handler error is kept on the job, visible, and can be retried
+        sched.handlers["archive"] = lambda j: (_ for _ in ()).throw(InvalidInput("boom"))
+        from memos_agents.scheduler import Proposal
+
+        bad = sched.submit(
+            Proposal(
+                kind="archive", vault="default", user_id="alice", cube_ids=["x"], reason="test"
+            )
+        )
+        [failed] = sched.run_pending()
+        assert failed.id == bad.id and failed.state == "failed" and failed.error == "boom"
+        assert sched.retry(bad.id) and sched.get(bad.id).state == "queued"
+        assert sched.cancel(bad.id) and sched.get(bad.id).state == "cancelled"
+    finally:
+        again.close()
+
+
+def test_background_worker_runs_jobs(mem):
+    cubes = mem.add(["Alice likes tea."], user_id="alice")
+    sched = mem.scheduler
+    sched.handlers["promote"] = lambda j: {"pid": os.getpid()}
+    sched.start(interval=0.2, policies=False)
+    try:
+        job = sched.promote("alice", [cubes[0].id])
+        done = sched.wait(job.id, timeout=30)
+        assert done.state == "done" and done.result == {"pid": os.getpid()}
+        assert done.worker == sched.worker_id and sched.running
+    finally:
+        sched.stop()
+    assert not sched.running
+
+
+def test_plan_orders_parameter_activation_plaintext_and_says_why(mem):
+    cubes = mem.add(
+        [
+            "Alice's cat is named Biscuit.",
+            "Alice's cat likes tuna.",
+            "Alice works in Lisbon.",
+            "Alice drives a red car.",
+        ],
+        user_id="alice",
+        tags=["alice"],
+    )
+    task = "What does Alice's cat like to eat?"
+    plan = mem.scheduler.plan(task, user_id="alice", k=3)
+    assert [s.form for s in plan.steps] == [Form.plaintext] and plan.parameter is None
+    param = _derived(mem, Form.parameter, cubes[:2], name="cats", model="m", revision="r")
+    act = _derived(mem, Form.activation, cubes[:2], adapter=lora_name(param), tokens=30)
+    plan = mem.scheduler.plan(task, user_id="alice", k=3)
+    assert [s.form for s in plan.steps] == [Form.parameter, Form.activation, Form.plaintext]
+    assert plan.parameter == param.id and plan.activation == act.id
+    assert not set(plan.plaintext) & {c.id for c in cubes[:2]}
+    assert "no prompt tokens" in plan.steps[0].reason
+    assert "skips re-reading" in plan.steps[1].reason
+    assert "sent as text after the cached block" in plan.steps[2].reason
+    assert "1. parameter" in plan.explain()
+    # a source changes: the cache is stale, the plan skips it and says so
+    mem.update(cubes[1].id, "Alice's cat likes salmon.", user_id="alice")
+    plan = mem.scheduler.plan(task, user_id="alice", k=3)
+    assert plan.activation is None and any("stale" in n for n in plan.notes)
+
+
+def test_scheduler_cli(data_dir, mem):
+    runner = CliRunner()
+    cubes = mem.add(["Alice likes tea.", "Alice likes jazz."], user_id="alice")
+    _reads(mem, cubes, 3)
+    mem.scheduler.promote("alice", [cubes[0].id])
+    d = ["--dir", str(data_dir)]
+    out = runner.invoke(app, ["scheduler", "status", "--json", *d], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    st = json.loads(out.stdout)
+    assert st["counts"] == {"queued": 1} and st["jobs"][0]["kind"] == "promote"
+    out = runner.invoke(app, ["scheduler", "status", *d], catch_exceptions=False)
+    assert "promote" in out.stdout and "queued" in out.stdout
+    out = runner.invoke(app, ["scheduler", "scan", "--user", "alice", *d], catch_exceptions=False)
+    assert json.loads(out.stdout)[0]["kind"] == "promote"
+    out = runner.invoke(
+        app,
+        ["scheduler", "plan", "what does alice like?", "--user", "alice", "--json", *d],
+        catch_exceptions=False,
+    )
+    assert json.loads(out.stdout)["steps"][0]["form"] == "plaintext"
+    out = runner.invoke(
+        app, ["scheduler", "policy", "--set", "hot_min_access=5", *d], catch_exceptions=False
+    )
+    assert json.loads(out.stdout)["hot_min_access"] == 5
