@@ -64,15 +64,19 @@ def empty_cache(config: Any, layers: int) -> DynamicCache:
     return out
 
 
+def _fill(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Point an empty layer at existing tensors (shared, not copied)."""
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
+
+
 def fork(cache: DynamicCache, config: Any) -> DynamicCache:
     """A cache a request may grow or crop without touching `cache`."""
     if all(type(layer) is DynamicLayer for layer in cache.layers):
         out = empty_cache(config, len(cache.layers))
         for src, dst in zip(cache.layers, out.layers, strict=True):
             if src.is_initialized:
-                dst.dtype, dst.device = src.dtype, src.device
-                dst.keys, dst.values = src.keys, src.values
-                dst.is_initialized = True
+                _fill(dst, src.keys, src.values)
         return out
     return copy.deepcopy(cache)
 
@@ -125,9 +129,7 @@ def load_blob(
     for layer, (k, v) in zip(cache.layers, pairs, strict=True):
         if k.shape[-2] != len(prefix_ids):
             raise BlobRefused(f"blob {path} is inconsistent: {k.shape[-2]} != {len(prefix_ids)}")
-        layer.dtype, layer.device = k.dtype, k.device
-        layer.keys, layer.values = k, v
-        layer.is_initialized = True
+        _fill(layer, k, v)
     return KVEntry(fingerprint, cache, prefix_ids, meta, cache_nbytes(cache))
 
 
