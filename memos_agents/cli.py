@@ -24,11 +24,11 @@ VaultOpt = Annotated[str | None, typer.Option("--vault", help="vault name")]
 
 
 @contextmanager
-def opened(data_dir: Path) -> Any:
+def opened(data_dir: Path, **settings: Any) -> Any:
     from .mos import MemOS
 
     try:
-        mem = MemOS.open(data_dir)
+        mem = MemOS.open(data_dir, **settings)
     except MemOSError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -64,10 +64,21 @@ def _cube_rows(cubes: list[Any], scores: list[float] | None = None) -> Table:
 
 
 @app.command()
-def init(data_dir: DirOpt = Path(".memos")) -> None:
+def init(
+    data_dir: DirOpt = Path(".memos"),
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="all-MiniLM-L6-v2 (default), all-MiniLM-L6-v2-int8 (faster), or a "
+            "sentence-transformers model id or path; fixed for the dir once set"
+        ),
+    ] = None,
+) -> None:
     """Create the data dir with its catalog, vector index and graph."""
-    with opened(data_dir) as mem:
-        console.print(f"initialised {mem.config.data_dir.resolve()}")
+    with opened(data_dir, **({"embedder": embedder} if embedder else {})) as mem:
+        console.print(
+            f"initialised {mem.config.data_dir.resolve()} (embedder {mem.vault.embedder.name})"
+        )
 
 
 @app.command()

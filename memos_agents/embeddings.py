@@ -3,7 +3,9 @@ LangChain `Embeddings`.
 
 The default runs the packaged MiniLM on ONNX Runtime: the same vectors as sentence-transformers
 (mean pooling, normalised), without torch in the process. The ONNX file is exported once from
-the packaged weights, in a child process, and cached.
+the packaged weights, in a child process, and cached. `all-MiniLM-L6-v2-int8` is the same model
+with int8 weights (dynamic quantisation): about 1.7x faster on a CPU with VNNI, vectors within
+cosine ~0.99 of the exact ones, and a vector space of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+INT8_MODEL = f"{DEFAULT_MODEL}-int8"
 ONNX_FORMAT = 1
 
 
@@ -146,13 +149,33 @@ def export_onnx(model_dir: str, out: Path) -> None:
     tmp.replace(out)
 
 
-class OnnxMiniLM:
-    """The packaged all-MiniLM-L6-v2 on ONNX Runtime (the default embedder)."""
+def quantize_onnx(src: Path, out: Path) -> None:
+    """int8 weights for every MatMul, one scale per output channel; activations quantised at
+    run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    name = DEFAULT_MODEL
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    quantize_dynamic(
+        str(src),
+        str(tmp),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+    )
+    tmp.replace(out)
+
+
+class OnnxMiniLM:
+    """The packaged all-MiniLM-L6-v2 on ONNX Runtime (the default embedder); `int8=True` runs
+    its dynamically quantised twin, under its own name."""
+
     max_tokens = 256
 
-    def __init__(self, batch_size: int = 32, threads: int | None = None) -> None:
+    def __init__(
+        self, batch_size: int = 32, threads: int | None = None, int8: bool = False
+    ) -> None:
+        self.int8 = int8
+        self.name = INT8_MODEL if int8 else DEFAULT_MODEL
         self.batch_size = batch_size
         self.threads = threads or os.cpu_count() or 1
         self._session: Any = None
@@ -177,6 +200,11 @@ class OnnxMiniLM:
                 raise ConfigError(
                     f"ONNX export of the packaged MiniLM failed: {done.stderr[-800:]}"
                 )
+        if self.int8:
+            fp32, path = path, path.with_name("model-int8.onnx")
+            if not path.exists():
+                log.info("quantising the packaged MiniLM to int8 (once) at %s", path)
+                quantize_onnx(fp32, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
@@ -218,10 +246,13 @@ class OnnxMiniLM:
 
 
 def resolve_embedder(spec: Any = None) -> Embedder:
-    """None -> the packaged MiniLM on ONNX Runtime; str -> a sentence-transformers model id or
-    path; an Embedder or LangChain `Embeddings` -> used as is."""
+    """None -> the packaged MiniLM on ONNX Runtime; "all-MiniLM-L6-v2-int8" -> its int8 twin;
+    any other str -> a sentence-transformers model id or path; an Embedder or LangChain
+    `Embeddings` -> used as is."""
     if spec is None or spec == DEFAULT_MODEL:
         return OnnxMiniLM()
+    if spec == INT8_MODEL:
+        return OnnxMiniLM(int8=True)
     if isinstance(spec, str):
         return SentenceTransformerEmbedder(spec)
     if isinstance(spec, Embedder):

@@ -26,7 +26,7 @@ from .cube import (
     check_name,
     utcnow,
 )
-from .embeddings import resolve_embedder
+from .embeddings import INT8_MODEL, resolve_embedder
 from .errors import InvalidInput, MemOSError
 from .governance import (
     SYSTEM,
@@ -201,7 +201,10 @@ class MemOS:
         catalog = Catalog(config.resolved_catalog_url())
         index = ChromaIndex(path=data_dir / "chroma", url=config.chroma_url)
         graph = open_graph(config.graph_url, data_dir, idle_timeout=config.graph_idle_timeout)
-        vault = MemVault(catalog, index, graph, resolve_embedder(embedder or config.embedder))
+        spec = embedder or config.embedder
+        if spec is None and catalog.get_meta("embedder") == INT8_MODEL:
+            spec = INT8_MODEL  # a packaged embedder: reopen the dir in the space it was built in
+        vault = MemVault(catalog, index, graph, resolve_embedder(spec))
         vault.operator.llm = llm  # a chat model names the topics (query intents: vault.llm)
         mem = cls(config, vault, MemReader(llm=llm), principal=principal)
         repaired = vault.reconcile()
