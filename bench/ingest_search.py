@@ -902,14 +902,14 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
 
 @contextlib.contextmanager
-def opened(data_dir: Path) -> Iterator[tuple[MemOS, float]]:
+def opened(data_dir: Path, embedder: str | None = None) -> Iterator[tuple[MemOS, float]]:
     """MemOS on `data_dir`; always closes it and stops its embedded graph server."""
     from memos_agents.graph.falkordb_server import stop_server
 
     mem = None
     try:
         t0 = time.perf_counter()
-        mem = MemOS.open(data_dir, graph_idle_timeout=120)
+        mem = MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=120)
         yield mem, time.perf_counter() - t0
     finally:
         if mem is not None:
@@ -930,6 +930,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "user_partition": USER,
             "quick": args.quick,
             "locomo_every": 5,
+            "embedder": args.embedder or "all-MiniLM-L6-v2",
         },
         "targets": {
             "ingest_turns_per_s_min": TARGET_INGEST,
@@ -951,7 +952,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         raise SystemExit(f"--data-dir {data_dir} is not empty; the benchmark needs a fresh vault")
     console.print(f"data dir: {data_dir}{' (temporary)' if tmp else ''}")
     try:
-        with opened(data_dir) as (mem, open_s):
+        with opened(data_dir, args.embedder) as (mem, open_s):
             t0 = time.perf_counter()
             mem.vault.embedder.embed_query("warm up the model")
             res["open"] = {
@@ -1109,7 +1110,7 @@ def run_profile(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="memos-prof-"))
     out: dict[str, Any] = {"turns": n, "batch": args.batch, "loadavg_start": loadavg()}
     try:
-        with opened(data_dir) as (mem, _):
+        with opened(data_dir, args.embedder) as (mem, _):
             mem.vault.embedder.embed_query("warm up the model")
             out["embedder"] = type(mem.vault.embedder).__name__
             out["git"] = git_state()
@@ -1247,6 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=200, help="distinct measured queries")
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--no-locomo", action="store_true", help="templates only")
+    ap.add_argument("--embedder", default=None, help="e.g. all-MiniLM-L6-v2-int8 (default exact)")
     ap.add_argument(
         "--profile-turns",
         type=int,

@@ -125,13 +125,14 @@ def main() -> None:
                     help="data dir to keep the ingest in (reused when it already holds it)")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/locomo.json")
     ap.add_argument("--limit", type=int, default=0, help="questions per conversation (0: all)")
+    ap.add_argument("--embedder", default=None, help="e.g. all-MiniLM-L6-v2-int8 (default exact)")
     args = ap.parse_args()
 
     samples = json.loads(args.data.read_text(encoding="utf-8"))
     data_dir = args.reuse or Path(tempfile.mkdtemp(prefix="locomo-memos-"))
     fresh = not (data_dir / "catalog.db").exists()
     count_tokens = token_counter()
-    mem = MemOS.open(data_dir, graph_idle_timeout=60)
+    mem = MemOS.open(data_dir, embedder=args.embedder, graph_idle_timeout=60)
     mem.search("warm up", user_id="warm-up", k=1)
     systems = {
         name: Tally(name)
