@@ -273,6 +273,7 @@ class ScopeIndex:
         self._main_n = 0
         self._version = 0
         self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._tails: dict[str, tuple[int, _BM25Tail]] = {}
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(dead mask, valid_from) over all docs, cached until the docs change."""
@@ -406,14 +407,21 @@ class ScopeIndex:
                 if seg.n:
                     scores[: seg.n] = seg.scores(query)
                 if n > seg.n:  # the tail: same formula, main statistics
-                    before, after = spans[name]
-                    tail = [self._context_tokens(i, before, after) for i in range(seg.n, n)]
-                    scores[seg.n :] = _bm25_tail(seg, tail, query, n)
+                    scores[seg.n :] = self._tail(name, seg, spans[name]).scores(query, n)
                 out[name] = scores
             dead, _ = self.arrays()
             for s in out.values():
                 s[dead] = 0.0
             return out
+
+    def _tail(self, name: str, seg: _BM25Segment, span: tuple[int, int]) -> _BM25Tail:
+        """The tail index of one segment, rebuilt only when the docs have changed."""
+        cached = self._tails.get(name)
+        if cached is None or cached[0] != self._version or cached[1].seg is not seg:
+            before, after = span
+            docs = [self._context_tokens(i, before, after) for i in range(seg.n, len(self.docs))]
+            cached = self._tails[name] = (self._version, _BM25Tail(seg, docs))
+        return cached[1]
 
     def doc_freq(self) -> Counter[str]:
         """Keyword document frequencies of the main BM25 segment (stems)."""
@@ -427,25 +435,35 @@ class ScopeIndex:
         return [w for w in words if w in self.entity_names]
 
 
-def _bm25_tail(seg: _BM25Segment, docs: list[list[str]], query: Sequence[str], n_total: int
-               ) -> np.ndarray:
-    """Lucene BM25 of docs not in `seg`, with `seg`'s statistics plus theirs."""
-    df_tail: Counter[str] = Counter()
-    for toks in docs:
-        df_tail.update(set(toks))
-    total = seg.avgdl * seg.n + sum(len(t) for t in docs)
-    avgdl = total / max(1, seg.n + len(docs))
-    q = list(dict.fromkeys(query))
-    idf = {t: seg.idf(t, n_total, df_tail.get(t, 0)) for t in q}
-    out = np.zeros(len(docs), dtype=np.float32)
-    k1, b = seg.k1, seg.b
-    for j, toks in enumerate(docs):
-        if not toks:
-            continue
-        tf = Counter(toks)
-        norm = k1 * (1 - b + b * len(toks) / avgdl)
-        out[j] = sum(idf[t] * tf[t] / (tf[t] + norm) for t in q if t in tf)
-    return out
+class _BM25Tail:
+    """Docs added since `seg` was built, as an inverted index: Lucene BM25 with `seg`'s
+    statistics plus theirs, scored per query term with numpy."""
+
+    def __init__(self, seg: _BM25Segment, docs: list[list[str]]) -> None:
+        self.seg = seg
+        self.n = len(docs)
+        postings: dict[str, tuple[list[int], list[int]]] = {}
+        for j, toks in enumerate(docs):
+            for t, c in Counter(toks).items():
+                ids, tfs = postings.setdefault(t, ([], []))
+                ids.append(j)
+                tfs.append(c)
+        self.postings = {
+            t: (np.array(ids, dtype=np.int64), np.array(tfs, dtype=np.float64))
+            for t, (ids, tfs) in postings.items()
+        }
+        lengths = np.array([len(t) for t in docs], dtype=np.float64)
+        avgdl = (seg.avgdl * seg.n + lengths.sum()) / max(1, seg.n + self.n)
+        self.norm = seg.k1 * (1 - seg.b + seg.b * lengths / avgdl)
+
+    def scores(self, query: Sequence[str], n_total: int) -> np.ndarray:
+        out = np.zeros(self.n, dtype=np.float64)
+        for t in dict.fromkeys(query):
+            if (p := self.postings.get(t)) is None:
+                continue
+            ids, tf = p
+            out[ids] += self.seg.idf(t, n_total, len(ids)) * tf / (tf + self.norm[ids])
+        return out.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

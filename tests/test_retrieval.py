@@ -244,3 +244,55 @@ def test_intent_from_a_chat_model_is_merged() -> None:
     assert i.time.start == datetime(2023, 5, 1, tzinfo=UTC) and i.answer_kind == "place"
     broken = FakeListChatModel(responses=["no json here"])
     assert read_intent("where?", None, broken).source == "rules"
+
+
+def test_bm25_tail_matches_the_formula_and_follows_new_docs() -> None:
+    """Docs added after the BM25 segment was built are scored with the same Lucene formula
+    (the segment's statistics plus the tail's), and a new write is seen by the next query."""
+    import math
+    from collections import Counter
+
+    import numpy as np
+
+    from memos_agents.retrieval import Doc, RetrievalConfig, ScopeIndex
+
+    def doc(i: int, text: str) -> Doc:
+        return Doc(id=f"c{i}", session=None, created_at=float(i), valid_from=float(i),
+                   valid_to=None, expires_at=None, speaker=None, entities=frozenset(),
+                   importance=0.5, state="active", keyed=False, tokens=tuple(text.split()),
+                   content_hash=i)
+
+    words = ["dog", "miso", "lisbon", "porto", "trip", "paint", "sunrise", "adopt"]
+    rng = np.random.default_rng(7)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 7)))) for _ in range(900)]
+    idx = ScopeIndex("default", "ana", RetrievalConfig())
+    idx.load([doc(i, t) for i, t in enumerate(texts[:600])])
+    idx.keyword_scores(["dog"])  # builds the main segment over the first 600
+    idx.upsert([doc(i, t) for i, t in enumerate(texts[600:], start=600)])
+    query = ["miso", "trip", "miso", "nothing"]
+    got = idx.keyword_scores(query)["keyword"]
+    assert idx._main_n == 600  # really scored through the tail
+
+    seg = idx._segments["keyword"]
+
+    def expected(tail: list[list[str]]) -> list[float]:
+        n = 600 + len(tail)
+        df = Counter(w for toks in tail for w in set(toks))
+        avgdl = (seg.avgdl * 600 + sum(map(len, tail))) / n
+        out = []
+        for toks in tail:
+            tf = Counter(toks)
+            norm = seg.k1 * (1 - seg.b + seg.b * len(toks) / avgdl)
+            out.append(sum(
+                math.log(1 + (n - (seg.df[t] + df[t]) + 0.5) / (seg.df[t] + df[t] + 0.5))
+                * tf[t] / (tf[t] + norm)
+                for t in dict.fromkeys(query) if t in tf
+            ))
+        return out
+
+    tail = [t.split() for t in texts[600:]]
+    assert got[600:] == pytest.approx(expected(tail), rel=1e-5)
+    idx.upsert([doc(900, "miso miso trip")])
+    again = idx.keyword_scores(query)["keyword"]
+    assert len(again) == 901 and again[900] > 0
+    assert again[600:] == pytest.approx(expected([*tail, ["miso", "miso", "trip"]]), rel=1e-5)
