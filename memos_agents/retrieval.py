@@ -761,7 +761,11 @@ class Router:
         named = {norm_entity(e) for e in [*entities, *broad]}
         concepts = [c for c in concepts if c and c not in named]
         df = idx.doc_freq()
-        wide = [c for c in concepts if min((df.get(w, 0) for w in c.split()), default=0) > common]
+
+        def too_wide(c: str) -> bool:
+            return min((df.get(w, 0) for w in c.split()), default=0) > common
+
+        wide = [c for c in concepts if too_wide(c)]
         concepts = [c for c in concepts if c not in wide]
         detail["too_common"] = [*broad, *wide]
         if concepts and hasattr(graph, "facts_about"):
@@ -769,7 +773,9 @@ class Router:
             for fid, m in hits:
                 scores[fid] = scores.get(fid, 0.0) + m
             related = graph.related_concepts(scope.vault, scope.user_id, concepts, limit=10)
-            hop = list(dict.fromkeys(o for _, o, _, _ in related if o not in concepts))[:5]
+            # a neighbour concept as broad as "work" or "store" would cost a scan of its facts
+            hop = [o for o in dict.fromkeys(o for _, o, _, _ in related if o not in concepts)
+                   if not too_wide(o)][:5]
             detail["concepts"] = concepts[:20]
             detail["hop"] = [(a, b, kind, w) for a, b, kind, w in related[:10]]
             if hop:
