@@ -356,9 +356,21 @@ class ScopeIndex:
         lo, hi = max(0, at - before), min(len(seq), at + after + 1)
         return [j for j in seq[lo:hi] if j != i and self.docs[j].alive]
 
-    def prev_of(self, i: int) -> int | None:
-        got = self.neighbours(i, 1, 0)
-        return got[0] if got else None
+    def adjacent(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """For each row, its live previous and next turn in the session (-1: none)."""
+        prev = np.full(len(rows), -1, dtype=np.int64)
+        nxt = np.full(len(rows), -1, dtype=np.int64)
+        docs, sessions, seq_pos = self.docs, self.sessions, self.seq_pos
+        for j, i in enumerate(rows):
+            seq = sessions.get(docs[i].session)
+            at = seq_pos.get(i)
+            if not seq or at is None or at >= len(seq) or seq[at] != i:
+                continue
+            if at > 0 and docs[seq[at - 1]].alive:
+                prev[j] = seq[at - 1]
+            if at + 1 < len(seq) and docs[seq[at + 1]].alive:
+                nxt[j] = seq[at + 1]
+        return prev, nxt
 
     # BM25
     def _context_tokens(self, i: int, before: int, after: int) -> list[str]:
@@ -621,9 +633,9 @@ class Router:
             for cid in graph_scores:
                 if (i := idx.pos.get(cid)) is not None:
                     pool.add(i)
-            base_pool = set(pool)
-            for i in base_pool:
-                pool.update(idx.neighbours(i, 1, 1))
+            before, after = idx.adjacent(sorted(pool))
+            pool.update(before[before >= 0].tolist())
+            pool.update(after[after >= 0].tolist())
             dropped: Counter[str] = Counter()
             order = sorted(pool)
             order = self._filter(idx, order, scope, tags, as_of, now, dropped)
@@ -901,6 +913,15 @@ class Router:
         if m == 0:
             return np.zeros(0), {}
         ids = [idx.docs[i].id for i in order]
+        # where each turn's session neighbours sit in `order` (sorted), if they are in it
+        rows = np.asarray(order, dtype=np.int64)
+        prev_rows, next_rows = idx.adjacent(order)
+
+        def located(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            at = np.minimum(np.searchsorted(rows, targets), m - 1)
+            return at, (targets >= 0) & (rows[at] == targets)
+
+        at_prev, at_next = located(prev_rows), located(next_rows)
         floor = min(dense.values()) if dense else 0.0
         d_raw = np.array([dense.get(c, floor) for c in ids], dtype=np.float64)
         signals: dict[str, np.ndarray] = {"dense": d_raw}
@@ -937,18 +958,16 @@ class Router:
                 base += parts[name]
                 active += weights[name]
             if "dense" in parts and cfg.w_prev_dense:
-                prev = np.array([_prev_value(idx, i, order, parts["dense"]) for i in order])
+                at, ok = at_prev
+                prev = np.where(ok, parts["dense"][at], 0.0)
                 parts["prev_dense"] = cfg.w_prev_dense * prev / max(cfg.w_dense, 1e-9)
                 base += parts["prev_dense"]
             base = base / max(active, 1e-9)
         fused = base.copy()
         if cfg.neighbour and m > 1:
-            where = {i: j for j, i in enumerate(order)}
-            nb = np.zeros(m)
-            for j, i in enumerate(order):
-                vals = [base[where[x]] for x in idx.neighbours(i, 1, 1) if x in where]
-                nb[j] = max(vals) if vals else 0.0
-            parts["neighbour"] = cfg.neighbour * nb
+            (ap, okp), (an, okn) = at_prev, at_next
+            nb = np.maximum(np.where(okp, base[ap], -np.inf), np.where(okn, base[an], -np.inf))
+            parts["neighbour"] = cfg.neighbour * np.where(np.isneginf(nb), 0.0, nb)
             fused += parts["neighbour"]
         # entities the query names: spoken by (1) or mentioned in (0.5) the turn
         names = [norm_entity(e) for e in intent.entities]
@@ -992,27 +1011,6 @@ class Router:
         for h in hits:
             ctx = [cubes[c] for c in want[h.cube.id] if c in cubes and cubes[c].intact]
             h.context = sorted(ctx, key=lambda c: c.lifecycle.created_at)
-
-
-def _prev_value(idx: ScopeIndex, i: int, order: list[int], arr: np.ndarray) -> float:
-    p = idx.prev_of(i)
-    if p is None:
-        return 0.0
-    try:
-        return float(arr[order.index(p)]) if len(order) < 64 else float(
-            arr[_index_sorted(order, p)]
-        )
-    except ValueError:
-        return 0.0
-
-
-def _index_sorted(order: list[int], p: int) -> int:
-    import bisect
-
-    at = bisect.bisect_left(order, p)
-    if at < len(order) and order[at] == p:
-        return at
-    raise ValueError(p)
 
 
 def _routes(dense: dict[str, float], kw_top: dict[str, list[tuple[int, float]]],
