@@ -642,6 +642,11 @@ def measure_search(mem: MemOS, queries: list[dict[str, Any]], k: int) -> dict[st
         if q["answer_id"] is not None:
             asked += 1
             found += any(q["answer_id"] in h.cube.provenance.source_refs for h in hits)
+    dense_lat = []
+    for q in queries:
+        t0 = time.perf_counter()
+        mem.search(q["q"], user_id=USER, k=k, mode="dense")
+        dense_lat.append(time.perf_counter() - t0)
     emb = mem.vault.embedder
     emb_lat = []
     for q in queries:
@@ -651,6 +656,7 @@ def measure_search(mem: MemOS, queries: list[dict[str, Any]], k: int) -> dict[st
     s, e = percentiles(lat), percentiles(emb_lat)
     return {
         "search_ms": s,
+        "dense_search_ms": percentiles(dense_lat),
         "embed_query_ms": e,
         "rest_ms_p50_approx": s["p50"] - e["p50"],
         "n_queries": len(queries),
@@ -796,6 +802,7 @@ def print_report(console: Console, res: dict[str, Any]) -> None:
     t.add_column("turns per\nCPU-second", justify="right")
     t.add_column("search p50 ms", justify="right")
     t.add_column(f"search p95 ms\n(<{TARGET_P95_MS:.0f} at 1e5)", justify="right")
+    t.add_column("mode=dense\np50 / p95 ms", justify="right")
     t.add_column("embed_query\np50 / p95 ms", justify="right")
     t.add_column("rest p50 ms\n(≈ search-embed)", justify="right")
     t.add_column(f"RSS MB\n(<{TARGET_RSS_MB:.0f})", justify="right")
@@ -813,6 +820,8 @@ def print_report(console: Console, res: dict[str, Any]) -> None:
             f"{r['ingest']['turns_per_cpu_second']:,.0f}" if "ingest" in r else "-",
             f"{s['p50']:.1f}",
             f"{s['p95']:.1f}{mark(p95_ok)}",
+            "-" if (dn := r["search"].get("dense_search_ms")) is None
+            else f"{dn['p50']:.1f} / {dn['p95']:.1f}",
             f"{e['p50']:.1f} / {e['p95']:.1f}",
             f"{r['search']['rest_ms_p50_approx']:.1f}",
             f"{r['rss_mb']:,.0f}{mark(r['rss_mb'] < TARGET_RSS_MB)}",
