@@ -878,6 +878,10 @@ def plot(res: dict[str, Any], path: Path) -> None:
     a.legend()
     b.plot(sizes, [r["search"]["search_ms"]["p50"] for r in res["steps"]], "o-", label="p50")
     b.plot(sizes, [r["search"]["search_ms"]["p95"] for r in res["steps"]], "s-", label="p95")
+    if all("dense_search_ms" in r["search"] for r in res["steps"]):
+        for q, style in (("p50", "o--"), ("p95", "s--")):
+            b.plot(sizes, [r["search"]["dense_search_ms"][q] for r in res["steps"]], style,
+                   label=f'mode="dense" {q}')
     b.plot(
         sizes,
         [r["search"]["embed_query_ms"]["p50"] for r in res["steps"]],
@@ -893,8 +897,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ylabel="ms",
         title=f"Search latency (k={res['config']['k']})",
     )
-    b.set_ylim(bottom=0)
-    b.legend()
+    b.set_ylim(0, 1.6 * max(r["search"]["search_ms"]["p95"] for r in res["steps"]))
+    b.legend(fontsize=8, ncol=2, loc="upper center")
     la = res["loadavg_end"]
     fig.suptitle(
         f"MemOS embedded defaults, {res['environment']['cpu_count']} CPUs, "
