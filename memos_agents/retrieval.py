@@ -790,6 +790,7 @@ class Router:
                    if not too_wide(o)][:5]
             detail["concepts"] = concepts[:20]
             detail["hop"] = [(a, b, kind, w) for a, b, kind, w in related[:10]]
+            detail["hop_used"] = hop
             if hop:
                 for fid, m in graph.facts_about(scope.vault, scope.user_id, hop, limit=n // 2):
                     scores[fid] = scores.get(fid, 0.0) + 0.5 * m

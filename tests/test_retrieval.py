@@ -296,3 +296,22 @@ def test_bm25_tail_matches_the_formula_and_follows_new_docs() -> None:
     again = idx.keyword_scores(query)["keyword"]
     assert len(again) == 901 and again[900] > 0
     assert again[600:] == pytest.approx(expected([*tail, ["miso", "miso", "trip"]]), rel=1e-5)
+
+
+def test_graph_hop_skips_concepts_as_broad_as_the_fanout_bound(mem: MemOS) -> None:
+    """A neighbour concept on more facts than `graph_fanout` is not expanded (its facts would
+    cost a scan); a narrow one is."""
+    busy = [turn("Ana", f"The studio was busy on day {i}.", T0, i) for i in range(2, 8)]
+    mem.add([turn("Ana", "The kiln was busy all night.", T0, 1), *busy],
+            user_id="ana", session_id="s1")
+    mem.vault.operator.flush()
+    router = mem.vault.router
+
+    def hop(fanout: int) -> tuple[list, list]:
+        router.config = router.config.model_copy(update={"graph_fanout": fanout})
+        res = mem.search("How is the kiln?", user_id="ana", k=3, explain=True)
+        graph = next(s for s in res.explain.stages if s.name == "graph")
+        return [b for _, b, _, _ in graph.detail["hop"]], graph.detail["hop_used"]
+
+    assert hop(500) == (["busi"], ["busi"])
+    assert hop(3) == (["busi"], [])  # "busy" is on 7 facts: related, but not expanded
