@@ -347,11 +347,17 @@ class ScopeIndex:
             self.own_writes = True
 
     # neighbours
-    def neighbours(self, i: int, before: int, after: int) -> list[int]:
-        d = self.docs[i]
-        seq = self.sessions.get(d.session) or []
+    def _seat(self, i: int) -> tuple[list[int], int]:
+        """Doc `i`'s session (in time order) and its place there; ([], -1) if it has none."""
+        seq = self.sessions.get(self.docs[i].session) or []
         at = self.seq_pos.get(i)
         if at is None or at >= len(seq) or seq[at] != i:
+            return [], -1
+        return seq, at
+
+    def neighbours(self, i: int, before: int, after: int) -> list[int]:
+        seq, at = self._seat(i)
+        if at < 0:
             return []
         lo, hi = max(0, at - before), min(len(seq), at + after + 1)
         return [j for j in seq[lo:hi] if j != i and self.docs[j].alive]
@@ -360,11 +366,10 @@ class ScopeIndex:
         """For each row, its live previous and next turn in the session (-1: none)."""
         prev = np.full(len(rows), -1, dtype=np.int64)
         nxt = np.full(len(rows), -1, dtype=np.int64)
-        docs, sessions, seq_pos = self.docs, self.sessions, self.seq_pos
+        docs = self.docs
         for j, i in enumerate(rows):
-            seq = sessions.get(docs[i].session)
-            at = seq_pos.get(i)
-            if not seq or at is None or at >= len(seq) or seq[at] != i:
+            seq, at = self._seat(i)
+            if at < 0:
                 continue
             if at > 0 and docs[seq[at - 1]].alive:
                 prev[j] = seq[at - 1]
