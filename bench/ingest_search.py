@@ -642,17 +642,17 @@ def measure_search(mem: MemOS, queries: list[dict[str, Any]], k: int) -> dict[st
         if q["answer_id"] is not None:
             asked += 1
             found += any(q["answer_id"] in h.cube.provenance.source_refs for h in hits)
-    dense_lat = []
-    for q in queries:
-        t0 = time.perf_counter()
-        mem.search(q["q"], user_id=USER, k=k, mode="dense")
-        dense_lat.append(time.perf_counter() - t0)
-    emb = mem.vault.embedder
-    emb_lat = []
-    for q in queries:
-        t0 = time.perf_counter()
-        emb.embed_query(q["q"])
-        emb_lat.append(time.perf_counter() - t0)
+
+    def seconds_each(call: Callable[[str], Any]) -> list[float]:
+        out = []
+        for q in queries:
+            t0 = time.perf_counter()
+            call(q["q"])
+            out.append(time.perf_counter() - t0)
+        return out
+
+    dense_lat = seconds_each(lambda q: mem.search(q, user_id=USER, k=k, mode="dense"))
+    emb_lat = seconds_each(mem.vault.embedder.embed_query)
     s, e = percentiles(lat), percentiles(emb_lat)
     return {
         "search_ms": s,

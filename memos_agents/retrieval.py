@@ -919,15 +919,15 @@ class Router:
         if m == 0:
             return np.zeros(0), {}
         ids = [idx.docs[i].id for i in order]
-        # where each turn's session neighbours sit in `order` (sorted), if they are in it
-        rows = np.asarray(order, dtype=np.int64)
-        prev_rows, next_rows = idx.adjacent(order)
+        if cfg.w_prev_dense or (cfg.neighbour and m > 1):
+            # where each turn's session neighbours sit in `order` (sorted), if they are in it
+            rows = np.asarray(order, dtype=np.int64)
 
-        def located(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            at = np.minimum(np.searchsorted(rows, targets), m - 1)
-            return at, (targets >= 0) & (rows[at] == targets)
+            def located(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                at = np.minimum(np.searchsorted(rows, targets), m - 1)
+                return at, (targets >= 0) & (rows[at] == targets)
 
-        at_prev, at_next = located(prev_rows), located(next_rows)
+            at_prev, at_next = map(located, idx.adjacent(order))
         floor = min(dense.values()) if dense else 0.0
         d_raw = np.array([dense.get(c, floor) for c in ids], dtype=np.float64)
         signals: dict[str, np.ndarray] = {"dense": d_raw}
