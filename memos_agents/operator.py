@@ -435,7 +435,7 @@ class MemOperator:
         return out
 
     def _llm_labels(self, cubes: list[MemCube], labels: np.ndarray, base: list[str]) -> list[str]:
-        from .reader import _ask_llm
+        from .llm import ask_structured
 
         class _Labels(BaseModel):
             labels: list[str] = Field(default_factory=list)
@@ -449,7 +449,7 @@ class MemOperator:
             "Name each topic of a person's memories in 2-4 words. Reply with JSON only: "
             '{"labels": ["...", ...]}, one label per topic, in order.\n' + "\n".join(samples)
         )
-        got = _ask_llm(self.llm, prompt, _Labels).labels[: len(base)]
+        got = ask_structured(self.llm, prompt, _Labels).labels[: len(base)]
         return [g.strip() or b for g, b in zip([*got, *base[len(got):]], base, strict=True)]
 
     def hierarchy(self, vault: str, user_id: str, facts_per_concept: int = 3) -> TopicTree:

@@ -7,16 +7,16 @@ fine mode asks any LangChain chat model for the facts worth keeping.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from .cube import SourceKind, check_name
 from .errors import ExtractionError, InvalidInput
+from .llm import ask_structured, first_json, text_of_blocks, validate
 
 Mode = Literal["fast", "fine"]
 
@@ -173,7 +173,7 @@ def normalise_message(raw: Any, index: int) -> Message:
             metadata={k: v for k, v in raw.items() if k not in known},
         )
     elif hasattr(raw, "content") and hasattr(raw, "type"):  # LangChain BaseMessage
-        content = raw.content if isinstance(raw.content, str) else _text_of_blocks(raw.content)
+        content = raw.content if isinstance(raw.content, str) else text_of_blocks(raw.content)
         role = {"human": "user", "ai": "assistant"}.get(raw.type, raw.type)
         msg = Message(
             role=role,
@@ -195,16 +195,6 @@ def normalise_message(raw: Any, index: int) -> Message:
     if len(msg.content) > MAX_TEXT:
         raise InvalidInput(f"message {index} is longer than {MAX_TEXT} characters")
     return msg
-
-
-def _text_of_blocks(blocks: Iterable[Any]) -> str:
-    parts = []
-    for b in blocks:
-        if isinstance(b, str):
-            parts.append(b)
-        elif isinstance(b, dict) and b.get("type") == "text":
-            parts.append(str(b.get("text", "")))
-    return "\n".join(parts)
 
 
 class MemReader:
@@ -305,46 +295,16 @@ class MemReader:
         return drafts
 
     def _ask(self, prompt: str) -> ExtractedFacts:
-        """Structured output where the model supports it, else JSON read from its reply."""
-        try:
-            structured = self.llm.with_structured_output(ExtractedFacts)
-        except (NotImplementedError, AttributeError):
-            structured = None
-        if structured is not None:
-            try:
-                out = structured.invoke(prompt)
-            except Exception as exc:
-                raise ExtractionError(f"chat model failed during extraction: {exc}") from exc
-            if isinstance(out, ExtractedFacts):
-                return out
-            return _validate_facts(out)
-        try:
-            reply = self.llm.invoke(prompt)
-        except Exception as exc:
-            raise ExtractionError(f"chat model failed during extraction: {exc}") from exc
-        text = reply.content if hasattr(reply, "content") else str(reply)
-        return parse_facts_json(text if isinstance(text, str) else _text_of_blocks(text))
+        return ask_structured(self.llm, prompt, ExtractedFacts, shape=_facts_shape, starts="{[")
 
 
-def _validate_facts(data: Any) -> ExtractedFacts:
-    if isinstance(data, list):
-        data = {"facts": data}
-    try:
-        return ExtractedFacts.model_validate(data)
-    except ValidationError as exc:
-        raise ExtractionError(f"chat model output is not a list of facts: {exc}") from exc
+def _facts_shape(data: Any) -> Any:
+    return {"facts": data} if isinstance(data, list) else data
 
 
 def parse_facts_json(text: str) -> ExtractedFacts:
     """Read the first JSON object or array in a model reply (code fences allowed)."""
-    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
-    if start < 0:
-        raise ExtractionError(f"no JSON in chat model reply: {text[:200]!r}")
-    try:
-        data, _ = json.JSONDecoder().raw_decode(text[start:])
-    except json.JSONDecodeError as exc:
-        raise ExtractionError(f"chat model reply is not valid JSON: {exc}") from exc
-    return _validate_facts(data)
+    return validate(ExtractedFacts, first_json(text, "{["), _facts_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,7 +691,7 @@ def read_intent(query: str, now: datetime | None = None, llm: Any = None) -> Mem
     if llm is None:
         return intent
     try:
-        data = _ask_llm(llm, INTENT_PROMPT.format(today=now.date().isoformat(), query=query),
+        data = ask_structured(llm, INTENT_PROMPT.format(today=now.date().isoformat(), query=query),
                         _LLMIntent)
     except ExtractionError:
         return intent
@@ -749,33 +709,3 @@ def read_intent(query: str, now: datetime | None = None, llm: Any = None) -> Mem
     if data.answer_kind in kinds and intent.answer_kind == "any":
         intent.answer_kind = data.answer_kind  # type: ignore[assignment]
     return intent
-
-
-def _ask_llm(llm: Any, prompt: str, schema: type[BaseModel]) -> Any:
-    """Structured output where the model has it, else the first JSON object of its reply."""
-    try:
-        structured = llm.with_structured_output(schema)
-    except (NotImplementedError, AttributeError):
-        structured = None
-    try:
-        out = structured.invoke(prompt) if structured is not None else llm.invoke(prompt)
-    except Exception as exc:
-        raise ExtractionError(f"chat model failed: {exc}") from exc
-    if isinstance(out, schema):
-        return out
-    if isinstance(out, dict):
-        data = out
-    else:
-        text = out.content if hasattr(out, "content") else str(out)
-        text = text if isinstance(text, str) else _text_of_blocks(text)
-        start = text.find("{")
-        if start < 0:
-            raise ExtractionError(f"no JSON in chat model reply: {text[:200]!r}")
-        try:
-            data, _ = json.JSONDecoder().raw_decode(text[start:])
-        except json.JSONDecodeError as exc:
-            raise ExtractionError(f"chat model reply is not valid JSON: {exc}") from exc
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise ExtractionError(f"chat model output does not fit {schema.__name__}: {exc}") from exc
