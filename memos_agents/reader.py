@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -143,49 +143,58 @@ def _as_datetime(value: Any, what: str) -> datetime | None:
     raise InvalidInput(f"{what} must be a datetime, a number or an ISO string")
 
 
-def normalise_message(raw: Any, index: int) -> Message:
-    """Accepts a dict (role/content[, name|speaker, id, timestamp]), a LangChain message, or str."""
+_KNOWN_KEYS = {"role", "content", "name", "speaker", "id", "timestamp", "created_at"}
+
+
+def _message_of_dict(raw: dict[str, Any], index: int) -> Message:
+    if "content" not in raw:
+        raise InvalidInput(f"message {index} has no 'content'")
+    content = raw["content"]
+    if not isinstance(content, str):
+        raise InvalidInput(f"message {index}: content must be a string")
+    role = raw.get("role", "user")
+    if not isinstance(role, str):
+        raise InvalidInput(f"message {index}: role must be a string")
+    speaker = raw.get("speaker") or raw.get("name")
+    if speaker is not None and not isinstance(speaker, str):
+        raise InvalidInput(f"message {index}: speaker must be a string")
+    return Message(
+        role=role,
+        content=content,
+        speaker=speaker,
+        id=None if raw.get("id") is None else str(raw["id"]),
+        timestamp=_as_datetime(
+            raw.get("timestamp", raw.get("created_at")), f"message {index} timestamp"
+        ),
+        metadata={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
+    )
+
+
+def _message_of(raw: Any, index: int) -> Message:
     if isinstance(raw, Message):
-        msg = raw
-    elif isinstance(raw, str):
-        msg = Message(content=raw)
-    elif isinstance(raw, dict):
-        if "content" not in raw:
-            raise InvalidInput(f"message {index} has no 'content'")
-        content = raw["content"]
-        if not isinstance(content, str):
-            raise InvalidInput(f"message {index}: content must be a string")
-        role = raw.get("role", "user")
-        if not isinstance(role, str):
-            raise InvalidInput(f"message {index}: role must be a string")
-        known = {"role", "content", "name", "speaker", "id", "timestamp", "created_at"}
-        speaker = raw.get("speaker") or raw.get("name")
-        if speaker is not None and not isinstance(speaker, str):
-            raise InvalidInput(f"message {index}: speaker must be a string")
-        msg = Message(
-            role=role,
-            content=content,
-            speaker=speaker,
-            id=None if raw.get("id") is None else str(raw["id"]),
-            timestamp=_as_datetime(
-                raw.get("timestamp", raw.get("created_at")), f"message {index} timestamp"
-            ),
-            metadata={k: v for k, v in raw.items() if k not in known},
-        )
-    elif hasattr(raw, "content") and hasattr(raw, "type"):  # LangChain BaseMessage
+        return raw
+    if isinstance(raw, str):
+        return Message(content=raw)
+    if isinstance(raw, dict):
+        return _message_of_dict(raw, index)
+    if hasattr(raw, "content") and hasattr(raw, "type"):  # LangChain BaseMessage
         content = raw.content if isinstance(raw.content, str) else text_of_blocks(raw.content)
         role = {"human": "user", "ai": "assistant"}.get(raw.type, raw.type)
-        msg = Message(
+        return Message(
             role=role,
             content=content,
             speaker=getattr(raw, "name", None),
             id=getattr(raw, "id", None),
         )
-    else:
-        raise InvalidInput(
-            f"message {index} must be a dict, a string or a LangChain message, "
-            f"got {type(raw).__name__}"
-        )
+    raise InvalidInput(
+        f"message {index} must be a dict, a string or a LangChain message, "
+        f"got {type(raw).__name__}"
+    )
+
+
+def normalise_message(raw: Any, index: int) -> Message:
+    """Accepts a dict (role/content[, name|speaker, id, timestamp]), a LangChain message, or str."""
+    msg = _message_of(raw, index)
     if not msg.content.strip():
         raise InvalidInput(f"message {index} is empty")
     if "\x00" in msg.content:
@@ -494,8 +503,6 @@ def _latest_year(month: int, day: int | None, now: datetime) -> int:
 
 
 def _absolute(text: str, now: datetime) -> tuple[datetime, datetime, str, bool] | None:
-    from datetime import timedelta
-
     for pat in _ABS_PATTERNS:
         m = pat.search(text)
         if not m:
@@ -532,8 +539,6 @@ def _absolute(text: str, now: datetime) -> tuple[datetime, datetime, str, bool] 
 
 
 def _relative(text: str, now: datetime) -> tuple[datetime | None, datetime, str] | None:
-    from datetime import timedelta
-
     m = _REL_RE.search(text)
     if not m:
         return None
@@ -552,27 +557,31 @@ def _relative(text: str, now: datetime) -> tuple[datetime | None, datetime, str]
         center = day0 - timedelta(days=n * span)
         slack = timedelta(days=max(1, span // 2 + (span > 1)))
         return center - slack, center + slack + timedelta(days=1), m.group(0)
-    which, unit = m.group("which").lower(), m.group("unit").lower()
+    start, end = _calendar_range(m.group("which").lower(), m.group("unit").lower(), day0, now)
+    return start, end, m.group(0)
+
+
+def _calendar_range(
+    which: str, unit: str, day0: datetime, now: datetime
+) -> tuple[datetime, datetime]:
+    """The span of "last/this/next day|week|weekend|month|year" around `day0`."""
     if unit == "day":
-        return day0 - timedelta(days=1), day0 + timedelta(days=1), m.group(0)
+        return day0 - timedelta(days=1), day0 + timedelta(days=1)
     if unit in ("week", "weekend"):
         week0 = day0 - timedelta(days=day0.weekday())
-        if which == "this":
-            return week0, week0 + timedelta(days=7), m.group(0)
-        if which == "next":
-            return week0 + timedelta(days=7), week0 + timedelta(days=14), m.group(0)
-        return week0 - timedelta(days=7), week0, m.group(0)
+        offset = {"this": 0, "next": 7}.get(which, -7)
+        return week0 + timedelta(days=offset), week0 + timedelta(days=offset + 7)
     if unit == "month":
         first = day0.replace(day=1)
         if which == "this":
-            return (*_month_range(first.year, first.month), m.group(0))
+            return _month_range(first.year, first.month)
         if which == "next":
             nxt = _month_range(first.year, first.month)[1]
-            return (*_month_range(nxt.year, nxt.month), m.group(0))
+            return _month_range(nxt.year, nxt.month)
         prev = first - timedelta(days=1)
-        return (*_month_range(prev.year, prev.month), m.group(0))
+        return _month_range(prev.year, prev.month)
     year = now.year + {"this": 0, "next": 1}.get(which, -1)
-    return datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC), m.group(0)
+    return datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
 
 
 def parse_time_range(text: str, now: datetime | None = None) -> TimeRange | None:
