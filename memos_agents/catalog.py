@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .cube import MemCube, State, VersionRecord
 from .errors import NotFound, StoreError
+from .settings import SettingsStore
 
 PENDING = "pending"
 COMMITTED = "committed"
@@ -139,6 +140,7 @@ class Catalog:
             raise StoreError(f"cannot create catalog tables in {url!r}: {exc}") from exc
         if self.get_meta("schema_version") is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
+        self.settings = SettingsStore(self.engine, legacy=self)  # typed settings, own table
 
     def close(self) -> None:
         self.engine.dispose()
@@ -153,6 +155,10 @@ class Catalog:
             done = c.execute(update(meta_t).where(meta_t.c.key == key).values(value=value))
             if done.rowcount == 0:
                 c.execute(insert(meta_t).values(key=key, value=value))
+
+    def delete_meta(self, key: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(delete(meta_t).where(meta_t.c.key == key))
 
     # writes
     def insert(self, cubes: Sequence[MemCube], changed_by: str) -> None:
