@@ -41,7 +41,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +238,38 @@ def _does_match(condition: MatchCondition, ns: Namespace) -> bool:
     return all(p in ("*", label) for p, label in zip(path, part, strict=True))
 
 
+def _checked_value(op: PutOp) -> dict[str, Any] | None:
+    value = None if op.value is None else _json_value(op.value)
+    if value is not None and op.ttl is not None:
+        if isinstance(op.ttl, bool) or not isinstance(op.ttl, int | float):
+            raise InvalidInput("ttl must be a number of minutes or None")
+        if op.ttl <= 0:
+            raise InvalidInput("ttl must be a positive number of minutes")
+    return value
+
+
+def _check_read(op: Op) -> None:
+    """Raise InvalidInput unless `op` is a well-formed get, search or list-namespaces op."""
+    if isinstance(op, GetOp):
+        _labels(op.namespace)
+        _key(op.key)
+    elif isinstance(op, SearchOp):
+        _labels(op.namespace_prefix)
+        _page(op.limit, op.offset)
+        _check_filter(op.filter or {})
+    elif isinstance(op, ListNamespacesOp):
+        for cond in op.match_conditions or ():
+            if cond.match_type not in ("prefix", "suffix"):
+                raise InvalidInput(f"unsupported match type {cond.match_type!r}")
+            _labels(cond.path)
+        _page(op.limit, op.offset)
+        depth = op.max_depth
+        if depth is not None and (not isinstance(depth, int) or depth < 1):
+            raise InvalidInput(f"max_depth must be a positive integer, got {depth!r}")
+    else:
+        raise InvalidInput(f"unknown operation type: {type(op).__name__}")
+
+
 class MemOSStore(BaseStore):
     """A LangGraph store on MemOS: versioned, embedded, graph-linked items; TTLs in minutes.
 
@@ -274,31 +306,9 @@ class MemOSStore(BaseStore):
         for op in ops:
             if isinstance(op, PutOp):
                 ns = _writable(op.namespace)
-                value = None if op.value is None else _json_value(op.value)
-                if value is not None and op.ttl is not None:
-                    if isinstance(op.ttl, bool) or not isinstance(op.ttl, int | float):
-                        raise InvalidInput("ttl must be a number of minutes or None")
-                    if op.ttl <= 0:
-                        raise InvalidInput("ttl must be a positive number of minutes")
-                puts[(ns, _key(op.key))] = (op, value)
-            elif isinstance(op, GetOp):
-                _labels(op.namespace)
-                _key(op.key)
-            elif isinstance(op, SearchOp):
-                _labels(op.namespace_prefix)
-                _page(op.limit, op.offset)
-                _check_filter(op.filter or {})
-            elif isinstance(op, ListNamespacesOp):
-                for cond in op.match_conditions or ():
-                    if cond.match_type not in ("prefix", "suffix"):
-                        raise InvalidInput(f"unsupported match type {cond.match_type!r}")
-                    _labels(cond.path)
-                _page(op.limit, op.offset)
-                depth = op.max_depth
-                if depth is not None and (not isinstance(depth, int) or depth < 1):
-                    raise InvalidInput(f"max_depth must be a positive integer, got {depth!r}")
+                puts[(ns, _key(op.key))] = (op, _checked_value(op))
             else:
-                raise InvalidInput(f"unknown operation type: {type(op).__name__}")
+                _check_read(op)
         self._authorize(write=bool(puts))
         results = self._read(ops)
         if puts:
@@ -330,6 +340,27 @@ class MemOSStore(BaseStore):
         results: list[Result] = [None] * len(ops)
         refresh: dict[str, datetime | None] = {}
         served: set[str] = set()
+        self._read_gets(ops, results, now, refresh, served)
+        self._read_searches(ops, results, now, refresh, served)
+        lists = {i: op for i, op in enumerate(ops) if isinstance(op, ListNamespacesOp)}
+        if lists:
+            live = self._namespaces(self.mem.vault.catalog.count_users(self.vault, at=now))
+            for i, op in lists.items():
+                results[i] = _list_namespaces(live, op)
+        if refresh:
+            self.mem.vault.catalog.set_expiry(refresh)
+        if served:
+            self.mem.vault.catalog.touch(sorted(served), now)
+        return results
+
+    def _read_gets(
+        self,
+        ops: list[Op],
+        results: list[Result],
+        now: datetime,
+        refresh: dict[str, datetime | None],
+        served: set[str],
+    ) -> None:
         gets = {
             i: (self.cube_id(tuple(op.namespace), op.key), op)
             for i, op in enumerate(ops)
@@ -348,38 +379,38 @@ class MemOSStore(BaseStore):
             served.add(cid)
             if op.refresh_ttl:
                 self._refresh(cube, now, refresh)
+
+    def _read_searches(
+        self,
+        ops: list[Op],
+        results: list[Result],
+        now: datetime,
+        refresh: dict[str, datetime | None],
+        served: set[str],
+    ) -> None:
         searches = {i: op for i, op in enumerate(ops) if isinstance(op, SearchOp)}
-        if searches:
-            counts = self.mem.vault.catalog.count_users(self.vault)
-            queries = {op.query for op in searches.values() if op.query}
-            vectors = {q: self.mem.vault.embedder.embed_query(q) for q in queries}
-            for i, op in searches.items():
-                hits = self._search(op, counts, vectors.get(op.query or ""), now)
-                results[i] = [
-                    SearchItem(
-                        tuple(c.metadata["namespace"]),
-                        c.metadata["key"],
-                        c.metadata["value"],
-                        c.lifecycle.created_at,
-                        c.lifecycle.updated_at,
-                        score,
-                    )
-                    for c, score in hits
-                ]
-                served.update(c.id for c, _ in hits)
-                if op.refresh_ttl:
-                    for c, _ in hits:
-                        self._refresh(c, now, refresh)
-        lists = {i: op for i, op in enumerate(ops) if isinstance(op, ListNamespacesOp)}
-        if lists:
-            live = self._namespaces(self.mem.vault.catalog.count_users(self.vault, at=now))
-            for i, op in lists.items():
-                results[i] = _list_namespaces(live, op)
-        if refresh:
-            self.mem.vault.catalog.set_expiry(refresh)
-        if served:
-            self.mem.vault.catalog.touch(sorted(served), now)
-        return results
+        if not searches:
+            return
+        counts = self.mem.vault.catalog.count_users(self.vault)
+        queries = {op.query for op in searches.values() if op.query}
+        vectors = {q: self.mem.vault.embedder.embed_query(q) for q in queries}
+        for i, op in searches.items():
+            hits = self._search(op, counts, vectors.get(op.query or ""), now)
+            results[i] = [
+                SearchItem(
+                    tuple(c.metadata["namespace"]),
+                    c.metadata["key"],
+                    c.metadata["value"],
+                    c.lifecycle.created_at,
+                    c.lifecycle.updated_at,
+                    score,
+                )
+                for c, score in hits
+            ]
+            served.update(c.id for c, _ in hits)
+            if op.refresh_ttl:
+                for c, _ in hits:
+                    self._refresh(c, now, refresh)
 
     def _search(
         self,
@@ -406,15 +437,7 @@ class MemOSStore(BaseStore):
 
         ranked: list[tuple[MemCube, float | None]] = []
         if vector is not None:
-            found: list[tuple[str, float]] = []
-            for user in users:
-                n = min(counts[user], MAX_CANDIDATES)
-                found += self.mem.vault.index.query(self.vault, user, vector, n=n)
-            cubes = self._load(cid for cid, _ in found)
-            for cid, score in sorted(found, key=lambda f: -f[1]):
-                cube = cubes.get(cid)
-                if cube is not None and cube.metadata.get("indexed") and keep(cube):
-                    ranked.append((cube, score))
+            ranked = self._dense(users, counts, vector, keep)
             if len(ranked) >= want:
                 return ranked[op.offset : want]
         seen = {c.id for c, _ in ranked}
@@ -425,6 +448,26 @@ class MemOSStore(BaseStore):
                 if len(ranked) >= want:
                     break
         return ranked[op.offset : want]
+
+    def _dense(
+        self,
+        users: list[str],
+        counts: dict[str, int],
+        vector: list[float],
+        keep: Callable[[MemCube], bool],
+    ) -> list[tuple[MemCube, float | None]]:
+        """Indexed items of these namespaces by cosine to `vector`, best first."""
+        found: list[tuple[str, float]] = []
+        for user in users:
+            n = min(counts[user], MAX_CANDIDATES)
+            found += self.mem.vault.index.query(self.vault, user, vector, n=n)
+        cubes = self._load(cid for cid, _ in found)
+        ranked: list[tuple[MemCube, float | None]] = []
+        for cid, score in sorted(found, key=lambda f: -f[1]):
+            cube = cubes.get(cid)
+            if cube is not None and cube.metadata.get("indexed") and keep(cube):
+                ranked.append((cube, score))
+        return ranked
 
     def _namespaces(self, counts: Mapping[str, int]) -> dict[str, Namespace]:
         """The store's namespaces among these `user_id`s, by `user_id`."""
