@@ -1,51 +1,25 @@
-"""`memos-agents`: the command line over the same facade as the Python API."""
+"""The root commands of `memos-agents`: a data dir, its memories, import / export, grants."""
 
 from __future__ import annotations
 
-import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .errors import MemOSError
+from .common import DirOpt, JsonOpt, UserOpt, VaultOpt, console, dump, err, opened
 
-app = typer.Typer(help="memos-agents: a memory OS for LLM agents.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.table import Table
 
-DirOpt = Annotated[Path, typer.Option("--dir", "-d", envvar="MEMOS_DIR", help="data directory")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
-UserOpt = Annotated[str, typer.Option("--user", "-u", help="user id")]
-VaultOpt = Annotated[str | None, typer.Option("--vault", help="vault name")]
+    from ..cube import MemCube
+
+app = typer.Typer()
 
 
-@contextmanager
-def opened(data_dir: Path, **settings: Any) -> Any:
-    from .mos import MemOS
+def _cube_rows(cubes: list[MemCube], scores: list[float] | None = None) -> Table:
+    from rich.table import Table
 
-    try:
-        mem = MemOS.open(data_dir, **settings)
-    except MemOSError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    try:
-        yield mem
-    except MemOSError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        mem.close()
-
-
-def _dump(obj: Any) -> None:
-    console.print_json(json.dumps(obj, default=str, ensure_ascii=False))
-
-
-def _cube_rows(cubes: list[Any], scores: list[float] | None = None) -> Table:
     table = Table(show_lines=False)
     if scores is not None:
         table.add_column("score", justify="right")
@@ -106,7 +80,7 @@ def add(
             vault=vault,
         )
         if as_json:
-            _dump([c.model_dump(mode="json") for c in cubes])
+            dump([c.model_dump(mode="json") for c in cubes])
         else:
             for c in cubes:
                 console.print(c.id)
@@ -125,7 +99,7 @@ def ingest(
     """Ingest a conversation file: JSONL of messages, or LoCoMo JSON."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .formats import read_batches
+    from ..formats import read_batches
 
     with opened(data_dir) as mem:
         batches = list(read_batches(file, fmt))  # type: ignore[arg-type]
@@ -173,7 +147,7 @@ def search(
     with opened(data_dir) as mem:
         hits = mem.search(query, user_id=user, k=k, session_id=session, tags=tag, vault=vault)
         if as_json:
-            _dump([{"score": h.score, **h.cube.model_dump(mode="json")} for h in hits])
+            dump([{"score": h.score, **h.cube.model_dump(mode="json")} for h in hits])
         else:
             console.print(_cube_rows([h.cube for h in hits], [h.score for h in hits]))
 
@@ -182,16 +156,18 @@ def search(
 def show(cube_id: str, data_dir: DirOpt = Path(".memos")) -> None:
     """Show one cube, every field."""
     with opened(data_dir) as mem:
-        _dump(mem.get(cube_id).model_dump(mode="json"))
+        dump(mem.get(cube_id).model_dump(mode="json"))
 
 
 @app.command()
 def history(cube_id: str, data_dir: DirOpt = Path(".memos"), as_json: JsonOpt = False) -> None:
     """Every version of a cube, with who changed it and when."""
+    from rich.table import Table
+
     with opened(data_dir) as mem:
         records = mem.history(cube_id)
         if as_json:
-            _dump([r.model_dump(mode="json") for r in records])
+            dump([r.model_dump(mode="json") for r in records])
             return
         table = Table()
         for col in ("version", "op", "by", "at", "state", "content"):
@@ -241,100 +217,7 @@ def graph(
 def stats(data_dir: DirOpt = Path(".memos")) -> None:
     """Counts per state and form, vectors, graph nodes."""
     with opened(data_dir) as mem:
-        _dump(mem.stats())
-
-
-channel_app = typer.Typer(help="MemStore channels: publish and subscribe between agents.")
-app.add_typer(channel_app, name="channel")
-
-from .model.cli import app as model_app  # noqa: E402
-from .scheduler import app as scheduler_app  # noqa: E402
-
-app.add_typer(model_app, name="model")
-app.add_typer(scheduler_app, name="scheduler")
-
-
-@channel_app.command("list")
-def channel_list(data_dir: DirOpt = Path(".memos")) -> None:
-    """Channels with their counts and subscribers."""
-    with opened(data_dir) as mem:
-        _dump([c.model_dump(mode="json") for c in mem.channels()])
-
-
-@channel_app.command("publish")
-def channel_publish(
-    channel: str,
-    text: str,
-    user: UserOpt,
-    agent: Annotated[str | None, typer.Option("--agent")] = None,
-    data_dir: DirOpt = Path(".memos"),
-) -> None:
-    """Publish a text as a new shared cube."""
-    with opened(data_dir) as mem:
-        for d in mem.publish(channel, text, user_id=user, agent_id=agent):
-            console.print(f"{d.seq} {d.cube.id}")
-
-
-@channel_app.command("subscribe")
-def channel_subscribe(
-    channel: str,
-    subscriber: str,
-    latest: Annotated[bool, typer.Option(help="start after what is already there")] = False,
-    data_dir: DirOpt = Path(".memos"),
-) -> None:
-    """Create a durable subscription."""
-    with opened(data_dir) as mem:
-        mem.subscribe(channel, subscriber, start="latest" if latest else "earliest")
-        console.print(f"{subscriber} subscribed to {channel}")
-
-
-@channel_app.command("poll")
-def channel_poll(
-    channel: str,
-    subscriber: str,
-    limit: int = 100,
-    ack: Annotated[bool, typer.Option(help="acknowledge what was received")] = False,
-    data_dir: DirOpt = Path(".memos"),
-) -> None:
-    """Print what arrived since the last acknowledgement (as JSON)."""
-    with opened(data_dir) as mem:
-        got = mem.poll(channel, subscriber, limit=limit)
-        if ack and got:
-            mem.ack(channel, subscriber, got[-1].seq)
-        _dump([d.model_dump(mode="json") for d in got])
-
-
-@channel_app.command("ack")
-def channel_ack(channel: str, subscriber: str, seq: int, data_dir: DirOpt = Path(".memos")) -> None:
-    """Acknowledge everything up to SEQ."""
-    with opened(data_dir) as mem:
-        console.print(f"cursor at {mem.ack(channel, subscriber, seq)}")
-
-
-audit_app = typer.Typer(help="The hash-chained audit log.")
-app.add_typer(audit_app, name="audit")
-
-
-@audit_app.command("verify")
-def audit_verify(data_dir: DirOpt = Path(".memos")) -> None:
-    """Check that no audit entry was altered or removed."""
-    with opened(data_dir) as mem:
-        ok, bad = mem.verify_audit()
-        if not ok:
-            err.print(f"[red]audit chain broken at entry {bad}[/red]")
-            raise typer.Exit(3)
-        console.print("audit chain intact")
-
-
-@audit_app.command("show")
-def audit_show(
-    cube: Annotated[str | None, typer.Option("--cube", help="only entries about this cube")] = None,
-    limit: int = 100,
-    data_dir: DirOpt = Path(".memos"),
-) -> None:
-    """Audit entries, oldest first."""
-    with opened(data_dir) as mem:
-        _dump([e.model_dump(mode="json") for e in mem.audit_log(cube_id=cube, limit=limit)])
+        dump(mem.stats())
 
 
 @app.command("export")
@@ -380,7 +263,7 @@ def grant(
 @app.command()
 def down(data_dir: DirOpt = Path(".memos")) -> None:
     """Stop the embedded graph server of this data dir (it also stops itself when idle)."""
-    from .graph.falkordb_server import stop_server
+    from ..graph.falkordb_server import stop_server
 
     was = stop_server(data_dir / "graph")
     console.print("graph server stopped" if was else "no graph server was running")
@@ -389,10 +272,9 @@ def down(data_dir: DirOpt = Path(".memos")) -> None:
 @app.command()
 def demo(data_dir: DirOpt = Path(".memos-demo")) -> None:
     """Run a short tour on the embedded defaults."""
-    from .demo import run
+    from ..demo import run
 
     run(data_dir, console)
 
 
-def main() -> None:
-    app()
+__all__ = ["app"]

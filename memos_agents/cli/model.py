@@ -9,22 +9,15 @@ from typing import Annotated, Any
 
 import typer
 
+from .common import DirOpt, UserOpt, VaultOpt, console, dump, err, opened
+
 app = typer.Typer(help="The local model process: activation (KV) and parameter (LoRA) memory.")
 
-DirOpt = Annotated[Path, typer.Option("--dir", "-d", envvar="MEMOS_DIR", help="data directory")]
-UserOpt = Annotated[str, typer.Option("--user", "-u", help="user id")]
-VaultOpt = Annotated[str | None, typer.Option("--vault", help="vault name")]
 UrlOpt = Annotated[
     str | None,
     typer.Option("--url", envvar="MEMOS_MODEL_URL", help="a running model server (ours or vLLM)"),
 ]
 CubesOpt = Annotated[list[str] | None, typer.Option("--cube", "-c", help="cube id (repeatable)")]
-
-
-def _opened(data_dir: Path) -> Any:
-    from ..cli import opened
-
-    return opened(data_dir)
 
 
 @app.command()
@@ -46,8 +39,8 @@ def serve(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if model is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .memory import MODEL_CACHE_ENV
-    from .server import serve as run
+    from ..model.memory import MODEL_CACHE_ENV
+    from ..model.server import serve as run
 
     cache = Path(os.environ.get(MODEL_CACHE_ENV) or data_dir / "models")
     run(
@@ -67,8 +60,7 @@ def serve(
 @app.command()
 def status(data_dir: DirOpt = Path(".memos"), url: UrlOpt = None) -> None:
     """What the model process of this data dir (or at --url) serves, and its KV pool."""
-    from ..cli import _dump, console
-    from .client import ModelClient, ModelProcess
+    from ..model.client import ModelClient, ModelProcess
 
     if url is None:
         proc = ModelProcess.find(data_dir / "model")
@@ -78,7 +70,7 @@ def status(data_dir: DirOpt = Path(".memos"), url: UrlOpt = None) -> None:
         url = proc.url
     client = ModelClient(url)
     try:
-        _dump({"url": client.url, **client.info(), "models": client.models()})
+        dump({"url": client.url, **client.info(), "models": client.models()})
     finally:
         client.close()
 
@@ -86,8 +78,7 @@ def status(data_dir: DirOpt = Path(".memos"), url: UrlOpt = None) -> None:
 @app.command()
 def stop(data_dir: DirOpt = Path(".memos")) -> None:
     """Stop the model process of this data dir."""
-    from ..cli import console
-    from .client import ModelProcess
+    from ..model.client import ModelProcess
 
     proc = ModelProcess.find(data_dir / "model")
     if proc is None or not proc.stop():
@@ -106,14 +97,12 @@ def build(
     data_dir: DirOpt = Path(".memos"),
 ) -> None:
     """Build activation memory (a KV cache) of these plaintext memories."""
-    from ..cli import _dump
-
     if not cube:
         raise typer.BadParameter("give at least one --cube")
-    with _opened(data_dir) as mem:
+    with opened(data_dir) as mem:
         mem.model(url)
         act = mem.build_activation(cube, user_id=user, vault=vault, name=name)
-        _dump(
+        dump(
             {
                 "id": act.id,
                 "version": act.lifecycle.version,
@@ -139,10 +128,8 @@ def distil(
     """Distil plaintext memories (ids or a tag) into a LoRA adapter (parameter memory)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ..cli import _dump, err
-
     with (
-        _opened(data_dir) as mem,
+        opened(data_dir) as mem,
         Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -169,7 +156,7 @@ def distil(
             rank=rank,
             progress=progress,
         )
-        _dump(
+        dump(
             {
                 "id": p.id,
                 "version": p.lifecycle.version,
@@ -194,9 +181,7 @@ def generate(
     data_dir: DirOpt = Path(".memos"),
 ) -> None:
     """Answer PROMPT with the local model and the memories given (streamed)."""
-    from ..cli import console, err
-
-    with _opened(data_dir) as mem:
+    with opened(data_dir) as mem:
         mem.model(url)
         the_plan = mem.scheduler.plan(prompt, user_id=user, vault=vault) if plan else None
         if the_plan is not None:
