@@ -65,7 +65,7 @@ from rich.text import Text
 from memos_agents import MemOS
 
 REPO = Path(__file__).resolve().parents[1]
-LOCOMO = Path("/work/shared/data/locomo/locomo_dev.json")
+LOCOMO = REPO / "bench" / "data" / "locomo" / "locomo_dev.json"
 USER = "bench-user"
 SEED = 20240611
 
@@ -974,7 +974,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 "rss_mb_after_open": rss_mb(),
             }
             res["environment"] = environment()
-            corpus = Corpus(args.seed, None if args.no_locomo else LOCOMO, fact_limit=sizes[0])
+            corpus = Corpus(args.seed, None if args.no_locomo else args.locomo, fact_limit=sizes[0])
             queries: list[dict[str, Any]] = []
             steps, done, session = [], 0, 0
             for size in sizes:
@@ -985,7 +985,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 done = size
                 if not queries:
                     queries = build_queries(
-                        corpus, args.queries, args.seed, None if args.no_locomo else LOCOMO
+                        corpus, args.queries, args.seed, None if args.no_locomo else args.locomo
                     )
                 search = measure_search(mem, queries, args.k)
                 step = {
@@ -1127,7 +1127,7 @@ def run_profile(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             mem.vault.embedder.embed_query("warm up the model")
             out["embedder"] = type(mem.vault.embedder).__name__
             out["git"] = git_state()
-            corpus = Corpus(args.seed, None if args.no_locomo else LOCOMO, fact_limit=0)
+            corpus = Corpus(args.seed, None if args.no_locomo else args.locomo, fact_limit=0)
             batches = [corpus.take(min(args.batch, n - i)) for i in range(0, n, args.batch)]
             more = [corpus.take(min(args.batch, n - i)) for i in range(0, n, args.batch)]
             steps = _install_timers(mem)
@@ -1260,6 +1260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=5, help="results per search")
     ap.add_argument("--queries", type=int, default=200, help="distinct measured queries")
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--locomo", type=Path, default=LOCOMO,
+                    help="LoCoMo file whose turns are mixed in (default: bench/data/locomo)")
     ap.add_argument("--no-locomo", action="store_true", help="templates only")
     ap.add_argument("--embedder", default=None, help="e.g. all-MiniLM-L6-v2-int8 (default exact)")
     ap.add_argument(

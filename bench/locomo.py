@@ -16,8 +16,8 @@ recall is the same (context is not a retrieved cube) and its tokens include the 
 Baselines in the same run, over the raw turns ("speaker: text"): BM25 (bm25s, its English
 stop list, no stemming) and dense MiniLM (the very vectors MemOS stored, exact cosine).
 
-    python bench/locomo.py --data ../shared/data/locomo/locomo_dev.json
-    python bench/locomo.py --data ... --reuse /tmp/locomo-memos     # keep / reuse the ingest
+    python bench/locomo.py                 # bench/data/locomo/locomo_dev.json (2 conversations)
+    python bench/locomo.py --data locomo10.json --reuse /tmp/locomo-memos  # keep / reuse ingest
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from memos_agents import MemOS  # noqa: E402
 from memos_agents.formats import read_locomo  # noqa: E402
 
+LOCOMO = REPO / "bench" / "data" / "locomo" / "locomo_dev.json"
 KS = (1, 5, 10, 20)
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 _EVIDENCE = re.compile(r"D:?(\d+):(\d+)")
@@ -120,7 +121,8 @@ def token_counter() -> Callable[[str], int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data/locomo/locomo_dev.json")
+    ap.add_argument("--data", type=Path, default=LOCOMO,
+                    help="LoCoMo file (default: the dev subset in bench/data/locomo)")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="data dir to keep the ingest in (reused when it already holds it)")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/locomo.json")

@@ -15,7 +15,7 @@ from pathlib import Path
 from memos_agents import MemOS
 from memos_agents.formats import read_batches
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
+DATA = Path(__file__).resolve().parents[1] / "bench" / "data" / "locomo" / "locomo_dev.json"
 
 
 def main(data_dir: Path, data: Path) -> None:

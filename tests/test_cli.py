@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from memos_agents.cli import app
 
-LOCOMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
+LOCOMO = Path(__file__).resolve().parents[1] / "bench" / "data" / "locomo" / "locomo_dev.json"
 runner = CliRunner()
 
 

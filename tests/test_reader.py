@@ -14,7 +14,7 @@ from memos_agents.errors import ExtractionError, InvalidInput
 from memos_agents.formats import read_batches
 from memos_agents.reader import MemReader, extract_entities
 
-LOCOMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
+LOCOMO = Path(__file__).resolve().parents[1] / "bench" / "data" / "locomo" / "locomo_dev.json"
 
 
 def test_fast_mode_one_draft_per_turn_keeps_speaker_time_and_ids() -> None:
