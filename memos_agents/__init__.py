@@ -5,33 +5,39 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import lazy_loader as lazy
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "MemOS": "mos",
-    "MemOSConfig": "config",
-    "MemCube": "cube",
-    "SearchHit": "cube",
-    "VersionRecord": "cube",
-    "Scope": "cube",
-    "Form": "cube",
-    "State": "cube",
-    "MemReader": "reader",
-    "MemVault": "vault",
-    "MemOSError": "errors",
-    "InvalidInput": "errors",
-    "NotFound": "errors",
-    "ScopeViolation": "errors",
-    "ConfigError": "errors",
-    "StoreError": "errors",
-    "IntegrityError": "errors",
-    "ExtractionError": "errors",
-}
+__getattr__, _, _lazy_all = lazy.attach(
+    __name__,
+    submod_attrs={
+        "mos": ["MemOS"],
+        "config": ["MemOSConfig"],
+        "cube": ["MemCube", "SearchHit", "VersionRecord", "Scope", "Form", "State"],
+        "reader": ["MemReader"],
+        "vault": ["MemVault"],
+        "errors": [
+            "MemOSError",
+            "InvalidInput",
+            "NotFound",
+            "ScopeViolation",
+            "ConfigError",
+            "StoreError",
+            "IntegrityError",
+            "ExtractionError",
+        ],
+    },
+)
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [*_lazy_all, "__version__"]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 if TYPE_CHECKING:
     from .config import MemOSConfig
@@ -49,12 +55,3 @@ if TYPE_CHECKING:
     from .mos import MemOS
     from .reader import MemReader
     from .vault import MemVault
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memos_agents' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value

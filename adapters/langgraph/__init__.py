@@ -6,8 +6,9 @@ builder.add_node("recall", recall_node(mem))    # and more with our nodes
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import lazy_loader as lazy
 
 if TYPE_CHECKING:
     from .middleware import MemOSMiddleware
@@ -21,24 +22,18 @@ if TYPE_CHECKING:
     from .store import MemOSStore
     from .tools import memory_tools
 
-_EXPORTS = {
-    "MemOSStore": "store",
-    "recall_node": "nodes",
-    "remember_node": "nodes",
-    "publish_node": "nodes",
-    "subscribe_node": "nodes",
-    "schedule_node": "nodes",
-    "memory_tools": "tools",
-    "MemOSMiddleware": "middleware",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__, __all__ = lazy.attach(
+    __name__,
+    submod_attrs={
+        "store": ["MemOSStore"],
+        "nodes": [
+            "recall_node",
+            "remember_node",
+            "publish_node",
+            "subscribe_node",
+            "schedule_node",
+        ],
+        "tools": ["memory_tools"],
+        "middleware": ["MemOSMiddleware"],
+    },
+)

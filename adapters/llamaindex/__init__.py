@@ -7,27 +7,20 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import lazy_loader as lazy
 
 if TYPE_CHECKING:
     from .block import MemOSMemoryBlock
     from .memory import MemOSMemory
     from .retriever import MemOSRetriever
 
-_EXPORTS = {
-    "MemOSMemory": "memory",
-    "MemOSMemoryBlock": "block",
-    "MemOSRetriever": "retriever",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__, __all__ = lazy.attach(
+    __name__,
+    submod_attrs={
+        "memory": ["MemOSMemory"],
+        "block": ["MemOSMemoryBlock"],
+        "retriever": ["MemOSRetriever"],
+    },
+)

@@ -6,9 +6,10 @@ imports it): every name but `open_graph` loads on first use.
 
 from __future__ import annotations
 
-from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import lazy_loader as lazy
 
 from ..errors import ConfigError
 
@@ -18,21 +19,22 @@ if TYPE_CHECKING:
     from .falkordb_server import ensure_server, server_status, stop_server
     from .neo4j import Neo4jGraphStore
 
-_LAZY = {
-    "FactNode": "base",
-    "TopicNode": "base",
-    "ConceptLink": "base",
-    "GraphStore": "base",
-    "norm_entity": "base",
-    "scoped_key": "base",
-    "FalkorGraphStore": "falkordb",
-    "Neo4jGraphStore": "neo4j",
-    "ensure_server": "falkordb_server",
-    "server_status": "falkordb_server",
-    "stop_server": "falkordb_server",
-}
+__getattr__, _, _lazy_all = lazy.attach(
+    __name__,
+    submod_attrs={
+        "base": ["FactNode", "TopicNode", "ConceptLink", "GraphStore", "norm_entity", "scoped_key"],
+        "falkordb": ["FalkorGraphStore"],
+        "neo4j": ["Neo4jGraphStore"],
+        "falkordb_server": ["ensure_server", "server_status", "stop_server"],
+    },
+)
 
-__all__ = ["open_graph", *_LAZY]
+__all__ = ["open_graph", *_lazy_all]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 NEO4J_SCHEMES = {"neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc"}
 FALKORDB_SCHEMES = {"falkordb", "falkor", "falkors", "redis", "rediss"}
@@ -63,12 +65,3 @@ def open_graph(url: str | None, data_dir: Path, idle_timeout: float = 300.0) -> 
         f"unsupported graph URL scheme {scheme or '(none)'!r}: use falkordb://embedded, "
         "falkordb://host:port, redis://host:port, neo4j://, neo4j+s://, bolt:// or bolt+s://"
     )
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
