@@ -119,6 +119,12 @@ def token_counter() -> Callable[[str], int]:
         return lambda text: len(text.split())
 
 
+def shown_path(path: Path) -> str:
+    """`path` as recorded in the results: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=LOCOMO,
@@ -234,7 +240,7 @@ def main() -> None:
         for name, t in systems.items()
     }
     print_tables(rows, per_cat)
-    result = {"data": str(args.data), "ingest": ingest, "organisation": organisation,
+    result = {"data": shown_path(args.data), "ingest": ingest, "organisation": organisation,
               "overall": rows, "per_category": per_cat}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
