@@ -157,3 +157,38 @@ def test_legacy_data_dir_keeps_its_policies(tmp_path) -> None:
         assert st.get(RedactionPolicy, "user:alice") == RedactionPolicy(phones=False)
     finally:
         cat.close()
+
+
+def test_a_legacy_data_dir_through_the_facade(data_dir, embedder) -> None:
+    """Policies a data dir kept under the old composed keys still act after an upgrade."""
+    from memos_agents import MemOS
+    from memos_agents.lifecycle import RetentionPolicy
+    from memos_agents.redaction import RedactionPolicy
+    from memos_agents.scheduler import SchedulerPolicy
+
+    with MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30) as mem:
+        logs = mem.add([f"log line {i}" for i in range(3)], user_id="ops", vault="logs")
+        cat = mem.vault.catalog  # what the old code wrote, byte for byte
+        cat.set_meta("redaction:default", RedactionPolicy(name="legacy-v0").model_dump_json())
+        cat.set_meta("retention:logs", RetentionPolicy(max_count=1).model_dump_json())
+        cat.set_meta("scheduler_policy", SchedulerPolicy(hot_min_access=7).model_dump_json())
+        topics = {"tids": [], "sizes": [], "labels": [], "generation": 5, "next_id": 3,
+                  "n_total": 0, "n_clustered": 0, "sums": None}
+        cat.set_meta(f"topics:{json.dumps(['work', 'zoe'])}", json.dumps(topics))
+
+    with MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30) as mem:
+        c = mem.add("Reach Ana at ana@example.org.", user_id="ana")[0]
+        assert "[EMAIL]" in c.content
+        assert {r.policy for r in c.governance.redactions} == {"legacy-v0"}
+        assert mem.sweep()["archived"] == 2
+        assert [mem.get(x.id).lifecycle.state.value for x in logs] == ["archived"] * 2 + ["active"]
+        assert mem.scheduler.policy.hot_min_access == 7
+        state = mem.vault.operator._state("work", "zoe")
+        assert (state.generation, state.next_id) == (5, 3)
+        mem.set_redaction_policy("default", None)  # and the old key cannot come back
+        assert "bo@example.org" in mem.add("bo@example.org", user_id="bo")[0].content
+        mem.set_retention("logs", None)
+
+    with MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30) as mem:
+        assert "cy@example.org" in mem.add("cy@example.org", user_id="cy")[0].content
+        assert mem.scheduler.policy.hot_min_access == 7
