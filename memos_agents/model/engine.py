@@ -1,9 +1,11 @@
 """The engine inside a model process: one causal LM, its KV caches and LoRA adapters.
 
 Every call that touches the model runs on one worker thread, one at a time, so adapter switches,
-training and generation never interleave. Generation is a plain greedy / sampling loop over
-`model(...)` with a `DynamicCache`; with activation memory the loop starts from a fork of the
-stored cache and only the tokens after the cached prefix are computed.
+training and generation never interleave. Generation is transformers' `generate` (greedy, or
+temperature / top-p sampling) over a `DynamicCache`; with activation memory it starts from a fork
+of the stored cache, so only the tokens after the cached prefix are computed. A stopping
+criterion sees every new token first: it turns tokens into text deltas, cuts at stop strings and
+stops on cancellation.
 """
 
 from __future__ import annotations
@@ -20,23 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from .kv import BlobRefused, KVEntry, KVPool, cache_nbytes, fork, load_blob, save_blob
-from .protocol import ADAPTER_FORMAT, sha256_text
+from .protocol import ADAPTER_FORMAT, Emit, RequestError, sha256_text
 from .runtime import ModelSource
+from .training import train_lora
 
-Emit = Callable[[dict[str, Any]], None]
-
-
-class RequestError(Exception):
-    """A request the engine refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
+__all__ = ["Emit", "Engine", "GenRequest", "RequestError", "common_prefix"]
 
 
 @dataclass
@@ -57,6 +50,69 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+class _TextOut(StoppingCriteria):
+    """What one generation produced, token by token: `generate` calls it after every new token,
+    before the next forward pass. It emits text deltas (holding back half of a multi-byte
+    character), cuts the text at the first stop string, and stops at EOS, a stop string or
+    cancellation."""
+
+    def __init__(
+        self,
+        tok: Any,
+        eos_ids: set[int],
+        stop: list[str],
+        emit: Emit,
+        cancel: threading.Event,
+        prompt_len: int,
+    ) -> None:
+        self.tok, self.eos_ids, self.stop, self.emit, self.cancel = tok, eos_ids, stop, emit, cancel
+        self.seen = prompt_len
+        self.produced: list[int] = []
+        self.text = ""
+        self.finish = "length"
+        self.first_token_at: float | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        done = False
+        for nxt in input_ids[0, self.seen :].tolist():
+            self.seen += 1
+            done = done or self._take(int(nxt))
+        if not done and self.cancel.is_set():
+            self.finish, done = "cancelled", True
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    def _take(self, nxt: int) -> bool:
+        """One new token; True when generation should stop."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if nxt in self.eos_ids:
+            self.finish = "stop"
+            return True
+        self.produced.append(nxt)
+        full = self.tok.decode(self.produced, skip_special_tokens=True)
+        if full.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return False
+        hit = min((i for s in self.stop if (i := full.find(s)) >= 0), default=-1)
+        if hit >= 0:
+            full = full[:hit]
+            self.finish = "stop"
+        if len(full) > len(self.text):
+            self.emit({"delta": full[len(self.text) :]})
+            self.text = full
+        return self.finish == "stop"
+
+
+@contextmanager
+def _seeded(seed: int | None, device: str) -> Iterator[None]:
+    """A seeded request samples from its own random state and leaves the process's alone."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[] if device == "cpu" else None):
+        torch.manual_seed(seed)
+        yield
 
 
 class Engine:
@@ -86,6 +142,14 @@ class Engine:
         eos = model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else int(tokenizer.eos_token_id or 0)
+        # requests say how to decode; the checkpoint's suggested sampling defaults never apply
+        model.generation_config = GenerationConfig(
+            bos_token_id=model.generation_config.bos_token_id,
+            eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.pad_id,
+        )
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.started_at = time.time()
 
@@ -263,94 +327,61 @@ class Engine:
                 f"has {len(ids)} prompt tokens and asks for {req.max_tokens} more",
             )
         with self._adapter(req.adapter):
-            cache = DynamicCache(config=self.model.config)
-            start = 0
-            if req.activation:
-                entry, timings["activation_s"] = self._activation(req.activation, req.adapter)
-                m = min(common_prefix(ids, entry.prefix_ids), len(ids) - 1)
-                if m > 0:
-                    cache = fork(entry.cache, self.model.config)
-                    if m < len(entry.prefix_ids):
-                        cache.crop(m - len(entry.prefix_ids))
-                    start = m
-            gen = torch.Generator(device="cpu")
-            if req.seed is not None:
-                gen.manual_seed(req.seed)
-            out = self._decode(ids, start, cache, req, gen, emit, cancel, started, timings)
+            cache, start = self._prefix_cache(ids, req, timings)
+            text = _TextOut(self.tok, self.eos_ids, req.stop, emit, cancel, len(ids))
+            with _seeded(req.seed, self.device):
+                self.model.generate(
+                    input_ids=torch.tensor([ids], device=self.device),
+                    attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
+                    past_key_values=cache,
+                    generation_config=self._config(req),
+                    stopping_criteria=StoppingCriteriaList([text]),
+                )
+        timings["first_token_s"] = (text.first_token_at or time.perf_counter()) - started
         usage = {
             "prompt_tokens": len(ids),
-            "completion_tokens": out["completion_tokens"],
-            "total_tokens": len(ids) + out["completion_tokens"],
+            "completion_tokens": len(text.produced),
+            "total_tokens": len(ids) + len(text.produced),
             "prompt_tokens_details": {"cached_tokens": start},
         }
         timings["total_s"] = time.perf_counter() - started
         return {
-            "finish_reason": out["finish_reason"],
-            "text": out["text"],
+            "finish_reason": text.finish,
+            "text": text.text,
             "usage": usage,
             "timings": {k: round(v, 5) for k, v in timings.items()},
         }
 
-    def _decode(
-        self,
-        ids: list[int],
-        start: int,
-        cache: DynamicCache,
-        req: GenRequest,
-        gen: torch.Generator,
-        emit: Emit,
-        cancel: threading.Event,
-        started: float,
-        timings: dict[str, float],
-    ) -> dict[str, Any]:
-        step_ids = torch.tensor([ids[start:]], device=self.device)
-        produced: list[int] = []
-        text = ""
-        finish = "length"
-        for _ in range(req.max_tokens):
-            if cancel.is_set():
-                finish = "cancelled"
-                break
-            out = self.model(
-                input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
-            )
-            cache = out.past_key_values
-            nxt = self._pick(out.logits[0, -1], req, gen)
-            if not produced:
-                timings["first_token_s"] = time.perf_counter() - started
-            if nxt in self.eos_ids:
-                finish = "stop"
-                break
-            produced.append(nxt)
-            full = self.tok.decode(produced, skip_special_tokens=True)
-            if full.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                step_ids = torch.tensor([[nxt]], device=self.device)
-                continue
-            hit = min((i for s in req.stop if (i := full.find(s)) >= 0), default=-1)
-            if hit >= 0:
-                full = full[:hit]
-                finish = "stop"
-            if len(full) > len(text):
-                emit({"delta": full[len(text) :]})
-                text = full
-            if finish == "stop":
-                break
-            step_ids = torch.tensor([[nxt]], device=self.device)
-        if not produced and "first_token_s" not in timings:
-            timings["first_token_s"] = time.perf_counter() - started
-        return {"completion_tokens": len(produced), "text": text, "finish_reason": finish}
+    def _prefix_cache(
+        self, ids: list[int], req: GenRequest, timings: dict[str, float]
+    ) -> tuple[DynamicCache, int]:
+        """The cache generation starts from: a fork of the request's activation memory cropped to
+        the prefix it shares with `ids` (at least one token is left to compute), or an empty one;
+        and how many tokens of `ids` it already holds."""
+        if req.activation:
+            entry, timings["activation_s"] = self._activation(req.activation, req.adapter)
+            m = min(common_prefix(ids, entry.prefix_ids), len(ids) - 1)
+            if m > 0:
+                cache = fork(entry.cache, self.model.config)
+                if m < len(entry.prefix_ids):
+                    cache.crop(m - len(entry.prefix_ids))
+                return cache, m
+        return DynamicCache(config=self.model.config), 0
 
-    @staticmethod
-    def _pick(logits: torch.Tensor, req: GenRequest, gen: torch.Generator) -> int:
+    def _config(self, req: GenRequest) -> GenerationConfig:
+        """Exactly the request's decoding: greedy at temperature 0, else temperature and top-p
+        sampling; none of the checkpoint's suggested defaults (see `__init__`)."""
+        tokens = {"eos_token_id": sorted(self.eos_ids), "pad_token_id": self.pad_id}
         if req.temperature is None or req.temperature <= 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float() / req.temperature, dim=-1)
-        if 0 < req.top_p < 1:
-            sorted_p, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < req.top_p
-            sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-        return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+            return GenerationConfig(max_new_tokens=req.max_tokens, do_sample=False, **tokens)
+        return GenerationConfig(
+            max_new_tokens=req.max_tokens,
+            do_sample=True,
+            temperature=req.temperature,
+            top_p=req.top_p if 0 < req.top_p < 1 else 1.0,
+            top_k=0,  # off (transformers' default is 50)
+            **tokens,
+        )
 
     # evaluation
     def score(
@@ -389,8 +420,6 @@ class Engine:
 
     # parameter memory
     def distil(self, req: dict[str, Any], emit: Emit, cancel: threading.Event) -> dict[str, Any]:
-        from .training import train_lora
-
         name = req["name"]
         if name in self.adapters or name == self.source.name:
             raise RequestError(400, f"an adapter named {name!r} is already loaded")
@@ -403,7 +432,16 @@ class Engine:
         if self.adapters:
             self.model.disable_adapters()
         with torch.inference_mode(False):
-            result = train_lora(self, req, meta, emit, cancel)
+            result = train_lora(
+                self.model,
+                self._example_ids,
+                self.pad_id,
+                self.source.name,
+                req,
+                meta,
+                emit,
+                cancel,
+            )
         self.adapters[name] = {"path": result["path"], "meta": meta}
         self.model.disable_adapters()
         return result

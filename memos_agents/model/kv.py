@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import os
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +94,6 @@ def save_blob(path: Path, entry: KVEntry) -> int:
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path.stat().st_size
-
-
-def read_blob_meta(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as fh:
-        return dict(fh.metadata() or {})
 
 
 def load_blob(
@@ -211,7 +205,3 @@ class KVPool:
                 "evictions": self.evictions,
                 "fingerprints": list(self._entries),
             }
-
-
-def now() -> float:
-    return time.perf_counter()

@@ -1,12 +1,12 @@
 """What the MemOS side and the model process agree on, without torch: how memories are rendered
-into a prompt, and the fingerprints that tie a KV blob or an adapter to one model and one exact
-set of source memories."""
+into a prompt, the fingerprints that tie a KV blob or an adapter to one model and one exact
+set of source memories, and the error the model process answers a refused request with."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..cube import MemCube
@@ -17,6 +17,18 @@ MEMORY_FORMAT = "memos-memory-block/1"
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Use the memories below when they are relevant to the request."
 )
+
+Emit = Callable[[dict[str, Any]], None]  # how the engine reports progress / text deltas
+
+
+class RequestError(Exception):
+    """A request the model process refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
 
 
 def sha256_text(text: str) -> str:

@@ -14,20 +14,21 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-if TYPE_CHECKING:
-    from .engine import Emit, Engine
+from .protocol import Emit, RequestError
 
+Example = tuple[list[int], list[int]]  # (prompt ids, target ids)
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def _batches(
-    examples: list[tuple[list[int], list[int]]], pad_id: int
+    examples: list[Example], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = [p + t for p, t in examples]
     labels = [[-100] * len(p) + t for p, t in examples]
@@ -42,7 +43,7 @@ def _batches(
     return ids, lab, mask
 
 
-def _mean_loss(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int, bs: int) -> float:
+def _mean_loss(model: Any, data: list[Example], pad_id: int, bs: int) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(data), bs):
@@ -58,17 +59,19 @@ def _mean_loss(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int,
 
 
 def train_lora(
-    engine: Engine,
+    model: Any,
+    encode: Callable[[dict[str, Any]], Example],
+    pad_id: int,
+    base_name: str,
     req: dict[str, Any],
     meta: dict[str, Any],
     emit: Emit,
     cancel: threading.Event,
 ) -> dict[str, Any]:
+    """Train adapter `req["name"]` on `model`; `encode` turns one example into token ids, and
+    `base_name` is written into the adapter config as the base model."""
     from peft import LoraConfig
 
-    from .engine import RequestError
-
-    model = engine.model
     name: str = req["name"]
     out_dir = Path(req["path"])
     steps = int(req.get("steps", 30))
@@ -77,15 +80,12 @@ def train_lora(
     examples = req.get("examples") or []
     if not examples:
         raise RequestError(400, "no training examples")
-    data = [engine._example_ids(e) for e in examples]
+    data = [encode(e) for e in examples]
     data = [(p, t) for p, t in data if t]
     limit = int(req.get("max_example_tokens", 256))
     data = [(p[-limit:], t[:limit]) for p, t in data]
     bs = max(1, int(req.get("batch_size", 8)))
     seed = int(req.get("seed", 0))
-    pad_id = engine.tok.pad_token_id
-    if pad_id is None:
-        pad_id = engine.tok.eos_token_id or 0
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -142,7 +142,7 @@ def train_lora(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    cfg.base_model_name_or_path = engine.source.name
+    cfg.base_model_name_or_path = base_name
     cfg.save_pretrained(str(tmp))
     meta = {**meta, "loss_start": loss_start, "loss_end": loss_end, "steps": steps, "seed": seed}
     (tmp / "memos_adapter.json").write_text(json.dumps(meta, indent=2))
