@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -343,6 +344,39 @@ def test_killed_supervisor_takes_its_server_down(graph_dir: Path) -> None:
         wait_until(lambda: not psutil.pid_exists(status["pid"]), 10)
     with FalkorGraphStore(graph_dir) as s:
         assert s.counts()["facts"] == 1
+
+
+def process_group(pgid: int) -> list[psutil.Process]:
+    """The processes of the process group `pgid` that still run (zombies have exited)."""
+    found = []
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(p)
+    return found
+
+
+def test_stop_is_bounded_when_the_server_is_stuck(graph_dir: Path) -> None:
+    """A server that answers nothing (SIGSTOP) is killed with its supervisor's process group."""
+    with FalkorGraphStore(graph_dir) as s:
+        s.upsert_facts([fact(f"f{i}", "v", entities=("x",)) for i in range(200)])
+    status = server_status(graph_dir)
+    server, supervisor = status["pid"], status["supervisor_pid"]
+    assert os.getpgid(server) == supervisor  # the supervisor leads its server's group
+    os.kill(server, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        assert stop_server(graph_dir, timeout=2) is True
+        assert time.monotonic() - start < 30  # SIGTERM, 2 s, SIGKILL: no hang, no tight timing
+        wait_until(lambda: not process_group(supervisor), 10)
+        assert not server_procs(socket_path(graph_dir))
+        assert "killing process group" in (graph_dir / "falkordb.log").read_text()
+    finally:
+        for p in process_group(supervisor):  # whatever a failure left behind
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    with FalkorGraphStore(graph_dir) as s:
+        assert s.counts()["facts"] == 200  # every acknowledged write survived the kill
 
 
 def test_idle_server_stops_itself(graph_dir: Path) -> None:
