@@ -293,6 +293,30 @@ class Catalog:
         with self.engine.connect() as conn:
             return list(conn.execute(select(cubes_t.c.vault).distinct()).scalars())
 
+    # retrieval's reads: one (vault, user) scope
+    def scope_signature(self, vault: str, user_id: str) -> tuple[int, float]:
+        """(row count, latest update time) of one scope: changes whenever any process writes
+        to it."""
+        q = select(func.count(), func.max(cubes_t.c.updated_at)).where(
+            cubes_t.c.vault == vault, cubes_t.c.user_id == user_id
+        )
+        with self.engine.connect() as conn:
+            n, t = conn.execute(q).one()
+        return int(n), float(t or 0.0)
+
+    def scope_cubes(
+        self, vault: str, user_id: str, states: Iterable[str], form: str = "plaintext"
+    ) -> list[MemCube]:
+        """Every cube of one scope in one of `states` (values) and of one form, unordered."""
+        q = select(cubes_t).where(
+            cubes_t.c.vault == vault,
+            cubes_t.c.user_id == user_id,
+            cubes_t.c.form == form,
+            cubes_t.c.state.in_(list(states)),
+        )
+        with self.engine.connect() as conn:
+            return [_cube_from_row(r) for r in conn.execute(q)]
+
     def pending(self, limit: int = 1000) -> list[MemCube]:
         with self.engine.connect() as conn:
             rows = conn.execute(

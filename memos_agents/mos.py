@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,6 +51,7 @@ from .lifecycle import (
 )
 from .reader import MAX_TEXT, MemoryDraft, MemReader, Mode, estimate_importance, extract_entities
 from .redaction import Redaction, RedactionPolicy, redact
+from .retrieval import ROUTES, SearchResult, resolve_routes
 from .vault import MemVault
 
 if TYPE_CHECKING:
@@ -87,6 +89,19 @@ def _check_text(text: Any, what: str = "content") -> str:
     if "\x00" in text:
         raise InvalidInput(f"{what} contains a NUL character")
     return text
+
+
+def _plan(mode: Any, routes: Any) -> tuple[str, ...]:
+    """The route names of a search: `mode` (a preset) or `routes` (names), not both."""
+    if mode not in ("hybrid", "dense"):
+        raise InvalidInput("mode must be 'hybrid' or 'dense'")
+    if routes is None:
+        return resolve_routes(mode)
+    if mode != "hybrid":
+        raise InvalidInput("give mode='dense' or routes=[...], not both")
+    if isinstance(routes, str) or not isinstance(routes, Sequence):
+        raise InvalidInput(f"routes must be a list of route names ({', '.join(ROUTES)})")
+    return resolve_routes(list(routes))
 
 
 def _check_tags(tags: Any) -> list[str]:
@@ -204,8 +219,8 @@ class MemOS:
         spec = embedder or config.embedder
         if spec is None and catalog.get_meta("embedder") == INT8_MODEL:
             spec = INT8_MODEL  # a packaged embedder: reopen the dir in the space it was built in
-        vault = MemVault(catalog, index, graph, resolve_embedder(spec))
-        vault.operator.llm = llm  # a chat model names the topics (query intents: vault.llm)
+        # one chat model for the reader (fine mode), query intents and topic names
+        vault = MemVault(catalog, index, graph, resolve_embedder(spec), llm=llm)
         mem = cls(config, vault, MemReader(llm=llm), principal=principal)
         repaired = vault.reconcile()
         if repaired:
@@ -562,18 +577,63 @@ class MemOS:
         tags: Sequence[str] | None = None,
         min_score: float | None = None,
         mode: Literal["hybrid", "dense"] = "hybrid",
-        explain: bool = False,
+        routes: Sequence[str] | None = None,
         as_of: datetime | None = None,
         window: int = 0,
-    ) -> Any:
+        explain: bool = False,
+    ) -> list[SearchHit]:
         """The `k` live cubes of this user that best answer `query`, best first.
 
         hybrid (default): the query's intent (entities, concepts, time range) routed to the
-        graph, the dense index and BM25, fused; `score` is the fused relevance in (0, 1].
-        dense: cosine similarity alone (`score` is the cosine). `min_score` bounds the cosine.
-        `as_of`: what was current then (superseded facts included). `window`: each hit carries
-        that many session turns either side in `hit.context`. `explain=True` returns a
-        `SearchResult(hits, explain)` instead of the list of hits."""
+        dense index, BM25 and the graph, fused; `score` is the fused relevance in (0, 1].
+        dense: cosine similarity alone (`score` is the cosine); the same as `routes=["dense"]`.
+        `routes`: which routes to run, by name: "dense" (the embedding index), "keyword" (BM25
+        over each turn and over each turn with its session neighbours), "graph" (entities and
+        concepts -> facts); several are fused, "dense" alone is not. `min_score` bounds the
+        cosine. `as_of`: what was current then (superseded facts included). `window`: each hit
+        carries that many session turns either side in `hit.context`. How the hits were found:
+        `explain(...)` (`explain=True` here is its deprecated alias, for one release)."""
+        if explain:
+            warnings.warn("MemOS.search(..., explain=True) is deprecated; use MemOS.explain(...)",
+                          DeprecationWarning, stacklevel=2)
+            return self.explain(  # type: ignore[return-value]
+                query, user_id=user_id, k=k, vault=vault, agent_id=agent_id,
+                session_id=session_id, tags=tags, min_score=min_score, mode=mode, routes=routes,
+                as_of=as_of, window=window)
+        hits, _ = self._search(query, user_id, k, vault, agent_id, session_id, tags, min_score,
+                               mode, routes, as_of, window, explain=False)
+        return hits
+
+    def explain(
+        self,
+        query: str,
+        *,
+        user_id: str,
+        k: int = 5,
+        vault: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        tags: Sequence[str] | None = None,
+        min_score: float | None = None,
+        mode: Literal["hybrid", "dense"] = "hybrid",
+        routes: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+        window: int = 0,
+    ) -> SearchResult:
+        """`search`, with how it found its hits: `SearchResult(hits, explain)`, where `explain`
+        holds the intent, every stage's candidates and cost, the fused scores and their parts,
+        the time range and what was dropped."""
+        hits, ex = self._search(query, user_id, k, vault, agent_id, session_id, tags, min_score,
+                                mode, routes, as_of, window, explain=True)
+        assert ex is not None
+        return SearchResult(hits=hits, explain=ex)
+
+    def _search(
+        self, query: str, user_id: str, k: int, vault: str | None, agent_id: str | None,
+        session_id: str | None, tags: Sequence[str] | None, min_score: float | None,
+        mode: str, routes: Sequence[str] | None, as_of: datetime | None, window: int,
+        explain: bool,
+    ) -> tuple[list[SearchHit], Any]:
         _check_text(query, "query")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InvalidInput(f"k must be an integer from 1 to {MAX_K}")
@@ -581,26 +641,18 @@ class MemOS:
             raise InvalidInput("window must be an integer from 0 to 50")
         if as_of is not None and (not isinstance(as_of, datetime) or as_of.tzinfo is None):
             raise InvalidInput("as_of must be a timezone-aware datetime")
+        plan = _plan(mode, routes)
         scope = _scope(vault or self.config.vault, user_id, agent_id, session_id)
-        ex = None
-        if mode == "dense" and as_of is None and not window and not explain:
-            hits = self.vault.search(query, scope, k, tags=_check_tags(tags), min_score=min_score)
-        elif mode in ("hybrid", "dense"):
-            hits, ex = self.vault.route(
-                query, scope, k, tags=_check_tags(tags), min_score=min_score, as_of=as_of,
-                window=window, explain=explain, dense_only=mode == "dense",
-            )
-        else:
-            raise InvalidInput("mode must be 'hybrid' or 'dense'")
+        found, ex = self.vault.route(
+            query, scope, k, routes=plan, tags=_check_tags(tags), min_score=min_score,
+            as_of=as_of, window=window, explain=explain,
+        )
+        hits: list[SearchHit] = list(found)
         if self.principal != SYSTEM and self.principal != f"user:{scope.user_id}":
             keep = {c.id for c in self.readable([h.cube for h in hits])}
             hits = [h for h in hits if h.cube.id in keep]
         self._audit("search", [h.cube for h in hits], vault=scope.vault)
-        if explain:
-            from .retrieval import SearchResult
-
-            return SearchResult(hits=hits, explain=ex)
-        return hits
+        return hits, ex
 
     def get(self, cube_id: str, *, user_id: str | None = None) -> MemCube:
         cube = self.vault.get(cube_id, scope_user=user_id)
@@ -892,6 +944,9 @@ class MemOS:
 
     async def asearch(self, query: str, **kw: Any) -> list[SearchHit]:
         return await asyncio.to_thread(self.search, query, **kw)
+
+    async def aexplain(self, query: str, **kw: Any) -> SearchResult:
+        return await asyncio.to_thread(self.explain, query, **kw)
 
     async def aget(self, cube_id: str, **kw: Any) -> MemCube:
         return await asyncio.to_thread(self.get, cube_id, **kw)

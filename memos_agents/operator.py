@@ -32,19 +32,24 @@ import queue
 import re
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from .catalog import Catalog
 from .cube import Form, MemCube, SourceKind, State, utcnow
-from .graph.base import ConceptLink, FactNode, TopicNode, concept_norm, norm_entity
+from .graph.base import ConceptLink, FactNode, GraphStore, TopicNode, concept_norm, norm_entity
 from .reader import extract_concepts
+from .vector.base import VectorIndex
 
 if TYPE_CHECKING:
-    from .vault import MemVault
+    from .retrieval import ScopeIndex
+
+WriteVersion = Callable[[MemCube, str, str, int], None]
+"""(cube, op, changed_by, expected_version): store a new version of a cube and re-index it."""
 
 log = logging.getLogger(__name__)
 
@@ -191,28 +196,75 @@ class _Topics:
         return len(self.tids) - 1
 
 
+def _relations(
+    placements: Sequence[Placement],
+) -> tuple[list[ConceptLink], Counter[tuple[str, str]]]:
+    """Typed concept relations (RELATED among a fact's top three concepts, BROADER from a
+    phrase to its head word) and concept -> topic weights of these placed facts."""
+    links: list[ConceptLink] = []
+    weights: Counter[tuple[str, str]] = Counter()
+    for p in placements:
+        names = p.concepts
+        top = names[:3]
+        for a_i, a in enumerate(top):
+            for b in top[a_i + 1 :]:
+                if b.endswith(" " + a) or a.endswith(" " + b):
+                    continue
+                links.append(ConceptLink(source=a, target=b, kind="RELATED"))
+        for a in names:
+            if len(a.split()) > 1 and a.split()[-1] in names:
+                links.append(ConceptLink(source=a, target=a.split()[-1], kind="BROADER"))
+        if p.topic is not None:
+            for name in names:
+                weights[(name, p.topic)] += 1
+    return links, weights
+
+
 def _unit(m: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(m, axis=1, keepdims=True)
     n[n == 0] = 1.0
     return (m / n).astype(np.float32)
 
 
-class MemOperator:
-    """Organises one vault's plaintext cubes (every scope in it) in its graph store."""
+Scoped = tuple[str, str]
 
-    def __init__(self, vault: MemVault, config: OperatorConfig | None = None,
-                 llm: Any = None) -> None:
-        self.vault = vault
+
+class MemOperator:
+    """Organises one vault's plaintext cubes (every scope in it) in its graph store.
+
+    It reads and writes the catalog (topic state, cubes), the vector index (stored vectors,
+    neighbours) and the graph; `scope_index(vault, user)` is the router's index of a scope
+    (duplicates, speakers, states), `write_version` stores a superseded fact's new version."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        index: VectorIndex,
+        graph: GraphStore,
+        *,
+        scope_index: Callable[[str, str], ScopeIndex],
+        write_version: WriteVersion,
+        config: OperatorConfig | None = None,
+        llm: Any = None,
+    ) -> None:
+        self.catalog, self.index, self.graph = catalog, index, graph
+        self.scope_index, self.write_version = scope_index, write_version
         self.config = config or OperatorConfig()
         self.llm = llm
         self._topics: dict[tuple[str, str], _Topics] = {}
         self._lock = threading.RLock()
-        self._queue: queue.Queue[tuple[Any, tuple[Any, ...]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Any, tuple[Any, ...], tuple[Scoped, ...]] | None] = \
+            queue.Queue()
         self._worker: threading.Thread | None = None
+        # per scope: steps submitted and steps done (the worker runs them in order)
+        self._submitted: Counter[Scoped] = Counter()
+        self._done: Counter[Scoped] = Counter()
+        self._progress = threading.Condition()
 
     # -- the background worker ---------------------------------------------------------------
-    def submit(self, fn: Any, *args: Any) -> None:
-        """Run `fn(*args)` on the worker thread (inline when `background` is off)."""
+    def submit(self, fn: Any, *args: Any, scopes: Sequence[Scoped] = ()) -> None:
+        """Run `fn(*args)` on the worker thread (inline when `background` is off); `wait` on
+        one of `scopes` (vault, user) returns once it is done."""
         if not self.config.background:
             fn(*args)
             return
@@ -221,7 +273,10 @@ class MemOperator:
                 self._worker = threading.Thread(target=self._work, name="memos-operator",
                                                 daemon=True)
                 self._worker.start()
-        self._queue.put((fn, args))
+        scopes = tuple(dict.fromkeys(scopes))
+        with self._progress:
+            self._submitted.update(scopes)
+        self._queue.put((fn, args, scopes))
 
     def _work(self) -> None:
         while True:
@@ -229,12 +284,38 @@ class MemOperator:
             try:
                 if item is None:
                     return
-                fn, args = item
+                fn, args, _ = item
                 fn(*args)
             except Exception as exc:  # organisation is derived data: log, go on
                 log.warning("organising failed: %s", exc)
             finally:
+                if item is not None:
+                    with self._progress:
+                        self._done.update(item[2])
+                        self._progress.notify_all()
                 self._queue.task_done()
+
+    def wait(self, vault: str, user_id: str, timeout: float = 60.0) -> bool:
+        """Wait until the organisation submitted so far for this scope is done (what a search
+        of it reads: concept links); False if it took longer than `timeout` seconds."""
+        key = (vault, user_id)
+        with self._progress:
+            target = self._submitted[key]
+            if self._done[key] >= target:
+                return True
+            if threading.current_thread() is self._worker:
+                return False  # never wait for oneself
+            ok = self._progress.wait_for(lambda: self._done[key] >= target, timeout=timeout)
+        if not ok:
+            log.warning("organising %s/%s is still running after %.0f s; searching without it",
+                        vault, user_id, timeout)
+        return ok
+
+    def organise_later(self, cubes: Sequence[MemCube], placements: dict[str, Placement],
+                       facts: Sequence[FactNode] = ()) -> None:
+        """`organise` on the worker thread; searches of these cubes' scopes wait for it."""
+        scopes = [(c.scope.vault, c.scope.user_id) for c in cubes]
+        self.submit(self.organise, cubes, placements, facts, scopes=scopes)
 
     def flush(self) -> None:
         """Wait until every submitted organisation step is done."""
@@ -298,54 +379,40 @@ class MemOperator:
         """Link new `facts` to their concepts and topic, then typed concept relations and
         concept -> topic weights for the placed cubes, and a re-clustering of any scope that
         doubled since it was last clustered."""
-        graph = self.vault.graph
-        if facts and hasattr(graph, "place_facts"):
+        graph = self.graph
+        if facts:
             graph.place_facts(facts)
         by_scope: dict[tuple[str, str], list[MemCube]] = defaultdict(list)
         for c in cubes:
             if c.id in placements:
                 by_scope[(c.scope.vault, c.scope.user_id)].append(c)
         for (vault, user), group in by_scope.items():
-            links: list[ConceptLink] = []
-            weights: Counter[tuple[str, str]] = Counter()
-            for c in group:
-                p = placements[c.id]
-                names = p.concepts
-                top = names[:3]
-                for a_i, a in enumerate(top):
-                    for b in top[a_i + 1 :]:
-                        if b.endswith(" " + a) or a.endswith(" " + b):
-                            continue
-                        links.append(ConceptLink(source=a, target=b, kind="RELATED"))
-                for a in names:
-                    if len(a.split()) > 1 and a.split()[-1] in names:
-                        links.append(ConceptLink(source=a, target=a.split()[-1], kind="BROADER"))
-                if p.topic is not None:
-                    for name in names:
-                        weights[(name, p.topic)] += 1
-            if not hasattr(graph, "link_concepts"):
-                continue
+            links, weights = _relations([placements[c.id] for c in group])
             graph.link_concepts(vault, user, links)
             if weights:
                 graph.add_to_topics(vault, user, dict(weights))
-            with self._lock:
-                topics = self._state(vault, user)
-                new_topics = [
-                    TopicNode(tid=t, vault=vault, user_id=user, label=lab, size=s)
-                    for t, lab, s in zip(topics.tids, topics.labels, topics.sizes, strict=True)
-                    if t in {placements[c.id].topic for c in group}
-                ]
-                due = (topics.n_total >= self.config.recluster_min
-                       and topics.n_total >= 2 * max(topics.n_clustered, 1)
-                       and topics.n_total <= self.config.recluster_max)
-            graph.upsert_topics(new_topics)
-            if due:
-                try:
-                    self.recluster(vault, user)
-                except Exception as exc:  # organisation is derived: never fail a write on it
-                    log.warning("re-clustering %s/%s failed: %s", vault, user, exc)
-            elif topics.dirty >= 2000:
-                self._save(vault, user, topics)
+            self._grow_topics(vault, user, {placements[c.id].topic for c in group})
+
+    def _grow_topics(self, vault: str, user: str, touched: set[str | None]) -> None:
+        """Write the topics new facts joined; re-cluster the scope once it has doubled."""
+        with self._lock:
+            topics = self._state(vault, user)
+            new_topics = [
+                TopicNode(tid=t, vault=vault, user_id=user, label=lab, size=s)
+                for t, lab, s in zip(topics.tids, topics.labels, topics.sizes, strict=True)
+                if t in touched
+            ]
+            due = (topics.n_total >= self.config.recluster_min
+                   and topics.n_total >= 2 * max(topics.n_clustered, 1)
+                   and topics.n_total <= self.config.recluster_max)
+        self.graph.upsert_topics(new_topics)
+        if due:
+            try:
+                self.recluster(vault, user)
+            except Exception as exc:  # organisation is derived: never fail a write on it
+                log.warning("re-clustering %s/%s failed: %s", vault, user, exc)
+        elif topics.dirty >= 2000:
+            self._save(vault, user, topics)
 
     # -- topics ------------------------------------------------------------------------------
     def _key(self, vault: str, user: str) -> str:
@@ -354,13 +421,13 @@ class MemOperator:
     def _state(self, vault: str, user: str) -> _Topics:
         st = self._topics.get((vault, user))
         if st is None:
-            raw = self.vault.catalog.get_meta(self._key(vault, user))
+            raw = self.catalog.get_meta(self._key(vault, user))
             st = _Topics.from_json(raw) if raw else _Topics()
             self._topics[(vault, user)] = st
         return st
 
     def _save(self, vault: str, user: str, topics: _Topics) -> None:
-        self.vault.catalog.set_meta(self._key(vault, user), topics.to_json())
+        self.catalog.set_meta(self._key(vault, user), topics.to_json())
         topics.dirty = 0
 
     def recluster(self, vault: str, user_id: str) -> int:
@@ -368,13 +435,12 @@ class MemOperator:
         topics, and rewrite the hierarchy; returns the number of topics."""
         from sklearn.cluster import KMeans
 
-        cubes = [c for c in self.vault.catalog.list(vault=vault, user_id=user_id,
-                                                     states=[State.active], limit=10**9)
+        cubes = [c for c in self.catalog.list(vault=vault, user_id=user_id,
+                                              states=[State.active], limit=10**9)
                  if c.form is Form.plaintext]
         if len(cubes) < 2:
             return 0
-        vecs_by_id = self.vault.index.embeddings(vault, user_id, [c.id for c in cubes]) \
-            if hasattr(self.vault.index, "embeddings") else {}
+        vecs_by_id = self.index.embeddings(vault, user_id, [c.id for c in cubes])
         cubes = [c for c in cubes if c.id in vecs_by_id]
         if len(cubes) < 2:
             return 0
@@ -399,7 +465,7 @@ class MemOperator:
             nodes = [TopicNode(tid=t, vault=vault, user_id=user_id, label=lab, size=s)
                      for t, lab, s in zip(topics.tids, topics.labels, topics.sizes, strict=True)]
             self._save(vault, user_id, topics)
-        graph = self.vault.graph
+        graph = self.graph
         graph.upsert_topics(nodes)
         graph.assign_topics(vault, user_id, assignment)
         graph.drop_topics(vault, user_id, [n.tid for n in nodes])
@@ -455,7 +521,7 @@ class MemOperator:
     def hierarchy(self, vault: str, user_id: str, facts_per_concept: int = 3) -> TopicTree:
         """The topic -> concept -> fact tree of one scope (after pending work is done)."""
         self.flush()
-        rows = self.vault.graph.hierarchy(vault, user_id, facts_per_concept)
+        rows = self.graph.hierarchy(vault, user_id, facts_per_concept)
         return TopicTree(vault=vault, user_id=user_id,
                          topics=[TopicView(**r) for r in rows])
 
@@ -464,7 +530,6 @@ class MemOperator:
         self, cubes: Sequence[MemCube], vectors: dict[str, list[float]]
     ) -> list[tuple[MemCube, str, str]]:
         """(new cube, old cube id, reason) pairs: the old facts the new ones replace."""
-        router = self.vault.router
         out: list[tuple[MemCube, str, str]] = []
         batch = {c.id for c in cubes}
         for c in cubes:
@@ -476,7 +541,7 @@ class MemOperator:
             repeatable = c.provenance.source_kind not in (SourceKind.message, SourceKind.document)
             if not cue and not repeatable:
                 continue
-            idx = router.scope_index(c.scope.vault, c.scope.user_id)
+            idx = self.scope_index(c.scope.vault, c.scope.user_id)
             speaker = norm_entity(c.provenance.speaker) if c.provenance.speaker else None
             if not cue:
                 # a verbatim repeat of a fact (not a conversation turn): merge into the new one
@@ -488,7 +553,7 @@ class MemOperator:
                             and not idx.docs[i].keyed]
                 out += [(c, o, "duplicate") for o in olds[-1:]]
                 continue
-            found = self.vault.index.query(c.scope.vault, c.scope.user_id, vectors[c.id], n=6)
+            found = self.index.query(c.scope.vault, c.scope.user_id, vectors[c.id], n=6)
             mine = {norm_entity(e) for e in c.organisation.entities if norm_entity(e) != speaker}
             mine |= {concept_norm(x) for x in self.concepts_of(c)}
             for oid, sim in found:
@@ -502,7 +567,7 @@ class MemOperator:
                 if d.speaker != speaker or d.valid_from > (c.lifecycle.valid_from or
                                                            c.lifecycle.created_at).timestamp():
                     continue
-                old = self.vault.catalog.get_many([oid]).get(oid)
+                old = self.catalog.get_many([oid]).get(oid)
                 if old is None:
                     continue
                 theirs = {norm_entity(e) for e in old.organisation.entities
@@ -517,15 +582,15 @@ class MemOperator:
         """Mark `old_id` superseded by `new` (a new version of the old cube, valid_to set)."""
         from .lifecycle import next_version
 
-        old = self.vault.catalog.get(old_id)
+        old = self.catalog.get(old_id)
         if old.lifecycle.state is not State.active:
             return None
         at = new.lifecycle.valid_from or utcnow()
         gone = next_version(old, State.superseded)
         gone.lifecycle.valid_to = max(at, old.lifecycle.valid_from or at)
         gone.metadata = {**gone.metadata, "superseded_by": new.id, "supersede_reason": reason}
-        self.vault.write_version(gone, "supersede", by, old.lifecycle.version)
-        self.vault.graph.supersede(new.id, old.id, at.timestamp())
+        self.write_version(gone, "supersede", by, old.lifecycle.version)
+        self.graph.supersede(new.id, old.id, at.timestamp())
         return gone
 
 

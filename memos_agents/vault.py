@@ -19,12 +19,10 @@ from .errors import ConfigError, IntegrityError, InvalidInput, NotFound, StoreEr
 from .graph.base import FactNode, GraphStore
 from .operator import MemOperator, Placement
 from .reader import MemoryIntent, read_intent
-from .retrieval import RetrievalConfig, RoutedHit, Router, SearchExplain
+from .retrieval import PRESETS, RetrievalConfig, RoutedHit, Router, SearchExplain
 from .vector.base import VectorIndex, VectorRecord
 
 log = logging.getLogger(__name__)
-
-OVERFETCH = 4
 
 
 def embed_text(cube: MemCube) -> str:
@@ -79,15 +77,30 @@ class MemVault:
         graph: GraphStore,
         embedder: Embedder,
         retrieval: RetrievalConfig | None = None,
+        llm: Any = None,
     ) -> None:
         self.catalog = catalog
         self.index = index
         self.graph = graph
         self.embedder = embedder
         self._check_embedder()
-        self.router = Router(self, retrieval)
-        self.operator = MemOperator(self)
-        self.llm: Any = None  # a LangChain chat model for query intents / topic labels
+        self.operator = MemOperator(
+            catalog, index, graph, scope_index=lambda v, u: self.router.scope_index(v, u),
+            write_version=self.write_version, llm=llm,
+        )
+        self.router = Router(catalog, index, graph, embedder, retrieval,
+                             settle=self.operator.wait)
+        self.llm = llm
+
+    @property
+    def llm(self) -> Any:
+        """The LangChain chat model (or None) that reads query intents and names topics."""
+        return self._llm
+
+    @llm.setter
+    def llm(self, llm: Any) -> None:
+        self._llm = llm
+        self.operator.llm = llm
 
     def _check_embedder(self) -> None:
         known = self.catalog.get_meta("embedder")
@@ -157,24 +170,7 @@ class MemVault:
                 vectors.update(self._embed(missing))
             if placements is None:
                 placements = self.operator.annotate(live + kept, vectors)
-            if live:
-                by_scope: dict[tuple[str, str], list[VectorRecord]] = defaultdict(list)
-                for c in live:
-                    by_scope[(c.scope.vault, c.scope.user_id)].append(
-                        VectorRecord(id=c.id, embedding=vectors[c.id], metadata=_vector_meta(c))
-                    )
-                for (vault, user), recs in by_scope.items():
-                    self.index.upsert(vault, user, recs)
-            if live or kept:
-                if fresh:  # new facts: concepts and topic are linked by the operator
-                    self.graph.upsert_facts([_fact_of(c) for c in live + kept], fresh=True)
-                else:
-                    self.graph.upsert_facts([_fact_of(c, placements.get(c.id))
-                                             for c in live + kept])
-            if gone:
-                for (vault, user), ids in _ids_by_scope(gone).items():
-                    self.index.delete(vault, user, ids)
-                self.graph.delete_facts([c.id for c in gone])
+            self._write_indexes(live, kept, gone, vectors, placements, fresh)
         except StoreError:
             raise
         except Exception as exc:
@@ -189,7 +185,36 @@ class MemVault:
         placed = {cid: p for cid, p in placements.items() if cid in {c.id for c in live}}
         if placed:
             facts = [_fact_of(c, placed[c.id]) for c in live if c.id in placed] if fresh else []
-            self.operator.submit(self.operator.organise, live, placed, facts)
+            self.operator.organise_later(live, placed, facts)
+
+    def _write_indexes(
+        self,
+        live: list[MemCube],
+        kept: list[MemCube],
+        gone: list[MemCube],
+        vectors: dict[str, list[float]],
+        placements: dict[str, Placement],
+        fresh: bool,
+    ) -> None:
+        """Vectors of the live cubes, graph facts of the live and kept ones, neither of the
+        gone ones."""
+        if live:
+            by_scope: dict[tuple[str, str], list[VectorRecord]] = defaultdict(list)
+            for c in live:
+                by_scope[(c.scope.vault, c.scope.user_id)].append(
+                    VectorRecord(id=c.id, embedding=vectors[c.id], metadata=_vector_meta(c))
+                )
+            for (vault, user), recs in by_scope.items():
+                self.index.upsert(vault, user, recs)
+        if live or kept:
+            if fresh:  # new facts: concepts and topic are linked by the operator
+                self.graph.upsert_facts([_fact_of(c) for c in live + kept], fresh=True)
+            else:
+                self.graph.upsert_facts([_fact_of(c, placements.get(c.id)) for c in live + kept])
+        if gone:
+            for (vault, user), ids in _ids_by_scope(gone).items():
+                self.index.delete(vault, user, ids)
+            self.graph.delete_facts([c.id for c in gone])
 
     def reconcile(self, batch: int = 500) -> int:
         """Re-index every cube left pending; returns how many were repaired. A batch that
@@ -233,43 +258,10 @@ class MemVault:
         min_score: float | None = None,
         now: datetime | None = None,
     ) -> list[SearchHit]:
-        where: dict[str, Any] = {}
-        if scope.session_id:
-            where["session_id"] = scope.session_id
-        if scope.agent_id:
-            where["agent_id"] = scope.agent_id
-        if len(where) > 1:
-            where = {"$and": [{key: v} for key, v in where.items()]}
-        vec = self.embedder.embed_query(query)
-        n = k * OVERFETCH if tags else k + OVERFETCH
-        found = self.index.query(scope.vault, scope.user_id, vec, n=n, where=where or None)
-        cubes = self.catalog.get_many([i for i, _ in found])
-        now = now or utcnow()
-        wanted = set(tags or ())
-        hits = []
-        for cid, score in found:
-            cube = cubes.get(cid)
-            if (
-                cube is None
-                or cube.scope.user_id != scope.user_id
-                or cube.scope.vault != scope.vault
-            ):
-                continue
-            if not cube.is_live(now) or (wanted and not wanted & set(cube.organisation.tags)):
-                continue
-            if min_score is not None and score < min_score:
-                continue
-            if not cube.intact:
-                log.warning("cube %s does not match its fingerprint; not served", cid)
-                continue
-            hits.append(SearchHit(cube=cube, score=round(score, 6)))
-            if len(hits) == k:
-                break
-        self.catalog.touch([h.cube.id for h in hits], now)
-        for h in hits:
-            h.cube.lifecycle.access_count += 1
-            h.cube.lifecycle.last_accessed_at = now
-        return hits
+        """Cosine similarity alone: the `dense` preset of `route`."""
+        hits, _ = self.route(query, scope, k, tags=tags, min_score=min_score, now=now,
+                             routes=PRESETS["dense"])
+        return list(hits)
 
     def route(
         self,
@@ -277,6 +269,7 @@ class MemVault:
         scope: Scope,
         k: int,
         *,
+        routes: Sequence[str] | str | None = None,
         tags: Sequence[str] | None = None,
         min_score: float | None = None,
         as_of: datetime | None = None,
@@ -284,16 +277,17 @@ class MemVault:
         explain: bool = False,
         now: datetime | None = None,
         intent: MemoryIntent | None = None,
-        dense_only: bool = False,
     ) -> tuple[list[RoutedHit], SearchExplain | None]:
-        """Hybrid search: the query's intent routed to graph, dense and keyword candidates,
-        fused (see `memos_agents.retrieval`). Returns the hits and, if asked, the explanation."""
+        """Search over `routes` (a preset name or route names, see `memos_agents.retrieval`;
+        default hybrid: the query's intent routed to dense, keyword and graph candidates,
+        fused). Returns the hits and, if asked, the explanation."""
         now = now or utcnow()
-        intent = intent or read_intent(query, now, self.llm)
+        if intent is None:
+            intent = (read_intent(query, now, self.llm) if self.router.reads_intent(routes)
+                      else MemoryIntent(query=query))
         hits, ex = self.router.search(
-            query, scope, k, intent=intent, tags=tags, min_score=min_score, as_of=as_of,
-            window=window, explain=explain, now=now,
-            config=self.router.dense_config() if dense_only else None,
+            query, scope, k, intent=intent, routes=routes, tags=tags, min_score=min_score,
+            as_of=as_of, window=window, explain=explain, now=now,
         )
         self.catalog.touch([h.cube.id for h in hits], now)
         for h in hits:

@@ -1,0 +1,76 @@
+"""Lucene BM25: a main segment (bm25s) and a tail of docs added since it was built, scored with
+the same formula and the main segment's statistics plus the tail's."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class BM25Segment:
+    """bm25s over a fixed list of token lists (lucene BM25)."""
+
+    def __init__(self, docs: list[Sequence[str]], k1: float, b: float) -> None:
+        import bm25s
+
+        self.n = len(docs)
+        self.k1, self.b = k1, b
+        self.df: Counter[str] = Counter()
+        total = 0
+        for toks in docs:
+            self.df.update(set(toks))
+            total += len(toks)
+        self.avgdl = total / self.n if self.n else 1.0
+        self.model = None
+        if self.n:
+            vocab: dict[str, int] = {"": 0}
+            ids = [[vocab.setdefault(t, len(vocab)) for t in toks] or [0] for toks in docs]
+            self.model = bm25s.BM25(k1=k1, b=b, method="lucene")
+            self.model.index((ids, vocab), show_progress=False)
+            self.vocab = vocab
+
+    def scores(self, query: Sequence[str]) -> np.ndarray:
+        if self.model is None:
+            return np.zeros(0, dtype=np.float32)
+        ids = [self.vocab[t] for t in query if t in self.vocab]
+        if not ids:
+            return np.zeros(self.n, dtype=np.float32)
+        return self.model.get_scores(ids)
+
+    def idf(self, token: str, n_total: int, df_extra: int) -> float:
+        df = self.df.get(token, 0) + df_extra
+        return math.log(1 + (n_total - df + 0.5) / (df + 0.5))
+
+
+class BM25Tail:
+    """Docs added since `seg` was built, as an inverted index: Lucene BM25 with `seg`'s
+    statistics plus theirs, scored per query term with numpy."""
+
+    def __init__(self, seg: BM25Segment, docs: list[list[str]]) -> None:
+        self.seg = seg
+        self.n = len(docs)
+        postings: dict[str, tuple[list[int], list[int]]] = {}
+        for j, toks in enumerate(docs):
+            for t, c in Counter(toks).items():
+                ids, tfs = postings.setdefault(t, ([], []))
+                ids.append(j)
+                tfs.append(c)
+        self.postings = {
+            t: (np.array(ids, dtype=np.int64), np.array(tfs, dtype=np.float64))
+            for t, (ids, tfs) in postings.items()
+        }
+        lengths = np.array([len(t) for t in docs], dtype=np.float64)
+        avgdl = (seg.avgdl * seg.n + lengths.sum()) / max(1, seg.n + self.n)
+        self.norm = seg.k1 * (1 - seg.b + seg.b * lengths / avgdl)
+
+    def scores(self, query: Sequence[str], n_total: int) -> np.ndarray:
+        out = np.zeros(self.n, dtype=np.float64)
+        for t in dict.fromkeys(query):
+            if (p := self.postings.get(t)) is None:
+                continue
+            ids, tf = p
+            out[ids] += self.seg.idf(t, n_total, len(ids)) * tf / (tf + self.norm[ids])
+        return out.astype(np.float32)

@@ -1,0 +1,73 @@
+"""The router's weights and sizes, and the named route presets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InvalidInput
+
+ROUTES: tuple[str, ...] = ("dense", "keyword", "graph")
+"""Every route, by name: `dense` (the scope's Chroma collection), `keyword` (BM25 over each turn,
+and over each turn with its session neighbours), `graph` (entities and concepts -> facts)."""
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "hybrid": ROUTES,
+    "dense": ("dense",),
+}
+"""Named route sets: `hybrid` (every route, fused) and `dense` (cosine similarity alone)."""
+
+
+def resolve_routes(routes: Sequence[str] | str | None) -> tuple[str, ...]:
+    """The routes to run, in pipeline order: a preset name, a list of route names, or None
+    (hybrid). A name that is neither is an InvalidInput naming it and the valid ones."""
+    if routes is None:
+        return PRESETS["hybrid"]
+    if isinstance(routes, str):
+        if routes in PRESETS:
+            return PRESETS[routes]
+        routes = [routes]
+    names = list(routes)
+    bad = [r for r in names if not isinstance(r, str) or r not in ROUTES]
+    if bad or not names:
+        what = f"unknown route {bad[0]!r}" if bad else "no route given"
+        raise InvalidInput(f"{what}; valid routes: {', '.join(ROUTES)} "
+                           f"(presets: {', '.join(PRESETS)})")
+    return tuple(r for r in ROUTES if r in names)
+
+
+class RetrievalConfig(BaseModel):
+    """Weights and sizes of the router. Defaults were set on the LoCoMo dev subset only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: int = Field(default=100, ge=1, description="per route, before fusion")
+    w_dense: float = 1.0
+    w_keyword: float = 1.0
+    w_context: float = 1.0
+    w_window: float = 0.5
+    w_graph: float = 0.6
+    w_prev_dense: float = 0.3
+    neighbour: float = 0.7
+    w_entity: float = 0.5
+    w_time: float = 0.5
+    w_recency: float = 0.0
+    w_recency_asked: float = 0.3
+    w_importance: float = 0.0
+    context_turns: int = Field(default=1, ge=0, description="neighbours in the context index")
+    window_turns: int = Field(default=3, ge=0, description="neighbours in the window index")
+    time_filter: Literal["soft", "hard", "auto"] = "auto"
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    rrf_k: int = 60
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+    explain_top: int = Field(default=20, ge=1, description="candidates shown per stage")
+    graph_fanout: int = Field(default=500, ge=1,
+                              description="graph routes skip names / concepts on more facts")
+
+    def signal_weights(self) -> dict[str, float]:
+        """The weight of each route signal in fusion."""
+        return {"dense": self.w_dense, "keyword": self.w_keyword, "context": self.w_context,
+                "window": self.w_window, "graph": self.w_graph}

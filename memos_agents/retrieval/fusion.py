@@ -1,0 +1,161 @@
+"""Fusion as pure functions over arrays aligned with the candidate pool (one row per candidate).
+
+    signals   each route's scores of the pool: dense (cosines), keyword / context / window (BM25),
+              graph (matches); weighted: each scaled to [0, 1] over the pool (dense from its
+              minimum, the others from 0) and averaged by weight; rrf: weighted reciprocal ranks
+    terms     added to that base: prev_dense (the previous turn's dense part), neighbour (the
+              best base score of a turn's session neighbours), entity, time, recency, importance
+
+Nothing here knows docs, scopes or stores; `Router` builds the arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Located = tuple[np.ndarray, np.ndarray]
+"""(position in the pool, whether the target is in the pool) per pool row."""
+
+
+@dataclass
+class Terms:
+    """The non-route inputs of fusion, aligned with the pool."""
+
+    prev: Located | None = None  # each row's previous session turn
+    next: Located | None = None  # each row's next session turn
+    entity: np.ndarray | None = None  # entity match per row (see `entity_match`)
+    in_range: np.ndarray | None = None  # inside the query's time range
+    anchored: bool = False  # the time range is "before / after <event>"
+    times: np.ndarray | None = None  # valid_from per row
+    importance: np.ndarray | None = None
+
+
+def locate(rows: np.ndarray, targets: np.ndarray) -> Located:
+    """Where each of `targets` sits in the sorted `rows` (targets < 0: none)."""
+    m = len(rows)
+    at = np.minimum(np.searchsorted(rows, targets), m - 1)
+    return at, (targets >= 0) & (rows[at] == targets)
+
+
+def weighted(
+    m: int, signals: Mapping[str, np.ndarray], weights: Mapping[str, float],
+    from_min: Sequence[str] = ("dense",),
+) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
+    """Sum of weight * signal scaled to [0, 1] over the `m` pool rows, with the total weight of
+    the signals that had a say. A signal scaled from 0 that found nothing (max <= 0) has none;
+    a flat one counts fully."""
+    base = np.zeros(m)
+    parts: dict[str, np.ndarray] = {}
+    active = 0.0
+    for name, arr in signals.items():
+        lo = arr.min() if name in from_min else 0.0
+        hi = arr.max()
+        if hi <= lo:
+            if hi <= 0 and name not in from_min:
+                continue  # the route found nothing: no say in the ranking
+            scaled = np.ones(m)
+        else:
+            scaled = (arr - lo) / (hi - lo)
+        parts[name] = weights[name] * scaled
+        base += parts[name]
+        active += weights[name]
+    return base, parts, active
+
+
+def rrf(
+    m: int, signals: Mapping[str, np.ndarray], weights: Mapping[str, float], k: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Weighted reciprocal rank fusion over the `m` pool rows, scaled so that first on every
+    signal is 1."""
+    total = np.zeros(m)
+    parts: dict[str, np.ndarray] = {}
+    for name, arr in signals.items():
+        ranks = np.empty(m)
+        ranks[np.argsort(-arr, kind="stable")] = np.arange(m)
+        parts[name] = weights[name] / (k + 1 + ranks)
+        total += parts[name]
+    norm = sum(weights[n] for n in signals) / (k + 1)
+    return total / norm, parts
+
+
+def prev_term(dense_part: np.ndarray, prev: Located, w: float, w_dense: float) -> np.ndarray:
+    """The previous turn's dense part, as a share of the dense weight, times `w`."""
+    at, ok = prev
+    return w * np.where(ok, dense_part[at], 0.0) / max(w_dense, 1e-9)
+
+
+def neighbour_term(base: np.ndarray, prev: Located, nxt: Located, w: float) -> np.ndarray:
+    """`w` times the better base score of a row's previous and next turn (0 without any)."""
+    (ap, okp), (an, okn) = prev, nxt
+    nb = np.maximum(np.where(okp, base[ap], -np.inf), np.where(okn, base[an], -np.inf))
+    return w * np.where(np.isneginf(nb), 0.0, nb)
+
+
+def entity_match(speakers: Sequence[str | None], entities: Sequence[frozenset[str]],
+                 names: Sequence[str]) -> np.ndarray:
+    """Per row: the mean over `names` of 1 (the row's speaker), 0.5 (mentioned), else 0."""
+    out = np.zeros(len(speakers))
+    for j, (speaker, ents) in enumerate(zip(speakers, entities, strict=True)):
+        out[j] = sum(1.0 if speaker == n else 0.5 if n in ents else 0.0
+                     for n in names) / len(names)
+    return out
+
+
+def recency_term(times: np.ndarray, w: float) -> np.ndarray:
+    """`w` times each row's place between the oldest and the newest row."""
+    span = max(times.max() - times.min(), 1.0)
+    return w * (times - times.min()) / span
+
+
+def _add_terms(fused: np.ndarray, base: np.ndarray, parts: dict[str, np.ndarray],
+               terms: Terms, w: Mapping[str, float]) -> None:
+    m = len(base)
+    if w["neighbour"] and m > 1 and terms.prev is not None and terms.next is not None:
+        parts["neighbour"] = neighbour_term(base, terms.prev, terms.next, w["neighbour"])
+        fused += parts["neighbour"]
+    ent = terms.entity
+    if ent is not None and w["entity"] and ent.max() > ent.min():
+        parts["entity"] = w["entity"] * ent
+        fused += parts["entity"]
+    in_range = terms.in_range
+    if in_range is not None and in_range.any() and not in_range.all() and w["time"]:
+        # "before / after <event>" is a constraint of the question itself: weigh it more
+        wt = w["time"] * (2.0 if terms.anchored else 1.0)
+        parts["time"] = wt * in_range.astype(np.float64)
+        fused += parts["time"]
+    if w["recency"] and terms.times is not None:
+        parts["recency"] = recency_term(terms.times, w["recency"])
+        fused += parts["recency"]
+    if w["importance"] and terms.importance is not None:
+        parts["importance"] = w["importance"] * terms.importance
+        fused += parts["importance"]
+
+
+def fuse(
+    m: int,
+    signals: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    terms: Terms,
+    term_weights: Mapping[str, float],
+    method: str = "weighted",
+    rrf_k: int = 60,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The fused score of each of the `m` pool rows, and each signal's and term's part of it.
+    `term_weights`: prev_dense, neighbour, entity, time, recency, importance."""
+    if m == 0:
+        return np.zeros(0), {}
+    if method == "rrf":
+        base, parts = rrf(m, signals, weights, rrf_k)
+    else:
+        base, parts, active = weighted(m, signals, weights)
+        if "dense" in parts and term_weights["prev_dense"] and terms.prev is not None:
+            parts["prev_dense"] = prev_term(parts["dense"], terms.prev,
+                                            term_weights["prev_dense"], weights["dense"])
+            base += parts["prev_dense"]
+        base = base / max(active, 1e-9)
+    fused = base.copy()
+    _add_terms(fused, base, parts, terms, term_weights)
+    return fused, parts

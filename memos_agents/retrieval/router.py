@@ -1,0 +1,376 @@
+"""The router: the scope indexes of one vault and the search pipeline.
+
+    routes       each selected route finds candidates (`routes.py`)
+    pool         their candidates and the session neighbours of those; then the filter (scope,
+                 state, TTL, `as_of`, tags, agent) and the query's time range (hard or soft)
+    fuse         the routes' signals and the terms, fused (`fusion.py`)
+    rerank       optional: any callable (query, texts) -> scores, e.g. a cross-encoder
+    materialise  the cubes, checked once more (live, scope, `min_score` on the cosine, intact)
+
+A plan of one route with one signal (the `dense` preset, or `graph` alone) is not fused: its
+hits come in that route's order with its own score (for dense: the cosine similarity).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from ..catalog import Catalog
+from ..cube import MemCube, Scope
+from ..embeddings import Embedder
+from ..graph.base import GraphStore, norm_entity
+from ..reader import MemoryIntent, TimeRange
+from ..vector.base import VectorIndex
+from . import fusion
+from .config import ROUTES, RetrievalConfig, resolve_routes
+from .filters import current, filter_rows, resolve_time, scope_mismatch, time_mode, to_dt
+from .index import INDEXED, LIVE, Doc, ScopeIndex, doc_of
+from .models import FusedScore, RoutedHit, SearchExplain, Stage, elapsed_ms
+from .routes import DenseRoute, Found, GraphRoute, KeywordRoute, Query, Route
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_TTL = 1.0  # seconds between checks that no other process changed a scope
+OVERFETCH = 4  # an unfused plan's spare candidates: k + 4 (k * 4 with tags)
+
+Reranker = Callable[[str, list[str]], Sequence[float]]
+
+
+@dataclass
+class Ranking:
+    """The candidates in order, with their scores and how they were found."""
+
+    ids: list[str]
+    scores: dict[str, float]
+    dense: dict[str, float]
+    fused: bool = True
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)
+    routes_of: dict[str, list[str]] = field(default_factory=dict)
+    time_range: TimeRange | None = None
+    time_filter: str = "none"
+    idx: ScopeIndex | None = None  # the scope index it was ranked over, if any
+
+
+@dataclass
+class Run:
+    """What one search recorded on its way: stages and drops."""
+
+    stages: list[Stage] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+class Router:
+    """Routes queries of one vault (all its scopes) and keeps their `ScopeIndex`es."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        index: VectorIndex,
+        graph: GraphStore,
+        embedder: Embedder,
+        config: RetrievalConfig | None = None,
+        *,
+        settle: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.config = config or RetrievalConfig()
+        self.routes: dict[str, Route] = {
+            "dense": DenseRoute(index, embedder),
+            "keyword": KeywordRoute(),
+            "graph": GraphRoute(graph, settle),
+        }
+        self._scopes: dict[tuple[str, str], ScopeIndex] = {}
+        self._lock = threading.Lock()
+        self.reranker: Reranker | None = None
+
+    # the scope cache
+    def scope_index(self, vault: str, user_id: str) -> ScopeIndex:
+        key = (vault, user_id)
+        with self._lock:
+            idx = self._scopes.get(key)
+            if idx is None:
+                idx = self._scopes[key] = ScopeIndex(vault, user_id, self.config)
+        with idx.lock:
+            now = time.monotonic()
+            if idx.signature is None or now - idx.checked_at > SIGNATURE_TTL:
+                sig = self.catalog.scope_signature(vault, user_id)
+                if idx.signature is None or (sig != idx.signature and not idx.own_writes):
+                    idx.load(self._load_docs(vault, user_id))
+                idx.signature, idx.checked_at, idx.own_writes = sig, now, False
+        return idx
+
+    def loaded(self, vault: str, user_id: str) -> ScopeIndex | None:
+        return self._scopes.get((vault, user_id))
+
+    def _load_docs(self, vault: str, user_id: str) -> list[Doc]:
+        return [doc_of(c) for c in self.catalog.scope_cubes(vault, user_id, INDEXED)]
+
+    def on_write(self, cubes: Sequence[MemCube]) -> None:
+        """The vault wrote these cubes: keep loaded scope indexes current."""
+        by_scope: dict[tuple[str, str], list[MemCube]] = {}
+        for c in cubes:
+            by_scope.setdefault((c.scope.vault, c.scope.user_id), []).append(c)
+        for (vault, user), group in by_scope.items():
+            idx = self._scopes.get((vault, user))
+            if idx is not None:
+                idx.upsert([doc_of(c) for c in group if c.form.value == "plaintext"])
+
+    def on_purge(self, cube: MemCube) -> None:
+        idx = self._scopes.get((cube.scope.vault, cube.scope.user_id))
+        if idx is not None:
+            idx.remove([cube.id])
+
+    # the pipeline
+    def plan(self, routes: Sequence[str] | str | None = None) -> list[Route]:
+        """The route objects of a preset name or a list of route names (None: hybrid)."""
+        return [self.routes[name] for name in resolve_routes(routes)]
+
+    def reads_intent(self, routes: Sequence[str] | str | None = None) -> bool:
+        """Whether a plan uses the query's intent (fusion does; the dense route alone embeds
+        the query as it is)."""
+        plan = self.plan(routes)
+        return _fuses(plan) or any(r.needs_intent for r in plan)
+
+    def search(
+        self,
+        query: str,
+        scope: Scope,
+        k: int,
+        *,
+        intent: MemoryIntent,
+        routes: Sequence[str] | str | None = None,
+        tags: Sequence[str] | None = None,
+        min_score: float | None = None,
+        as_of: datetime | None = None,
+        window: int = 0,
+        explain: bool = False,
+        now: datetime | None = None,
+        config: RetrievalConfig | None = None,
+    ) -> tuple[list[RoutedHit], SearchExplain | None]:
+        """The `k` best hits of `scope` for `query` over `routes` (see `ROUTES`, `PRESETS`),
+        and, if asked, how they were found."""
+        t_start = time.perf_counter()
+        plan = self.plan(routes)
+        fused = _fuses(plan)
+        cfg = config or self.config
+        n = max(cfg.candidates, 4 * k) if fused else k * OVERFETCH if tags else k + OVERFETCH
+        q = Query(text=query, scope=scope, k=k, intent=intent, cfg=cfg,
+                  now=now or datetime.now(UTC), n=n, tags=tags, as_of=as_of)
+        run = Run()
+        ranking = self._fused(q, plan, run) if fused else self._single(q, plan[0], run)
+        if fused and self.reranker is not None and ranking.ids:
+            self._rerank(q, ranking, run)
+        hits = self._materialise(q, ranking, run, min_score, window)
+        ex = self._explain(q, ranking, run, t_start) if explain else None
+        return hits, ex
+
+    def _single(self, q: Query, route: Route, run: Run) -> Ranking:
+        """One route, one signal: that route's order and scores."""
+        idx = self.scope_index(q.scope.vault, q.scope.user_id) if route.needs_index else None
+        if idx is None:
+            found = route.find(q, None)
+        else:
+            with idx.lock:
+                found = route.find(q, idx)
+        run.stages.append(found.stage)
+        ranked = found.ranked()
+        return Ranking(ids=[c for c, _ in ranked], scores=dict(ranked), fused=False,
+                       dense=found.by_id if route.name == "dense" else {},
+                       routes_of={c: [route.name] for c, _ in ranked}, idx=idx)
+
+    def _fused(self, q: Query, plan: Sequence[Route], run: Run) -> Ranking:
+        """Every route of the plan, the pool, the filter and the fusion."""
+        idx = self.scope_index(q.scope.vault, q.scope.user_id)
+        outside = [r.find(q, None) for r in plan if not r.needs_index]
+        with idx.lock:
+            found = [*outside, *(r.find(q, idx) for r in plan if r.needs_index)]
+            found.sort(key=lambda f: ROUTES.index(f.route))
+            run.stages.extend(f.stage for f in found)
+            t0 = time.perf_counter()
+            pool: set[int] = set().union(*(f.rows(idx) for f in found))
+            before, after = idx.adjacent(sorted(pool))
+            pool.update(before[before >= 0].tolist())
+            pool.update(after[after >= 0].tolist())
+            order = filter_rows(idx, sorted(pool), q.scope, q.tags, q.as_of, q.now, run.dropped,
+                                self.catalog.get_many)
+            order, in_range, time_range, tf_mode = self._time(idx, q, order, run)
+            run.stages.append(Stage(name="filter", took_ms=elapsed_ms(t0), total=len(order),
+                                    detail={"pool": len(pool), "dropped": dict(run.dropped),
+                                            "time_filter": tf_mode}))
+            t0 = time.perf_counter()
+            scores, parts = self._fuse(idx, q, order, found, in_range)
+            ranked = sorted(range(len(order)), key=lambda j: -scores[j])
+            run.stages.append(Stage(name="fuse", took_ms=elapsed_ms(t0), total=len(order),
+                                    detail={"fusion": q.cfg.fusion}))
+            ids = [idx.docs[order[j]].id for j in ranked]
+            head = ranked[: max(q.k * 3, q.cfg.explain_top)]
+            routes_of: dict[str, list[str]] = {}
+            for f in found:
+                for cid, name in f.labels(idx):
+                    routes_of.setdefault(cid, []).append(name)
+        dense = next((f.by_id for f in found if f.route == "dense"), {})
+        return Ranking(ids=ids, scores={c: float(scores[j]) for c, j in zip(ids, ranked,
+                                                                           strict=True)},
+                       dense=dense, routes_of=routes_of,
+                       parts={idx.docs[order[j]].id: {n: float(v[j]) for n, v in parts.items()}
+                              for j in head},
+                       time_range=time_range, time_filter=tf_mode, idx=idx)
+
+    def _time(self, idx: ScopeIndex, q: Query, order: list[int],
+              run: Run) -> tuple[list[int], np.ndarray, TimeRange | None, str]:
+        """The query's time range: rows in it, the rows kept (a hard filter keeps only those),
+        the range and the filter mode."""
+        time_range = resolve_time(idx, q.intent, q.as_of)
+        in_range: np.ndarray = np.zeros(len(order), dtype=bool)
+        if time_range is None or not (time_range.start or time_range.end):
+            return order, in_range, time_range, "none"
+        in_range = np.array([time_range.contains(to_dt(idx.docs[i].valid_from)) for i in order],
+                            dtype=bool)
+        mode = time_mode(q.cfg.time_filter, q.intent, time_range, in_range)
+        if mode == "hard":
+            if not in_range.any():
+                return order, in_range, time_range, "soft"
+            run.dropped["time_range"] += int((~in_range).sum())
+            order = [i for i, ok in zip(order, in_range, strict=True) if ok]
+            in_range = np.ones(len(order), dtype=bool)
+        return order, in_range, time_range, mode
+
+    def _fuse(self, idx: ScopeIndex, q: Query, order: list[int], found: Sequence[Found],
+              in_range: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        cfg, intent, m = q.cfg, q.intent, len(order)
+        ids = [idx.docs[i].id for i in order]
+        signals: dict[str, np.ndarray] = {}
+        for f in found:
+            signals.update(f.signals(order, ids))
+        terms = fusion.Terms(in_range=in_range,
+                             anchored=intent.time is not None and bool(intent.time.anchor))
+        if m and (cfg.w_prev_dense or (cfg.neighbour and m > 1)):
+            # where each turn's session neighbours sit in `order` (sorted), if they are in it
+            rows = np.asarray(order, dtype=np.int64)
+            terms.prev, terms.next = (fusion.locate(rows, t) for t in idx.adjacent(order))
+        docs = [idx.docs[i] for i in order]
+        names = [n for n in dict.fromkeys(norm_entity(e) for e in intent.entities)
+                 if n in idx.entity_names]
+        if m and names and cfg.w_entity:
+            terms.entity = fusion.entity_match([d.speaker for d in docs],
+                                               [d.entities for d in docs], names)
+        w_rec = cfg.w_recency_asked if intent.wants_recent else cfg.w_recency
+        if m and w_rec:
+            terms.times = np.array([d.valid_from for d in docs])
+        if m and cfg.w_importance:
+            terms.importance = np.array([d.importance for d in docs])
+        term_weights = {"prev_dense": cfg.w_prev_dense, "neighbour": cfg.neighbour,
+                        "entity": cfg.w_entity, "time": cfg.w_time, "recency": w_rec,
+                        "importance": cfg.w_importance}
+        return fusion.fuse(m, signals, cfg.signal_weights(), terms, term_weights,
+                           method=cfg.fusion, rrf_k=cfg.rrf_k)
+
+    def _rerank(self, q: Query, ranking: Ranking, run: Run) -> None:
+        assert self.reranker is not None
+        t0 = time.perf_counter()
+        scores = ranking.scores
+        head = ranking.ids[: max(q.k * 3, 30)]
+        cubes = self.catalog.get_many(head)
+        rs = list(self.reranker(q.text, [cubes[c].content if c in cubes else "" for c in head]))
+        hi = max(rs) if rs else 1.0
+        lo = min(rs) if rs else 0.0
+        for c, r in zip(head, rs, strict=True):
+            scores[c] = 0.5 * scores[c] + 0.5 * ((r - lo) / (hi - lo or 1.0))
+        head.sort(key=lambda c: -scores[c])
+        ranking.ids = head + ranking.ids[len(head):]
+        run.stages.append(Stage(name="rerank", took_ms=elapsed_ms(t0), total=len(head)))
+
+    def _materialise(self, q: Query, ranking: Ranking, run: Run, min_score: float | None,
+                     window: int) -> list[RoutedHit]:
+        t0 = time.perf_counter()
+        hits: list[RoutedHit] = []
+        # scores in (0, 1]: the fused score, scaled down only when the best one passes 1
+        top = max(1.0, max(ranking.scores.values(), default=1.0))
+        start = 0
+        while len(hits) < q.k and start < len(ranking.ids):
+            chunk = ranking.ids[start : start + q.k + 8]
+            start += len(chunk)
+            cubes = self.catalog.get_many(chunk)
+            for cid in chunk:
+                hit = self._hit(q, ranking, run, cubes.get(cid), min_score, top)
+                if hit is not None:
+                    hits.append(hit)
+                    if len(hits) == q.k:
+                        break
+        if window > 0 and hits:
+            idx = ranking.idx or self.scope_index(q.scope.vault, q.scope.user_id)
+            self._attach_context(idx, hits, window)
+        run.stages.append(Stage(name="materialise", took_ms=elapsed_ms(t0), total=len(hits),
+                                detail={"window": window}))
+        return hits
+
+    def _hit(self, q: Query, ranking: Ranking, run: Run, cube: MemCube | None,
+             min_score: float | None, top: float) -> RoutedHit | None:
+        """The hit of one candidate cube, or None (counted in `run.dropped`)."""
+        if cube is None:
+            return None
+        reason = scope_mismatch(cube, q.scope, q.tags)
+        if reason is None and not current(cube, q.as_of, q.now):
+            reason = "not_live"
+        cos = ranking.dense.get(cube.id)
+        if reason is None and min_score is not None and (cos is None or cos < min_score):
+            reason = "min_score"
+        if reason is not None:
+            if reason:
+                run.dropped[reason] += 1
+            return None
+        if not cube.intact:
+            log.warning("cube %s does not match its fingerprint; not served", cube.id)
+            return None
+        raw = ranking.scores[cube.id]
+        score = max(1e-6, raw / top) if ranking.fused else raw / top
+        return RoutedHit(cube=cube, score=round(score, 6), fused=raw,
+                         dense=None if cos is None else round(cos, 6),
+                         routes=ranking.routes_of.get(cube.id, []))
+
+    def _attach_context(self, idx: ScopeIndex, hits: list[RoutedHit], window: int) -> None:
+        with idx.lock:
+            want = {}
+            for h in hits:
+                i = idx.pos.get(h.cube.id)
+                want[h.cube.id] = [] if i is None else [
+                    idx.docs[j].id for j in idx.neighbours(i, window, window)
+                    if idx.docs[j].state in LIVE
+                ]
+        cubes = self.catalog.get_many(sorted({c for ids in want.values() for c in ids}))
+        for h in hits:
+            ctx = [cubes[c] for c in want[h.cube.id] if c in cubes and cubes[c].intact]
+            h.context = sorted(ctx, key=lambda c: c.lifecycle.created_at)
+
+    def _explain(self, q: Query, ranking: Ranking, run: Run, t_start: float) -> SearchExplain:
+        top = ranking.ids[: q.cfg.explain_top]
+        texts = self.catalog.get_many(top)
+        return SearchExplain(
+            intent=q.intent,
+            stages=run.stages,
+            fused=[
+                FusedScore(id=c, rank=r, score=round(ranking.scores[c], 6),
+                           parts={n: round(v, 4) for n, v in ranking.parts.get(c, {}).items()},
+                           text=texts[c].content[:160] if c in texts else "")
+                for r, c in enumerate(top)
+            ],
+            time_range=ranking.time_range,
+            time_filter=ranking.time_filter,
+            dropped=dict(run.dropped),
+            config=q.cfg,
+            took_ms=elapsed_ms(t_start),
+        )
+
+
+
+def _fuses(plan: Sequence[Route]) -> bool:
+    """A plan is fused unless it is one route with one signal."""
+    return sum(len(r.signals) for r in plan) > 1
