@@ -24,13 +24,15 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import Select
 
-from .cube import MemCube, State, VersionRecord
+from .cube import Form, MemCube, State, VersionRecord
 from .errors import NotFound, StoreError
 from .settings import SettingsStore
 
@@ -429,6 +431,72 @@ class Catalog:
                 rows.extend(conn.execute(q.where(cubes_t.c.user_id.in_(group))).all())
         rows.sort(key=lambda r: (-r.updated_at, r.id))
         return [_cube_from_row(r) for r in rows[:limit]]
+
+    # the scheduler's and model memory's reads (active = state active; TTLs not applied)
+    def _active(self, form: Form, vault: str | None, user_id: str | None) -> Select[Any]:
+        q = select(cubes_t).where(
+            cubes_t.c.form == form.value, cubes_t.c.state == State.active.value
+        )
+        if vault is not None:
+            q = q.where(cubes_t.c.vault == vault)
+        if user_id is not None:
+            q = q.where(cubes_t.c.user_id == user_id)
+        return q
+
+    def _cubes(self, q: Select[Any]) -> list[MemCube]:
+        with self.engine.connect() as conn:
+            return [_cube_from_row(r) for r in conn.execute(q).all()]
+
+    def active_cubes(
+        self,
+        *,
+        form: Form = Form.plaintext,
+        vault: str | None = None,
+        user_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[MemCube]:
+        """Active cubes of one form (in one vault / of one user if given), oldest first."""
+        q = self._active(form, vault, user_id)
+        return self._cubes(q.order_by(cubes_t.c.created_at, cubes_t.c.id).limit(limit))
+
+    def most_read(
+        self,
+        vault: str,
+        user_id: str,
+        *,
+        min_access: int,
+        since: datetime,
+        limit: int,
+        form: Form = Form.plaintext,
+    ) -> list[MemCube]:
+        """Active cubes read at least `min_access` times, last at or after `since`, most read
+        first."""
+        q = self._active(form, vault, user_id).where(
+            cubes_t.c.access_count >= min_access, cubes_t.c.last_accessed_at >= ts(since)
+        )
+        return self._cubes(q.order_by(cubes_t.c.access_count.desc(), cubes_t.c.id).limit(limit))
+
+    def cold_cubes(
+        self,
+        vault: str,
+        user_id: str,
+        *,
+        before: datetime,
+        max_importance: float,
+        limit: int = 1000,
+        form: Form = Form.plaintext,
+    ) -> list[MemCube]:
+        """Active cubes not read since `before` (never read: not changed since), below
+        `max_importance`, least recently changed first."""
+        cutoff = ts(before)
+        q = self._active(form, vault, user_id).where(
+            or_(
+                cubes_t.c.last_accessed_at < cutoff,
+                cubes_t.c.last_accessed_at.is_(None) & (cubes_t.c.updated_at < cutoff),
+            ),
+            cubes_t.c.importance < max_importance,
+        )
+        return self._cubes(q.order_by(cubes_t.c.updated_at, cubes_t.c.id).limit(limit))
 
 
 def _version_of(row: Any) -> VersionRecord:

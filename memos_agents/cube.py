@@ -39,6 +39,11 @@ class State(StrEnum):
     deleted = "deleted"
 
 
+LIVE_STATES: frozenset[State] = frozenset({State.active, State.frozen})
+"""The states a cube is found in by search, get-by-scope and list (the one definition of live;
+`MemCube.is_live` adds the TTL)."""
+
+
 class Visibility(StrEnum):
     private = "private"
     shared = "shared"
@@ -167,7 +172,7 @@ class MemCube(BaseModel):
 
     def is_live(self, now: datetime | None = None) -> bool:
         """Active or frozen, and not past its TTL."""
-        if self.lifecycle.state not in (State.active, State.frozen):
+        if self.lifecycle.state not in LIVE_STATES:
             return False
         exp = self.lifecycle.expires_at
         return exp is None or exp > (now or utcnow())
@@ -201,3 +206,74 @@ class VersionRecord(BaseModel):
     changed_by: str
     changed_at: datetime
     cube: MemCube
+
+
+def _none_is_empty(value: Any) -> Any:
+    return [] if value is None else value
+
+
+class ActivationMeta(BaseModel):
+    """What an activation cube's `metadata` holds: the KV cache's key and the model it belongs
+    to. Stored under the same keys as always (`to_metadata`), so older data reads the same;
+    keys this model does not name are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    fingerprint: str | None = None
+    model: str | None = None
+    revision: str | None = None
+    dtype: str | None = None
+    template_sha: str | None = None
+    adapter: str | None = None
+    system_prompt: str | None = None
+    sources: list[list[Any]] = Field(default_factory=list, description="[id, version, sha]")
+    tokens: int | None = None
+    bytes: int | None = None
+    build_s: float | None = None
+
+    _no_sources = field_validator("sources", mode="before")(_none_is_empty)
+
+    @classmethod
+    def from_cube(cls, cube: MemCube) -> ActivationMeta:
+        return cls.model_validate(cube.metadata)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @property
+    def source_versions(self) -> dict[str, Any]:
+        """Source cube id -> the version the cache was built from."""
+        return {s[0]: s[1] for s in self.sources if s}
+
+
+class ParameterMeta(BaseModel):
+    """What a parameter cube's `metadata` holds: the base model and how the adapter was
+    trained. Stored under the same keys as always; unknown keys are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    model: str | None = None
+    revision: str | None = None
+    dtype: str | None = None
+    sources: list[list[Any]] = Field(default_factory=list, description="[id, version, sha]")
+    examples: int | None = None
+    steps: int | None = None
+    lr: float | None = None
+    rank: int | None = None
+    seed: int | None = None
+    loss_start: float | None = None
+    loss_end: float | None = None
+    seconds: float | None = None
+    bytes: int | None = None
+    trainable_params: int | None = None
+
+    _no_sources = field_validator("sources", mode="before")(_none_is_empty)
+
+    @classmethod
+    def from_cube(cls, cube: MemCube) -> ParameterMeta:
+        return cls.model_validate(cube.metadata)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return self.model_dump()

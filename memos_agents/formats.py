@@ -37,10 +37,6 @@ def detect_format(path: Path) -> Literal["jsonl", "locomo"]:
     raise InvalidInput(f"{path}: cannot tell the format (expected JSONL or LoCoMo JSON)")
 
 
-def count_messages(path: Path, fmt: Format = "auto") -> int:
-    return sum(len(b.messages) for b in read_batches(path, fmt))
-
-
 def read_batches(path: Path, fmt: Format = "auto") -> Iterator[Batch]:
     if not path.is_file():
         raise InvalidInput(f"no such file: {path}")

@@ -1,22 +1,24 @@
 """MemLifecycle: states and their transitions, TTL sweeping, retention, rollback, and
 bi-temporal "what was true at time X" reads.
 
-Every transition writes a new version (so `history` shows it). Purge, which really erases,
-is the facade's `purge`; the audit log keeps that it happened.
+Every transition writes a new version (so `history` shows it), and every new version of a
+cube, whatever changed, is made here by `next_version`. Purge, which really erases, is the
+facade's `purge`; the audit log keeps that it happened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .cube import MemCube, State, VersionRecord, utcnow
+from .cube import LIVE_STATES, MemCube, Organisation, Provenance, State, VersionRecord, utcnow
 from .errors import InvalidInput
 
-LIVE = frozenset({State.active, State.frozen})
-"""States a cube is found in by search, get-by-scope and list."""
+LIVE = LIVE_STATES
+"""States a cube is found in by search, get-by-scope and list (`cube.LIVE_STATES`)."""
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.active: frozenset(
@@ -59,33 +61,57 @@ def check_transition(cube: MemCube, to: State) -> None:
         )
 
 
-def next_version(cube: MemCube, to: State, when: datetime | None = None) -> MemCube:
-    """The cube as its next version in state `to`."""
+def next_version(
+    cube: MemCube,
+    to: State | None = None,
+    when: datetime | None = None,
+    *,
+    content: str | None = None,
+    organisation: Organisation | None = None,
+    provenance: Provenance | None = None,
+    metadata: dict[str, Any] | None = None,
+    valid_from: datetime | None = None,
+) -> MemCube:
+    """The cube as its next version: in state `to` (None: the state it is in), with whatever
+    else changed. The one place a version is made; `check_transition` first where the state
+    changes by request."""
     when = when or utcnow()
     new = cube.model_copy(deep=True)
-    new.lifecycle.state = to
     new.lifecycle.version = cube.lifecycle.version + 1
     new.lifecycle.updated_at = when
-    if to in LIVE:
-        new.lifecycle.valid_to = None
-    elif to is not State.archived:
-        new.lifecycle.valid_to = new.lifecycle.valid_to or when
+    if content is not None:
+        new.content = content
+    if organisation is not None:
+        new.organisation = organisation.model_copy(deep=True)
+    if provenance is not None:
+        new.provenance = provenance.model_copy(deep=True)
+    if metadata is not None:
+        new.metadata = dict(metadata)
+    if valid_from is not None:
+        new.lifecycle.valid_from = valid_from
+    if to is not None:
+        new.lifecycle.state = to
+        if to in LIVE:
+            new.lifecycle.valid_to = None
+        elif to is not State.archived:
+            new.lifecycle.valid_to = new.lifecycle.valid_to or when
     return new
 
 
 def rolled_back(cube: MemCube, target: VersionRecord) -> MemCube:
     """A new active version carrying the content and organisation of `target`."""
+    if cube.lifecycle.state is not State.active:
+        check_transition(cube, State.active)
     now = utcnow()
-    new = cube.model_copy(deep=True)
-    new.content = target.cube.content
-    new.organisation = target.cube.organisation.model_copy(deep=True)
-    new.lifecycle.state = State.active
-    new.lifecycle.version = cube.lifecycle.version + 1
-    new.lifecycle.updated_at = now
-    new.lifecycle.valid_from = now
-    new.lifecycle.valid_to = None
-    new.metadata = {**new.metadata, "rolled_back_to": target.version}
-    return new
+    return next_version(
+        cube,
+        State.active,
+        now,
+        content=target.cube.content,
+        organisation=target.cube.organisation,
+        metadata={**cube.metadata, "rolled_back_to": target.version},
+        valid_from=now,
+    )
 
 
 def version_at(history: Sequence[VersionRecord], when: datetime) -> MemCube | None:

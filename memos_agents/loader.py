@@ -18,10 +18,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .cube import MemCube, Scope, State, VersionRecord, new_id, utcnow
 from .errors import InvalidInput
-from .governance import Action
+from .governance import Action, MemGovernance
 
 if TYPE_CHECKING:
-    from .mos import MemOS
+    from .catalog import Catalog
+    from .vault import MemVault
 
 MIP_VERSION = "1.0"
 
@@ -113,10 +114,12 @@ def _rescoped(cube: MemCube, vault: str | None, user_id: str | None) -> MemCube:
 
 
 class MemDumper:
-    """Exports cubes of a MemOS to MIP."""
+    """Exports cubes of a catalog to MIP: what `principal` may read (`governance`), with their
+    versions and access log."""
 
-    def __init__(self, mem: MemOS) -> None:
-        self.mem = mem
+    def __init__(self, catalog: Catalog, governance: MemGovernance) -> None:
+        self.catalog = catalog
+        self.governance = governance
 
     def dump(
         self,
@@ -129,7 +132,7 @@ class MemDumper:
         until: datetime | None = None,
         include_deleted: bool = False,
     ) -> MIPDocument:
-        catalog = self.mem.vault.catalog
+        catalog = self.catalog
         states = None if include_deleted else [s for s in State if s is not State.deleted]
         cubes: list[MemCube] = []
         while page := catalog.list(
@@ -144,8 +147,9 @@ class MemDumper:
             and (since is None or c.lifecycle.created_at >= since)
             and (until is None or c.lifecycle.created_at < until)
         ]
-        picked = self.mem.readable(picked, principal)
-        gov = self.mem.governance
+        gov = self.governance
+        allowed = gov.allowed(principal, Action.read, picked)
+        picked = [c for c, ok in zip(picked, allowed, strict=True) if ok]
         items = [
             MIPCube(
                 cube=c,
@@ -169,10 +173,12 @@ class MemDumper:
 
 
 class MemLoader:
-    """Imports a MIP document into a MemOS, optionally into a new vault / user scope."""
+    """Imports a MIP document into a vault's stores, optionally into a new vault / user scope;
+    `governance` checks the importing principal may write each scope."""
 
-    def __init__(self, mem: MemOS) -> None:
-        self.mem = mem
+    def __init__(self, vault: MemVault, governance: MemGovernance) -> None:
+        self.vault = vault
+        self.governance = governance
 
     def load(
         self,
@@ -184,7 +190,7 @@ class MemLoader:
     ) -> list[MemCube]:
         """Write every cube with its full history. A cube whose id is taken gets a new id and
         keeps the old one in `provenance.derived_from` (lineage)."""
-        catalog = self.mem.vault.catalog
+        catalog = self.vault.catalog
         taken = set(catalog.get_many([i.cube.id for i in doc.cubes]))
         written: list[MemCube] = []
         for item in doc.cubes:
@@ -206,10 +212,10 @@ class MemLoader:
                     )
                     for v in versions
                 ]
-            self.mem.governance.check_vault(
+            self.governance.check_vault(
                 principal, cube.scope.vault, Action.write, cube.scope.user_id
             )
             catalog.insert_history(cube, versions)
             written.append(cube)
-        self.mem.vault.sync(written)
+        self.vault.sync(written)
         return written

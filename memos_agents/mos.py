@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .loader import MIPDocument
     from .model.chat import MemOSChatModel
     from .model.client import ModelClient
-    from .model.memory import Generation
+    from .model.memory import Generation, ModelMemory, ModelRuntime
     from .scheduler import MemScheduler
     from .store import Channel, Delivery
 
@@ -139,6 +140,11 @@ class MemOS:
         self.memstore = MemStore(vault.catalog)
         self.governance = MemGovernance(vault.catalog)
         self.principal = check_principal(principal)
+        # built on first use (model_runtime, model_memory, scheduler), shared by views
+        self._lazy = threading.Lock()
+        self._model_runtime: ModelRuntime | None = None
+        self._model_memory: ModelMemory | None = None
+        self._scheduler: MemScheduler | None = None
 
     def as_principal(self, principal: str) -> MemOS:
         """A view of the same stores whose every call runs as `principal` (`user:<id>`,
@@ -230,12 +236,10 @@ class MemOS:
     # context management
     def close(self) -> None:
         """Stop this MemOS's scheduler worker and model runtime client, release the stores."""
-        scheduler = self.__dict__.get("_scheduler")
-        if scheduler is not None:
-            scheduler.stop()
-        runtime = self.__dict__.get("_model_runtime")
-        if runtime is not None:
-            runtime.close()
+        if self._scheduler is not None:
+            self._scheduler.stop()
+        if self._model_runtime is not None:
+            self._model_runtime.close()
         self.vault.close()
 
     def __enter__(self) -> MemOS:
@@ -425,16 +429,21 @@ class MemOS:
         entities = extract_entities(content)
         if cube.provenance.speaker:
             entities = [cube.provenance.speaker, *entities]
-        new = cube.model_copy(deep=True)
-        new.content = content
-        new.lifecycle.version = old_version + 1
-        new.lifecycle.updated_at = now
-        new.lifecycle.valid_from = valid_from or now
-        new.organisation.entities = list(dict.fromkeys(entities))
-        new.organisation.importance = estimate_importance(content, entities)
-        if tags is not None:
-            new.organisation.tags = _check_tags(tags)
-        new.provenance.source_kind = SourceKind.api
+        organisation = cube.organisation.model_copy(
+            update={
+                "entities": list(dict.fromkeys(entities)),
+                "importance": estimate_importance(content, entities),
+                **({} if tags is None else {"tags": _check_tags(tags)}),
+            }
+        )
+        new = next_version(
+            cube,
+            when=now,
+            content=content,
+            organisation=organisation,
+            provenance=cube.provenance.model_copy(update={"source_kind": SourceKind.api}),
+            valid_from=valid_from or now,
+        )
         self.vault.write_version(new, "update", by or self._actor(owner_of(cube)), old_version)
         self._audit("update", [new])
         return new
@@ -760,7 +769,7 @@ class MemOS:
         """Export readable cubes (with versions, redactions, access log) as MIP; to `path` too."""
         from .loader import MemDumper
 
-        doc = MemDumper(self).dump(
+        doc = MemDumper(self.vault.catalog, self.governance).dump(
             principal=self.principal,
             vault=vault,
             user_id=user_id,
@@ -790,7 +799,8 @@ class MemOS:
         if user_id is not None:
             check_name(user_id, "user_id")
         doc = source if isinstance(source, MIPDocument) else read_mip(Path(source))
-        cubes = MemLoader(self).load(doc, principal=self.principal, vault=vault, user_id=user_id)
+        loader = MemLoader(self.vault, self.governance)
+        cubes = loader.load(doc, principal=self.principal, vault=vault, user_id=user_id)
         self._audit("import", cubes, vault=vault)
         return cubes
 
@@ -851,6 +861,33 @@ class MemOS:
         return self.memstore.channels()
 
     # local model: activation (KV cache) and parameter (LoRA) memory, and the scheduler
+    @property
+    def model_runtime(self) -> ModelRuntime:
+        """The connection to the model process of this data dir (made on first use)."""
+        with self._lazy:
+            if self._model_runtime is None:
+                from .model.memory import ModelRuntime
+
+                self._model_runtime = ModelRuntime(self.config.data_dir)
+            return self._model_runtime
+
+    @property
+    def model_memory(self) -> ModelMemory:
+        """Activation and parameter memory over this MemOS's vault and model runtime."""
+        runtime = self.model_runtime
+        with self._lazy:
+            if self._model_memory is None:
+                from .model.memory import ModelMemory
+
+                self._model_memory = ModelMemory(
+                    self.vault,
+                    runtime,
+                    blobs=self.config.data_dir / "blobs",
+                    default_vault=self.config.vault,
+                    readable=self.readable,
+                )
+            return self._model_memory
+
     def model(
         self,
         url: str | None = None,
@@ -863,17 +900,13 @@ class MemOS:
         """The local model process: the one at `url` (or `MEMOS_MODEL_URL`; ours or vLLM), else
         the one running for this data dir, else a child process started now (the packaged
         SmolLM2 unless `model` names another; it stops when this process ends)."""
-        from .model.memory import runtime
-
-        return runtime(self).connect(
+        return self.model_runtime.connect(
             url, model=model, start=start, threads=threads, kv_budget_mb=kv_budget_mb
         )
 
     def stop_model(self) -> bool:
         """Stop the model process of this data dir; True if one was running."""
-        from .model.memory import runtime
-
-        return runtime(self).stop()
+        return self.model_runtime.stop()
 
     def chat_model(self, **kw: Any) -> MemOSChatModel:
         """A LangChain chat model backed by the local model process (for fine-mode extraction,
@@ -888,39 +921,29 @@ class MemOS:
     ) -> MemCube:
         """Activation memory: the KV cache of these plaintext memories, stored as a versioned
         activation cube (`vault`, `name`, `system_prompt`, `parameter` optional)."""
-        from .model.memory import build_activation
-
-        return build_activation(self, cube_ids, user_id=user_id, **kw)
+        return self.model_memory.build_activation(cube_ids, user_id=user_id, **kw)
 
     def distil(
         self, cube_ids: Sequence[str | MemCube] | None = None, *, user_id: str, **kw: Any
     ) -> MemCube:
         """Parameter memory: a LoRA adapter trained on these memories (or `tag=`), stored as a
         versioned parameter cube (`name`, `steps`, `lr`, `rank`, `progress` optional)."""
-        from .model.memory import distil
-
-        return distil(self, cube_ids, user_id=user_id, **kw)
+        kw.setdefault("principal", self.principal)
+        return self.model_memory.distil(cube_ids, user_id=user_id, **kw)
 
     def generate(self, prompt: Any, *, user_id: str, **kw: Any) -> Generation:
         """Answer with the local model using `memories` (as text), `activation` (a KV cache
         cube: same greedy reply as the text, faster), `parameter` (a LoRA cube), or a
         `plan` from `mem.scheduler.plan(...)`."""
-        from .model.memory import generate
-
-        return generate(self, prompt, user_id=user_id, **kw)
+        return self.model_memory.generate(prompt, user_id=user_id, **kw)
 
     def generate_stream(self, prompt: Any, *, user_id: str, **kw: Any) -> Iterator[str]:
         """`generate`, as text pieces as they are produced."""
-        from .model.memory import stream
-
-        return stream(self, prompt, user_id=user_id, **kw)
+        return self.model_memory.stream(prompt, user_id=user_id, **kw)
 
     def load_parameter(self, cube_id: str, *, user_id: str | None = None) -> str:
         """Load a parameter cube's adapter into the model process; returns its model name."""
-        from .model.memory import _cube, ensure_adapter
-
-        cube = _cube(self, cube_id, user_id, Form.parameter)
-        return ensure_adapter(self, cube, self.model())
+        return self.model_memory.load_parameter(cube_id, user_id=user_id)
 
     def unload_parameter(self, cube_id: str, *, user_id: str | None = None) -> bool:
         """Unload a parameter cube's adapter; requests then get the base model's outputs."""
@@ -931,9 +954,20 @@ class MemOS:
     @property
     def scheduler(self) -> MemScheduler:
         """The MemScheduler of this MemOS: policies, background jobs, task plans."""
-        from .scheduler import scheduler_of
+        models = self.model_memory
+        with self._lazy:
+            if self._scheduler is None:
+                from .scheduler import MemScheduler
 
-        return scheduler_of(self)
+                self._scheduler = MemScheduler(
+                    self.vault.catalog,
+                    models,
+                    search=self.search,
+                    sweep=self.sweep,
+                    write_version=self.vault.write_version,
+                    vault=self.config.vault,
+                )
+            return self._scheduler
 
     # async twins
     async def aadd(self, messages: Any, **kw: Any) -> list[MemCube]:

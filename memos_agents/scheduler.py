@@ -10,99 +10,50 @@ Policies (`SchedulerPolicy`, kept in the catalog so every process sees the same)
   nobody used for a while are demoted (archived, blob removed: a cache is rebuilt, never
   restored).
 
-Changes run as jobs. A job is a row in the catalog (`memos_jobs`): queued, running, done or
-failed, with its reason, progress and result, so it survives restarts and every process (and
-`memos-agents scheduler status`) sees it. Jobs run in a background thread (`start()`), or in
-the caller's (`run_pending()`); a job whose worker died is picked up again.
+Changes run as jobs. A job is a row of `memos_jobs` (a `JobStore`, in the catalog's database):
+queued, running, done or failed, with its reason, progress and result, so it survives restarts
+and every process (and `memos-agents scheduler status`) sees it. Jobs run in a background
+thread (`start()`), or in the caller's (`run_pending()`); a job whose worker died is picked up
+again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import logging
 import math
-import os
-import socket
 import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from .cube import Form, MemCube, State, utcnow
+from .cube import ActivationMeta, Form, MemCube, ParameterMeta, SearchHit, State, utcnow
 from .errors import InvalidInput, MemOSError, NotFound
+from .jobs import FINAL, Job, JobKind, JobState, JobStore, new_worker_id
+from .lifecycle import check_transition, next_version
 
 if TYPE_CHECKING:
-    from .mos import MemOS
+    from .catalog import Catalog
+    from .model.memory import ModelMemory
+
+__all__ = [
+    "Job",
+    "JobKind",
+    "JobState",
+    "MemScheduler",
+    "Plan",
+    "PlanStep",
+    "Proposal",
+    "SchedulerPolicy",
+]
 
 log = logging.getLogger(__name__)
 
-JobKind = Literal["promote", "distil", "archive", "demote"]
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 POLICY_KEY = "scheduler_policy"
-
-
-class _LazySQLAlchemy:
-    """sqlalchemy, imported on first use: `memos-agents --help` does not pay for it."""
-
-    def __getattr__(self, name: str) -> Any:
-        import sqlalchemy
-
-        return getattr(sqlalchemy, name)
-
-
-sa = _LazySQLAlchemy()
-
-
-@functools.cache
-def jobs_table() -> Any:
-    """The `memos_jobs` table (in the catalog's database)."""
-    from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
-
-    return Table(
-        "memos_jobs",
-        MetaData(),
-        Column("id", String(32), primary_key=True),
-        Column("kind", String(16), nullable=False),
-        Column("state", String(16), nullable=False, index=True),
-        Column("vault", String(256), nullable=False),
-        Column("user_id", String(256), nullable=False),
-        Column("params", Text, nullable=False),
-        Column("reason", Text, nullable=False, default=""),
-        Column("dedup_key", String(256), index=True),
-        Column("result", Text),
-        Column("error", Text),
-        Column("progress", Float, nullable=False, default=0.0),
-        Column("attempts", Integer, nullable=False, default=0),
-        Column("worker", String(256)),
-        Column("created_by", String(256), nullable=False),
-        Column("created_at", Float, nullable=False),
-        Column("started_at", Float),
-        Column("heartbeat_at", Float),
-        Column("finished_at", Float),
-    )
-
-
-def _cubes() -> Any:
-    from .catalog import cubes_t
-
-    return cubes_t
-
-
-def _row_cube(row: Any) -> MemCube:
-    from .catalog import _cube_from_row
-
-    return _cube_from_row(row)
-
-
-def _ts(dt: datetime) -> float:
-    return dt.timestamp()
 
 
 class SchedulerPolicy(BaseModel):
@@ -138,26 +89,6 @@ class Proposal(BaseModel):
         ids = ",".join(sorted(self.cube_ids))
         digest = uuid.uuid5(uuid.NAMESPACE_OID, ids).hex[:16]
         return f"{self.kind}:{self.vault}:{self.user_id}:{self.params.get('name', '')}:{digest}"
-
-
-class Job(BaseModel):
-    id: str
-    kind: JobKind
-    state: JobState
-    vault: str
-    user_id: str
-    params: dict[str, Any]
-    reason: str
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    progress: float = 0.0
-    attempts: int = 0
-    worker: str | None = None
-    created_by: str
-    created_at: datetime
-    started_at: datetime | None = None
-    heartbeat_at: datetime | None = None
-    finished_at: datetime | None = None
 
 
 class PlanStep(BaseModel):
@@ -202,32 +133,6 @@ class Plan(BaseModel):
         return "\n".join(lines)
 
 
-def _dt(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-def _job(row: Any) -> Job:
-    return Job(
-        id=row.id,
-        kind=row.kind,
-        state=row.state,
-        vault=row.vault,
-        user_id=row.user_id,
-        params=json.loads(row.params),
-        reason=row.reason or "",
-        result=json.loads(row.result) if row.result else None,
-        error=row.error,
-        progress=row.progress or 0.0,
-        attempts=row.attempts or 0,
-        worker=row.worker,
-        created_by=row.created_by,
-        created_at=_dt(row.created_at),
-        started_at=_dt(row.started_at),
-        heartbeat_at=_dt(row.heartbeat_at),
-        finished_at=_dt(row.finished_at),
-    )
-
-
 def _cluster_key(cube: MemCube) -> str | None:
     org = cube.organisation
     if org.topic:
@@ -238,28 +143,39 @@ def _cluster_key(cube: MemCube) -> str | None:
     return tags[0] if tags else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class MemScheduler:
-    """Policies, durable jobs and task plans over one `MemOS`."""
+    """Policies, durable jobs and task plans over one catalog and its model memory.
 
-    def __init__(self, mem: MemOS, policy: SchedulerPolicy | None = None) -> None:
-        self.mem = mem
-        self.catalog = mem.vault.catalog
-        jobs_table().metadata.create_all(self.catalog.engine)
+    `catalog` is read for the memories to move (and keeps the policy), `models` builds and
+    drops activation and parameter memory, `jobs` keeps the jobs (default: a `JobStore` in the
+    catalog's database). `search(task, user_id=, k=, vault=)` retrieves for a plan, `sweep(now)`
+    runs the lifecycle sweep before each tick, `write_version(cube, op, by, expected)` stores a
+    new version; `vault` is the vault used when a call names none."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        models: ModelMemory,
+        *,
+        search: Callable[..., Sequence[SearchHit]],
+        sweep: Callable[[datetime | None], Any],
+        write_version: Callable[[MemCube, str, str, int], None],
+        vault: str = "default",
+        jobs: JobStore | None = None,
+        policy: SchedulerPolicy | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.models = models
+        self.store = jobs if jobs is not None else JobStore(catalog.engine)
+        self.default_vault = vault
+        self._search = search
+        self._sweep = sweep
+        self._write_version = write_version
         self._policy = policy
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = new_worker_id()
         self.handlers: dict[str, Callable[[Job], dict[str, Any]]] = {
             "promote": self._do_promote,
             "distil": self._do_distil,
@@ -294,44 +210,26 @@ class MemScheduler:
             return [user_id]
         return sorted(self.catalog.count_users(vault))
 
-    def _plaintext(
-        self, vault: str, user_id: str, *conds: Any, order: Any = None, limit: int = 20_000
-    ) -> list[MemCube]:
-        cubes_t = _cubes()
-        q = sa.select(cubes_t).where(
-            cubes_t.c.vault == vault,
-            cubes_t.c.user_id == user_id,
-            cubes_t.c.form == Form.plaintext.value,
-            cubes_t.c.state == State.active.value,
-            *conds,
-        )
-        if order is not None:
-            q = q.order_by(*order)
-        with self.catalog.engine.connect() as conn:
-            rows = conn.execute(q.limit(limit)).all()
-        return [_row_cube(r) for r in rows]
+    def _plaintext(self, vault: str, user_id: str) -> list[MemCube]:
+        """Active plaintext of a user, oldest first (at most 20,000)."""
+        return self.catalog.active_cubes(vault=vault, user_id=user_id, limit=20_000)
 
     def _derived(self, form: Form, vault: str, user_id: str) -> list[MemCube]:
-        from .model.memory import derived_cubes
-
-        return derived_cubes(self.mem, form, vault=vault, user_id=user_id)
+        return self.models.derived(form, vault=vault, user_id=user_id)
 
     def hot_set(self, vault: str, user_id: str, now: datetime | None = None) -> list[MemCube]:
         """The memories the hot KV cache should hold: read at least `hot_min_access` times,
         last within `hot_window_s`, scored by reads, recency and importance, up to the token
         budget."""
-        cubes_t = _cubes()
         from .model.protocol import estimate_tokens
 
         p = self.policy
         now = now or utcnow()
-        since = _ts(now - timedelta(seconds=p.hot_window_s))
-        rows = self._plaintext(
+        rows = self.catalog.most_read(
             vault,
             user_id,
-            cubes_t.c.access_count >= p.hot_min_access,
-            cubes_t.c.last_accessed_at >= since,
-            order=[cubes_t.c.access_count.desc(), cubes_t.c.id],
+            min_access=p.hot_min_access,
+            since=now - timedelta(seconds=p.hot_window_s),
             limit=p.hot_max_cubes * 4,
         )
         live = [c for c in rows if c.is_live(now)]
@@ -353,7 +251,7 @@ class MemScheduler:
 
     def _stale(self, act: MemCube) -> tuple[list[str], str | None]:
         """Live source ids of an activation cube, and why it is stale (None if fresh)."""
-        recorded = {s[0]: s[1] for s in act.metadata.get("sources") or []}
+        recorded = ActivationMeta.from_cube(act).source_versions
         found = self.catalog.get_many(act.provenance.derived_from)
         live, why = [], None
         for cid in act.provenance.derived_from:
@@ -373,120 +271,118 @@ class MemScheduler:
         self, *, user_id: str | None = None, vault: str | None = None, now: datetime | None = None
     ) -> list[Proposal]:
         """What the policies would change now, with reasons (nothing is changed)."""
-        cubes_t = _cubes()
-        p = self.policy
-        vault = vault or self.mem.config.vault
+        vault = vault or self.default_vault
         now = now or utcnow()
         out: list[Proposal] = []
         for user in self._users(vault, user_id):
             acts = self._derived(Form.activation, vault, user)
             hot = self.hot_set(vault, user, now)
-            hot_ids = [c.id for c in hot]
-            current = next((a for a in acts if a.metadata.get("name") == p.activation_name), None)
-            if hot:
-                top = max(hot, key=lambda c: c.lifecycle.access_count)
-                why = (
-                    f"{len(hot)} memories read >= {p.hot_min_access} times in the last "
-                    f"{p.hot_window_s / 86400:g} days (most read: {top.lifecycle.access_count}x "
-                    f"{top.content[:40]!r})"
-                )
-                if current is None:
-                    out.append(
-                        Proposal(
-                            kind="promote",
-                            vault=vault,
-                            user_id=user,
-                            cube_ids=hot_ids,
-                            reason=f"{why}: no hot KV cache yet",
-                            params={"name": p.activation_name},
-                        )
-                    )
-                else:
-                    _, stale = self._stale(current)
-                    if set(hot_ids) != set(current.provenance.derived_from) or stale:
-                        change = stale or "the hot set changed"
-                        out.append(
-                            Proposal(
-                                kind="promote",
-                                vault=vault,
-                                user_id=user,
-                                cube_ids=hot_ids,
-                                reason=f"{why}: {change}",
-                                params={"name": p.activation_name},
-                            )
-                        )
-            for act in acts:
-                if act.metadata.get("name") == p.activation_name and hot:
-                    continue  # handled above
-                last = act.lifecycle.last_accessed_at or act.lifecycle.updated_at
-                idle = (now - last).total_seconds()
-                live, stale = self._stale(act)
-                if idle > p.activation_idle_s:
-                    out.append(
-                        Proposal(
-                            kind="demote",
-                            vault=vault,
-                            user_id=user,
-                            cube_ids=[act.id],
-                            reason=f"KV cache unused for {idle / 86400:.1f} days",
-                        )
-                    )
-                elif stale and live:
-                    out.append(
-                        Proposal(
-                            kind="promote",
-                            vault=vault,
-                            user_id=user,
-                            cube_ids=live,
-                            reason=f"KV cache {act.id} is stale: {stale}",
-                            params={"name": act.metadata.get("name")},
-                        )
-                    )
-                elif stale:
-                    out.append(
-                        Proposal(
-                            kind="demote",
-                            vault=vault,
-                            user_id=user,
-                            cube_ids=[act.id],
-                            reason=f"KV cache {act.id} has no live sources",
-                        )
-                    )
-            if p.archive_cold:
-                cutoff = _ts(now - timedelta(seconds=p.cold_after_s))
-                cold = self._plaintext(
-                    vault,
-                    user,
-                    sa.or_(
-                        cubes_t.c.last_accessed_at < cutoff,
-                        cubes_t.c.last_accessed_at.is_(None) & (cubes_t.c.updated_at < cutoff),
-                    ),
-                    cubes_t.c.importance < p.cold_max_importance,
-                    order=[cubes_t.c.updated_at, cubes_t.c.id],
-                    limit=1000,
-                )
-                if cold:
-                    out.append(
-                        Proposal(
-                            kind="archive",
-                            vault=vault,
-                            user_id=user,
-                            cube_ids=[c.id for c in cold],
-                            reason=f"{len(cold)} memories unread for "
-                            f"{p.cold_after_s / 86400:g}+ days, importance < "
-                            f"{p.cold_max_importance}",
-                        )
-                    )
+            out += self._hot(vault, user, acts, hot)
+            out += self._idle_or_stale(vault, user, acts, bool(hot), now)
+            if self.policy.archive_cold:
+                out += self._cold(vault, user, now)
             out += self._stable(vault, user, now)
         return out
 
+    def _hot(
+        self, vault: str, user: str, acts: list[MemCube], hot: list[MemCube]
+    ) -> list[Proposal]:
+        """Promote the hot set when there is no hot cache yet, or it holds another set or a
+        stale one."""
+        p = self.policy
+        if not hot:
+            return []
+        hot_ids = [c.id for c in hot]
+        current = next(
+            (a for a in acts if ActivationMeta.from_cube(a).name == p.activation_name), None
+        )
+        top = max(hot, key=lambda c: c.lifecycle.access_count)
+        why = (
+            f"{len(hot)} memories read >= {p.hot_min_access} times in the last "
+            f"{p.hot_window_s / 86400:g} days (most read: {top.lifecycle.access_count}x "
+            f"{top.content[:40]!r})"
+        )
+        if current is None:
+            change: str | None = "no hot KV cache yet"
+        else:
+            _, stale = self._stale(current)
+            moved = set(hot_ids) != set(current.provenance.derived_from)
+            change = stale or ("the hot set changed" if moved else None)
+        if change is None:
+            return []
+        return [
+            Proposal(
+                kind="promote",
+                vault=vault,
+                user_id=user,
+                cube_ids=hot_ids,
+                reason=f"{why}: {change}",
+                params={"name": p.activation_name},
+            )
+        ]
+
+    def _idle_or_stale(
+        self, vault: str, user: str, acts: list[MemCube], any_hot: bool, now: datetime
+    ) -> list[Proposal]:
+        """Demote caches unused too long or with no live source; rebuild stale ones."""
+        p = self.policy
+        out = []
+        for act in acts:
+            name = ActivationMeta.from_cube(act).name
+            if name == p.activation_name and any_hot:
+                continue  # `_hot` decides about it
+            last = act.lifecycle.last_accessed_at or act.lifecycle.updated_at
+            idle = (now - last).total_seconds()
+            live, stale = self._stale(act)
+            if idle > p.activation_idle_s:
+                days = f"{idle / 86400:.1f}"
+                kind, ids, reason = "demote", [act.id], f"KV cache unused for {days} days"
+            elif stale and live:
+                kind, ids, reason = "promote", live, f"KV cache {act.id} is stale: {stale}"
+            elif stale:
+                kind, ids, reason = "demote", [act.id], f"KV cache {act.id} has no live sources"
+            else:
+                continue
+            out.append(
+                Proposal(
+                    kind=kind,
+                    vault=vault,
+                    user_id=user,
+                    cube_ids=ids,
+                    reason=reason,
+                    params={"name": name} if kind == "promote" else {},
+                )
+            )
+        return out
+
+    def _cold(self, vault: str, user: str, now: datetime) -> list[Proposal]:
+        p = self.policy
+        cold = self.catalog.cold_cubes(
+            vault,
+            user,
+            before=now - timedelta(seconds=p.cold_after_s),
+            max_importance=p.cold_max_importance,
+            limit=1000,
+        )
+        if not cold:
+            return []
+        return [
+            Proposal(
+                kind="archive",
+                vault=vault,
+                user_id=user,
+                cube_ids=[c.id for c in cold],
+                reason=f"{len(cold)} memories unread for {p.cold_after_s / 86400:g}+ days, "
+                f"importance < {p.cold_max_importance}",
+            )
+        ]
+
     def _stable(self, vault: str, user: str, now: datetime) -> list[Proposal]:
-        cubes_t = _cubes()
         p = self.policy
         cutoff = now - timedelta(seconds=p.stable_after_s)
         clusters: dict[str, list[MemCube]] = defaultdict(list)
         recent: set[str] = set()
-        for c in self._plaintext(vault, user, order=[cubes_t.c.created_at, cubes_t.c.id]):
+        for c in self._plaintext(vault, user):
             key = _cluster_key(c)
             if key is None or not c.is_live(now):
                 continue
@@ -528,7 +424,7 @@ class MemScheduler:
         """Sweep the lifecycle (TTL, retention), then scan and queue what the policies call
         for (distillation only with `auto_distil` or `distil=True`); returns the jobs queued."""
         want_distil = self.policy.auto_distil if distil is None else distil
-        self.mem.sweep(now)  # lifecycle first: expire TTLs, apply vault retention
+        self._sweep(now)  # lifecycle first: expire TTLs, apply vault retention
         jobs = []
         for prop in self.scan(user_id=user_id, vault=vault, now=now):
             if prop.kind == "distil" and not want_distil:
@@ -541,36 +437,18 @@ class MemScheduler:
     # jobs
     def submit(self, proposal: Proposal, *, created_by: str = "user") -> Job | None:
         """Queue a job; None if an identical one is already queued or running."""
-        jobs_t = jobs_table()
-        key = proposal.dedup_key
-        now = time.time()
-        with self.catalog.engine.begin() as conn:
-            dup = conn.execute(
-                sa.select(jobs_t.c.id).where(
-                    jobs_t.c.dedup_key == key, jobs_t.c.state.in_(["queued", "running"])
-                )
-            ).first()
-            if dup is not None:
-                return None
-            job_id = uuid.uuid4().hex
-            conn.execute(
-                sa.insert(jobs_t).values(
-                    id=job_id,
-                    kind=proposal.kind,
-                    state="queued",
-                    vault=proposal.vault,
-                    user_id=proposal.user_id,
-                    params=json.dumps({**proposal.params, "cube_ids": proposal.cube_ids}),
-                    reason=proposal.reason,
-                    dedup_key=key,
-                    progress=0.0,
-                    attempts=0,
-                    created_by=created_by,
-                    created_at=now,
-                )
-            )
-        self._wake.set()
-        return self.get(job_id)
+        job = self.store.submit(
+            kind=proposal.kind,
+            vault=proposal.vault,
+            user_id=proposal.user_id,
+            params={**proposal.params, "cube_ids": proposal.cube_ids},
+            reason=proposal.reason,
+            dedup_key=proposal.dedup_key,
+            created_by=created_by,
+        )
+        if job is not None:
+            self._wake.set()
+        return job
 
     def promote(
         self,
@@ -581,7 +459,7 @@ class MemScheduler:
         name: str | None = None,
     ) -> Job | None:
         """Queue building a KV cache of these memories (default: the user's hot set)."""
-        vault = vault or self.mem.config.vault
+        vault = vault or self.default_vault
         if cube_ids is None:
             cube_ids = [c.id for c in self.hot_set(vault, user_id)]
             reason = "on request: the current hot set"
@@ -612,14 +490,13 @@ class MemScheduler:
         steps: int | None = None,
     ) -> Job | None:
         """Queue distilling memories (ids, or all live ones with `tag`) into parameter memory."""
-        cubes_t = _cubes()
-        vault = vault or self.mem.config.vault
+        vault = vault or self.default_vault
         if cube_ids is None:
             if not tag:
                 raise InvalidInput("give cube ids or a tag")
             cube_ids = [
                 c.id
-                for c in self._plaintext(vault, user_id, order=[cubes_t.c.created_at])
+                for c in self._plaintext(vault, user_id)
                 if tag in c.organisation.tags and c.is_live()
             ]
             if not cube_ids:
@@ -640,137 +517,37 @@ class MemScheduler:
         )
 
     def get(self, job_id: str) -> Job:
-        jobs_t = jobs_table()
-        with self.catalog.engine.connect() as conn:
-            row = conn.execute(sa.select(jobs_t).where(jobs_t.c.id == job_id)).first()
-        if row is None:
-            raise NotFound(f"no job with id {job_id!r}")
-        return _job(row)
+        return self.store.get(job_id)
 
     def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
-        jobs_t = jobs_table()
-        q = sa.select(jobs_t).order_by(jobs_t.c.created_at.desc(), jobs_t.c.id).limit(limit)
-        if state is not None:
-            q = q.where(jobs_t.c.state == state)
-        with self.catalog.engine.connect() as conn:
-            return [_job(r) for r in conn.execute(q).all()]
+        return self.store.list(state, limit)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job (a running one finishes)."""
-        jobs_t = jobs_table()
-        with self.catalog.engine.begin() as conn:
-            done = conn.execute(
-                sa.update(jobs_t)
-                .where(jobs_t.c.id == job_id, jobs_t.c.state == "queued")
-                .values(state="cancelled", finished_at=time.time())
-            )
-        return done.rowcount == 1
+        return self.store.cancel(job_id)
 
     def retry(self, job_id: str) -> bool:
-        jobs_t = jobs_table()
-        with self.catalog.engine.begin() as conn:
-            done = conn.execute(
-                sa.update(jobs_t)
-                .where(jobs_t.c.id == job_id, jobs_t.c.state.in_(["failed", "cancelled"]))
-                .values(state="queued", error=None, finished_at=None, progress=0.0)
-            )
+        done = self.store.retry(job_id)
         self._wake.set()
-        return done.rowcount == 1
+        return done
 
     def status(self) -> dict[str, Any]:
-        jobs_t = jobs_table()
-        with self.catalog.engine.connect() as conn:
-            counts = dict(
-                conn.execute(
-                    sa.select(jobs_t.c.state, sa.func.count()).group_by(jobs_t.c.state)
-                ).all()
-            )
         return {
-            "counts": counts,
+            "counts": self.store.counts(),
             "worker": {"id": self.worker_id, "running": self.running},
             "policy": self.policy.model_dump(),
             "jobs": [j.model_dump(mode="json") for j in self.jobs(limit=20)],
         }
 
-    def _recover(self, conn: Any, now: float) -> None:
-        """Re-queue running jobs whose worker is gone (dead pid here, or a lapsed lease)."""
-        jobs_t = jobs_table()
-        host = socket.gethostname()
-        lease = self.policy.lease_s
-        for row in conn.execute(sa.select(jobs_t).where(jobs_t.c.state == "running")).all():
-            worker = row.worker or ""
-            parts = worker.split(":")
-            dead = (
-                len(parts) >= 2
-                and parts[0] == host
-                and parts[1].isdigit()
-                and not (_pid_alive(int(parts[1])))
-            )
-            lapsed = (row.heartbeat_at or row.started_at or 0) < now - lease
-            if dead or lapsed:
-                final = row.attempts >= self.policy.max_attempts
-                conn.execute(
-                    sa.update(jobs_t)
-                    .where(jobs_t.c.id == row.id, jobs_t.c.state == "running")
-                    .values(
-                        state="failed" if final else "queued",
-                        error=f"worker {worker} stopped mid-job" if final else None,
-                        finished_at=now if final else None,
-                    )
-                )
-
     def _claim(self) -> Job | None:
-        jobs_t = jobs_table()
-        now = time.time()
-        with self.catalog.engine.begin() as conn:
-            self._recover(conn, now)
-            rows = conn.execute(
-                sa.select(jobs_t.c.id)
-                .where(jobs_t.c.state == "queued")
-                .order_by(jobs_t.c.created_at, jobs_t.c.id)
-                .limit(5)
-            ).all()
-            for (job_id,) in rows:
-                got = conn.execute(
-                    sa.update(jobs_t)
-                    .where(jobs_t.c.id == job_id, jobs_t.c.state == "queued")
-                    .values(
-                        state="running",
-                        worker=self.worker_id,
-                        started_at=now,
-                        heartbeat_at=now,
-                        attempts=jobs_t.c.attempts + 1,
-                    )
-                )
-                if got.rowcount == 1:
-                    break
-            else:
-                return None
-        return self.get(job_id)
+        p = self.policy
+        return self.store.claim(self.worker_id, lease_s=p.lease_s, max_attempts=p.max_attempts)
 
     def _finish(self, job: Job, result: dict[str, Any] | None, error: str | None) -> Job:
-        jobs_t = jobs_table()
-        with self.catalog.engine.begin() as conn:
-            conn.execute(
-                sa.update(jobs_t)
-                .where(jobs_t.c.id == job.id, jobs_t.c.worker == self.worker_id)
-                .values(
-                    state="failed" if error else "done",
-                    result=json.dumps(result, default=str) if result is not None else None,
-                    error=error,
-                    progress=1.0 if error is None else job.progress,
-                    finished_at=time.time(),
-                )
-            )
-        return self.get(job.id)
+        return self.store.finish(job, self.worker_id, result, error)
 
     def _beat(self, job_id: str, progress: float | None = None) -> None:
-        jobs_t = jobs_table()
-        values: dict[str, Any] = {"heartbeat_at": time.time()}
-        if progress is not None:
-            values["progress"] = progress
-        with self.catalog.engine.begin() as conn:
-            conn.execute(sa.update(jobs_t).where(jobs_t.c.id == job_id).values(**values))
+        self.store.beat(job_id, progress)
 
     def run_one(self) -> Job | None:
         """Claim and run the oldest queued job in this thread."""
@@ -837,7 +614,7 @@ class MemScheduler:
         deadline = time.monotonic() + timeout
         while True:
             job = self.get(job_id)
-            if job.state in ("done", "failed", "cancelled") or time.monotonic() > deadline:
+            if job.state in FINAL or time.monotonic() > deadline:
                 return job
             time.sleep(poll)
 
@@ -846,32 +623,28 @@ class MemScheduler:
         return list(job.params.get("cube_ids") or [])
 
     def _do_promote(self, job: Job) -> dict[str, Any]:
-        from .model.memory import build_activation
-
         # sources archived or edited since the job was queued are dropped / taken as they are
         found = self.catalog.get_many(self._ids(job))
         ids = [i for i in self._ids(job) if i in found and found[i].is_live()]
         if not ids:
             raise InvalidInput("none of the memories to promote is live any more")
-        cube = build_activation(
-            self.mem,
+        cube = self.models.build_activation(
             ids,
             user_id=job.user_id,
             vault=job.vault,
             name=job.params.get("name"),
             by="scheduler",
         )
+        meta = ActivationMeta.from_cube(cube)
         return {
             "cube_id": cube.id,
             "version": cube.lifecycle.version,
-            "tokens": cube.metadata.get("tokens"),
-            "bytes": cube.metadata.get("bytes"),
-            "build_s": cube.metadata.get("build_s"),
+            "tokens": meta.tokens,
+            "bytes": meta.bytes,
+            "build_s": meta.build_s,
         }
 
     def _do_distil(self, job: Job) -> dict[str, Any]:
-        from .model.memory import distil
-
         last = [0.0]
 
         def progress(event: dict[str, Any]) -> None:
@@ -880,8 +653,7 @@ class MemScheduler:
                 self._beat(job.id, float(event.get("step", 0)) / max(1, event.get("steps", 1)))
 
         steps = int(job.params.get("steps") or self.policy.distil_steps)
-        cube = distil(
-            self.mem,
+        cube = self.models.distil(
             self._ids(job),
             user_id=job.user_id,
             vault=job.vault,
@@ -890,50 +662,42 @@ class MemScheduler:
             progress=progress,
             by="scheduler",
         )
+        meta = ParameterMeta.from_cube(cube)
         return {
             "cube_id": cube.id,
             "version": cube.lifecycle.version,
-            "loss_start": cube.metadata.get("loss_start"),
-            "loss_end": cube.metadata.get("loss_end"),
-            "seconds": cube.metadata.get("seconds"),
+            "loss_start": meta.loss_start,
+            "loss_end": meta.loss_end,
+            "seconds": meta.seconds,
         }
 
     def _archive(self, cube: MemCube, op: str) -> None:
-        new = cube.model_copy(deep=True)
-        new.lifecycle.state = State.archived
-        new.lifecycle.version = cube.lifecycle.version + 1
-        new.lifecycle.updated_at = utcnow()
-        self.mem.vault.write_version(new, op, "scheduler", cube.lifecycle.version)
+        check_transition(cube, State.archived)
+        new = next_version(cube, State.archived)
+        self._write_version(new, op, "scheduler", cube.lifecycle.version)
+
+    def _active(self, job: Job) -> tuple[list[MemCube], int]:
+        """The job's cubes that are still active, in the job's order, and how many exist."""
+        found = self.catalog.get_many(self._ids(job))
+        cubes = [found.get(cid) for cid in self._ids(job)]
+        return [c for c in cubes if c is not None and c.lifecycle.state is State.active], len(found)
 
     def _do_archive(self, job: Job) -> dict[str, Any]:
-        found = self.catalog.get_many(self._ids(job))
+        cubes, total = self._active(job)
         archived = 0
-        for cid in self._ids(job):
-            cube = found.get(cid)
-            if cube is None or cube.lifecycle.state is not State.active:
-                continue
+        for cube in cubes:
             self._archive(cube, "archive")
             archived += 1
-            self._beat(job.id, archived / max(1, len(found)))
+            self._beat(job.id, archived / max(1, total))
         return {"archived": archived}
 
     def _do_demote(self, job: Job) -> dict[str, Any]:
-        from .model.memory import _drop_blob, runtime
-
-        found = self.catalog.get_many(self._ids(job))
         demoted = []
-        for cid in self._ids(job):
-            cube = found.get(cid)
-            if cube is None or cube.lifecycle.state is not State.active:
-                continue
+        for cube in self._active(job)[0]:
             self._archive(cube, "demote")
-            demoted.append(cid)
+            demoted.append(cube.id)
             if cube.form is Form.activation:
-                _drop_blob(self.mem, cube.content)
-                client = runtime(self.mem).client
-                if client is not None:
-                    with contextlib.suppress(MemOSError):
-                        client.evict(cube.metadata.get("fingerprint"))
+                self.models.drop_activation(cube)
         return {"demoted": demoted}
 
     # planning
@@ -946,21 +710,14 @@ class MemScheduler:
         """
         from .model.memory import lora_name
 
-        vault = vault or self.mem.config.vault
-        hits = self.mem.search(task, user_id=user_id, k=k, vault=vault)
+        vault = vault or self.default_vault
+        hits = self._search(task, user_id=user_id, k=k, vault=vault)
         hit_ids = [h.id for h in hits]
         steps: list[PlanStep] = []
         notes: list[str] = []
         words = {w.strip(".,?!:;'\"").casefold() for w in task.split()}
 
-        param: MemCube | None = None
-        best = (0, 0.0)
-        for pc in self._derived(Form.parameter, vault, user_id):
-            overlap = len(set(pc.provenance.derived_from) & set(hit_ids))
-            named = str(pc.metadata.get("name") or "").casefold() in words
-            score = (overlap + (1 if named else 0), pc.lifecycle.updated_at.timestamp())
-            if score[0] > 0 and score > best:
-                best, param = score, pc
+        param = self._pick_parameter(vault, user_id, hit_ids, words)
         if param is not None:
             overlap = len(set(param.provenance.derived_from) & set(hit_ids))
             steps.append(
@@ -968,7 +725,7 @@ class MemScheduler:
                     order=len(steps) + 1,
                     form=Form.parameter,
                     cube_ids=[param.id],
-                    reason=f"adapter {param.metadata.get('name')!r} was distilled "
+                    reason=f"adapter {ParameterMeta.from_cube(param).name!r} was distilled "
                     f"from {len(param.provenance.derived_from)} memories, "
                     f"{overlap} of them among the top {len(hit_ids)} hits: "
                     "it carries them with no prompt tokens",
@@ -976,28 +733,12 @@ class MemScheduler:
             )
         want_adapter = lora_name(param) if param is not None else None
 
-        act: MemCube | None = None
-        act_best = (-1, 0.0)
-        for ac in self._derived(Form.activation, vault, user_id):
-            _, stale = self._stale(ac)
-            if stale:
-                notes.append(f"activation {ac.id} skipped: stale ({stale})")
-                continue
-            if (ac.metadata.get("adapter") or None) != want_adapter:
-                notes.append(f"activation {ac.id} skipped: computed under another adapter")
-                continue
-            overlap = len(set(ac.provenance.derived_from) & set(hit_ids))
-            hot = ac.metadata.get("name") == self.policy.activation_name
-            if overlap == 0 and not hot:
-                continue
-            score = (overlap, ac.lifecycle.updated_at.timestamp())
-            if score > act_best:
-                act_best, act = score, ac
+        act = self._pick_activation(vault, user_id, hit_ids, want_adapter, notes)
         covered: set[str] = set()
         if act is not None:
             covered = set(act.provenance.derived_from)
             overlap = len(covered & set(hit_ids))
-            tokens = act.metadata.get("tokens")
+            tokens = ActivationMeta.from_cube(act).tokens
             steps.append(
                 PlanStep(
                     order=len(steps) + 1,
@@ -1025,10 +766,50 @@ class MemScheduler:
             notes.append("no memory of this user matches the task")
         return Plan(task=task, user_id=user_id, vault=vault, steps=steps, notes=notes)
 
+    def _pick_parameter(
+        self, vault: str, user_id: str, hit_ids: list[str], words: set[str]
+    ) -> MemCube | None:
+        """The adapter made from the most hits (or named in the task), latest first."""
+        param: MemCube | None = None
+        best = (0, 0.0)
+        for pc in self._derived(Form.parameter, vault, user_id):
+            overlap = len(set(pc.provenance.derived_from) & set(hit_ids))
+            named = str(ParameterMeta.from_cube(pc).name or "").casefold() in words
+            score = (overlap + (1 if named else 0), pc.lifecycle.updated_at.timestamp())
+            if score[0] > 0 and score > best:
+                best, param = score, pc
+        return param
 
-def scheduler_of(mem: MemOS) -> MemScheduler:
-    sched = mem.__dict__.get("_scheduler")
-    if sched is None:
-        sched = mem.__dict__.setdefault("_scheduler", MemScheduler(mem))
-    return sched
+    def _pick_activation(
+        self,
+        vault: str,
+        user_id: str,
+        hit_ids: list[str],
+        want_adapter: str | None,
+        notes: list[str],
+    ) -> MemCube | None:
+        """The fresh KV cache (under `want_adapter`) holding the most hits, or the hot one."""
+        act: MemCube | None = None
+        act_best = (-1, 0.0)
+        for ac in self._derived(Form.activation, vault, user_id):
+            meta = ActivationMeta.from_cube(ac)
+            _, stale = self._stale(ac)
+            if stale:
+                notes.append(f"activation {ac.id} skipped: stale ({stale})")
+                continue
+            if (meta.adapter or None) != want_adapter:
+                notes.append(f"activation {ac.id} skipped: computed under another adapter")
+                continue
+            overlap = len(set(ac.provenance.derived_from) & set(hit_ids))
+            hot = meta.name == self.policy.activation_name
+            if overlap == 0 and not hot:
+                continue
+            score = (overlap, ac.lifecycle.updated_at.timestamp())
+            if score > act_best:
+                act_best, act = score, ac
+        return act
 
+
+def scheduler_of(mem: Any) -> MemScheduler:
+    """The scheduler of a MemOS (`mem.scheduler`); kept for older callers."""
+    return mem.scheduler

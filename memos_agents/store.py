@@ -257,16 +257,3 @@ class MemStore:
                 .values(cursor=seq)
             )
         return self._cursor(channel, subscriber)
-
-    def lag(self, channel: str, subscriber: str) -> int:
-        """How many published entries the subscriber has not acknowledged."""
-        cursor = self._cursor(channel, subscriber)
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count()).where(
-                        channel_log_t.c.channel == channel, channel_log_t.c.seq > cursor
-                    )
-                ).scalar()
-                or 0
-            )

@@ -18,8 +18,9 @@ from memos_agents import MemOS
 from memos_agents.cli import app
 from memos_agents.cube import Form, MemCube, Provenance, Scope, SourceKind, State, utcnow
 from memos_agents.errors import InvalidInput
+from memos_agents.jobs import jobs_table
 from memos_agents.model.memory import lora_name
-from memos_agents.scheduler import MemScheduler, jobs_table
+from memos_agents.scheduler import MemScheduler
 
 DAY = 86400.0
 
@@ -63,7 +64,14 @@ def test_hot_memories_are_proposed_for_activation_within_the_token_budget(mem):
     sched.set_policy(hot_max_tokens=64)  # room for the header and only a couple of memories
     small = sched.hot_set(mem.config.vault, "alice")
     assert 0 < len(small) < 3
-    assert MemScheduler(mem).policy.hot_max_tokens == 64  # the policy is kept in the catalog
+    fresh = MemScheduler(
+        mem.vault.catalog,
+        mem.model_memory,
+        search=mem.search,
+        sweep=mem.sweep,
+        write_version=mem.vault.write_version,
+    )
+    assert fresh.policy.hot_max_tokens == 64  # the policy is kept in the catalog
     with pytest.raises(InvalidInput):
         sched.set_policy(hot_min_access=0)
 
