@@ -2,27 +2,31 @@
 parameter (LoRA) memory.
 
 Nothing here imports torch except the modules that run inside the model process
-(`engine`, `kv`, `training`, `server`); a MemOS process only speaks HTTP to it.
+(`engine`, `kv`, `training`, `server`); a MemOS process only speaks HTTP to it. The names
+below load on first use, so `import memos_agents.model` stays cheap.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_EXPORTS = {
-    "MemOSChatModel": "chat",
-    "ModelClient": "client",
-    "ModelProcess": "client",
-    "Completion": "client",
-    "ModelError": "client",
-    "ModelUnavailable": "client",
-    "ActivationRefused": "client",
-    "Generation": "memory",
-    "lora_name": "memory",
-}
+import lazy_loader as lazy
 
-__all__ = list(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy.attach(
+    __name__,
+    submod_attrs={
+        "chat": ["MemOSChatModel"],
+        "client": [
+            "ModelClient",
+            "ModelProcess",
+            "Completion",
+            "ModelError",
+            "ModelUnavailable",
+            "ActivationRefused",
+        ],
+        "memory": ["Generation", "lora_name"],
+    },
+)
 
 if TYPE_CHECKING:
     from .chat import MemOSChatModel
@@ -35,12 +39,3 @@ if TYPE_CHECKING:
         ModelUnavailable,
     )
     from .memory import Generation, lora_name
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memos_agents.model' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value

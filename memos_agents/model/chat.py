@@ -4,17 +4,18 @@
     MemOS.open(path, llm=llm)                      # fine-mode extraction
     build_memory_agent(mem, model=llm)             # the ready-made graphs
 
-`extra_body` is merged into every request (for example `{"memos_activation": {...}}`).
+`extra_body` is merged into every request (for example `{"memos_activation": {...}}`). The
+transport is the openai SDK (sync and async clients on `base_url` + `/v1`); whatever is not a
+standard chat-completion parameter travels in the SDK's `extra_body`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
+import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
@@ -28,9 +29,21 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-from .client import ModelError, ModelUnavailable
+from .client import API_KEY, model_error, usage_dict
+
+# what `chat.completions.create` takes by name; anything else goes in its `extra_body`
+_SDK_PARAMS = (
+    "model",
+    "messages",
+    "temperature",
+    "max_tokens",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+)
 
 
 def _text(content: Any) -> str:
@@ -61,6 +74,11 @@ def to_openai(message: BaseMessage) -> dict[str, str]:
     return {"role": role, "content": _text(message.content)}
 
 
+def _extra(obj: Any) -> dict[str, Any]:
+    """Fields an SDK object carries beyond the OpenAI schema (ours: `memos`, `parent`)."""
+    return obj.model_extra or {}
+
+
 def _usage(usage: dict[str, Any] | None) -> UsageMetadata | None:
     if not usage:
         return None
@@ -85,6 +103,7 @@ class MemOSChatModel(BaseChatModel):
     seed: int | None = None
     timeout: float = 600.0
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    _sync: openai.OpenAI | None = PrivateAttr(default=None)
 
     @property
     def _llm_type(self) -> str:
@@ -99,13 +118,27 @@ class MemOSChatModel(BaseChatModel):
         url = self.base_url.rstrip("/")
         return url[:-3] if url.endswith("/v1") else url
 
+    def _sdk_options(self) -> dict[str, Any]:
+        return {
+            "base_url": f"{self._root}/v1",
+            "api_key": API_KEY,
+            "timeout": self.timeout,
+            "max_retries": 0,
+        }
+
+    def _client(self) -> openai.OpenAI:
+        if self._sync is None or str(self._sync.base_url).rstrip("/") != f"{self._root}/v1":
+            self._sync = openai.OpenAI(**self._sdk_options())
+        return self._sync
+
     def _model_name(self) -> str:
         if self.model:
             return self.model
-        resp = httpx.get(f"{self._root}/v1/models", timeout=10.0)
-        resp.raise_for_status()
-        data = resp.json()["data"]
-        self.model = next((m["id"] for m in data if not m.get("parent")), data[0]["id"])
+        try:
+            data = self._client().models.list().data
+        except openai.OpenAIError as exc:
+            raise model_error(exc, self._root) from exc
+        self.model = next((m.id for m in data if not _extra(m).get("parent")), data[0].id)
         return self.model
 
     def _body(
@@ -129,26 +162,27 @@ class MemOSChatModel(BaseChatModel):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    @staticmethod
-    def _check(resp: httpx.Response) -> None:
-        if resp.status_code >= 400:
-            try:
-                message = resp.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = resp.text
-            raise ModelError(f"model process: {message}", status=resp.status_code)
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, stream: bool, **kwargs: Any
+    ) -> dict[str, Any]:
+        """`chat.completions.create` arguments: the standard parameters by name, the rest
+        (`extra_body`, other call options) in the SDK's `extra_body`; the JSON sent is `_body`."""
+        body = self._body(messages, stop, stream, **kwargs)
+        named = {k: body.pop(k) for k in _SDK_PARAMS if k in body}
+        return {**named, "extra_body": body}
 
     @staticmethod
-    def _result(data: dict[str, Any]) -> ChatResult:
-        choice = data["choices"][0]
+    def _result(data: Any) -> ChatResult:
+        choice = data.choices[0]
+        memos = _extra(data).get("memos")
         msg = AIMessage(
-            content=choice["message"].get("content") or "",
+            content=choice.message.content or "",
             response_metadata={
-                "finish_reason": choice.get("finish_reason"),
-                "model_name": data.get("model"),
-                **({"memos": data["memos"]} if data.get("memos") else {}),
+                "finish_reason": choice.finish_reason,
+                "model_name": data.model,
+                **({"memos": memos} if memos else {}),
             },
-            usage_metadata=_usage(data.get("usage")),
+            usage_metadata=_usage(usage_dict(data.usage)),
         )
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
@@ -159,13 +193,11 @@ class MemOSChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        body = self._body(messages, stop, False, **kwargs)
+        request = self._request(messages, stop, False, **kwargs)
         try:
-            resp = httpx.post(f"{self._root}/v1/chat/completions", json=body, timeout=self.timeout)
-        except httpx.HTTPError as exc:
-            raise ModelUnavailable(f"no model process answers at {self._root}: {exc}") from exc
-        self._check(resp)
-        return self._result(resp.json())
+            return self._result(self._client().chat.completions.create(**request))
+        except openai.OpenAIError as exc:
+            raise model_error(exc, self._root) from exc
 
     async def _agenerate(
         self,
@@ -174,29 +206,24 @@ class MemOSChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        body = self._body(messages, stop, False, **kwargs)
+        request = self._request(messages, stop, False, **kwargs)
         try:
-            async with httpx.AsyncClient(timeout=self.timeout) as http:
-                resp = await http.post(f"{self._root}/v1/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise ModelUnavailable(f"no model process answers at {self._root}: {exc}") from exc
-        self._check(resp)
-        return self._result(resp.json())
+            async with openai.AsyncOpenAI(**self._sdk_options()) as client:
+                return self._result(await client.chat.completions.create(**request))
+        except openai.OpenAIError as exc:
+            raise model_error(exc, self._root) from exc
 
     @staticmethod
-    def _chunks(data: str, started: float) -> Iterator[ChatGenerationChunk]:
-        event = json.loads(data)
-        if "error" in event:
-            raise ModelError(f"model process: {event['error'].get('message')}")
-        if event.get("usage"):
+    def _chunks(event: Any, started: float) -> Iterator[ChatGenerationChunk]:
+        if event.usage is not None:
             yield ChatGenerationChunk(
-                message=AIMessageChunk(content="", usage_metadata=_usage(event["usage"]))
+                message=AIMessageChunk(content="", usage_metadata=_usage(usage_dict(event.usage)))
             )
-        for choice in event.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content") or ""
+        for choice in event.choices:
+            piece = (choice.delta.content if choice.delta is not None else None) or ""
             meta: dict[str, Any] = {}
-            if choice.get("finish_reason"):
-                meta["finish_reason"] = choice["finish_reason"]
+            if choice.finish_reason:
+                meta["finish_reason"] = choice.finish_reason
                 meta["elapsed_s"] = round(time.perf_counter() - started, 4)
             if piece or meta:
                 yield ChatGenerationChunk(
@@ -210,24 +237,17 @@ class MemOSChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        body = self._body(messages, stop, True, **kwargs)
+        request = self._request(messages, stop, True, **kwargs)
         started = time.perf_counter()
         try:
-            with httpx.stream(
-                "POST", f"{self._root}/v1/chat/completions", json=body, timeout=self.timeout
-            ) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    self._check(resp)
-                for line in resp.iter_lines():
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    for chunk in self._chunks(line[5:].strip(), started):
+            with self._client().chat.completions.create(**request) as events:
+                for event in events:
+                    for chunk in self._chunks(event, started):
                         if run_manager is not None and chunk.text:
                             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                         yield chunk
-        except httpx.HTTPError as exc:
-            raise ModelUnavailable(f"no model process answers at {self._root}: {exc}") from exc
+        except openai.OpenAIError as exc:
+            raise model_error(exc, self._root) from exc
 
     async def _astream(
         self,
@@ -236,22 +256,17 @@ class MemOSChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        body = self._body(messages, stop, True, **kwargs)
+        request = self._request(messages, stop, True, **kwargs)
         started = time.perf_counter()
         try:
             async with (
-                httpx.AsyncClient(timeout=self.timeout) as http,
-                http.stream("POST", f"{self._root}/v1/chat/completions", json=body) as resp,
+                openai.AsyncOpenAI(**self._sdk_options()) as client,
+                await client.chat.completions.create(**request) as events,
             ):
-                if resp.status_code >= 400:
-                    await resp.aread()
-                    self._check(resp)
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    for chunk in self._chunks(line[5:].strip(), started):
+                async for event in events:
+                    for chunk in self._chunks(event, started):
                         if run_manager is not None and chunk.text:
                             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                         yield chunk
-        except httpx.HTTPError as exc:
-            raise ModelUnavailable(f"no model process answers at {self._root}: {exc}") from exc
+        except openai.OpenAIError as exc:
+            raise model_error(exc, self._root) from exc

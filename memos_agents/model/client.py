@@ -1,7 +1,9 @@
 """Talking to a model process (ours or any OpenAI-compatible server such as vLLM), and starting,
 finding and stopping ours.
 
-No torch here: a MemOS process that uses a local model only speaks HTTP to it.
+No torch here: a MemOS process that uses a local model only speaks HTTP to it. Chat completions
+go through the openai SDK (the server is OpenAI-compatible); the MemOS extensions and vLLM's LoRA
+endpoints are plain JSON over httpx.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import httpx
 from ..errors import MemOSError
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+API_KEY = "EMPTY"  # the openai SDK needs one; a local model process (or vLLM) ignores it
 START_TIMEOUT = float(os.environ.get("MEMOS_MODEL_START_TIMEOUT", "900"))
 
 
@@ -58,6 +61,56 @@ class Completion:
         return int((self.usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
 
 
+def sdk_timeout(timeout: httpx.Timeout | float) -> Any:
+    """`timeout` as the openai SDK takes it."""
+    if not isinstance(timeout, httpx.Timeout):
+        return timeout
+    import openai
+
+    return openai.Timeout(
+        timeout.read, connect=timeout.connect, write=timeout.write, pool=timeout.pool
+    )
+
+
+def model_error(exc: Exception, url: str) -> ModelError:
+    """Our error for one the openai SDK raised: no answer, a refusal, or an error mid-stream."""
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelUnavailable(f"no model process answers at {url}: {exc}")
+    body = getattr(exc, "body", None)
+    err = body if isinstance(body, dict) else {}
+    message = err.get("message") or (body if isinstance(body, str) and body else None)
+    kind = err.get("type")
+    cls = ActivationRefused if kind == "activation_refused" else ModelError
+    return cls(
+        f"model process: {message or getattr(exc, 'message', exc)}",
+        status=getattr(exc, "status_code", None),
+        kind=kind,
+    )
+
+
+def usage_dict(usage: Any) -> dict[str, Any]:
+    """Token usage as the server sent it (an SDK model, or None)."""
+    return usage.model_dump(exclude_unset=True) if usage is not None else {}
+
+
+def absorb_chunk(chunk: Any, result: Completion) -> str:
+    """Fold one streamed chunk (`ChatCompletionChunk`) into `result`; returns its text."""
+    if chunk.usage is not None:
+        result.usage = usage_dict(chunk.usage)
+    memos = (chunk.model_extra or {}).get("memos")
+    if memos:
+        result.timings = memos.get("timings") or {}
+    pieces = []
+    for choice in chunk.choices:
+        if choice.finish_reason:
+            result.finish_reason = choice.finish_reason
+        if choice.delta is not None and choice.delta.content:
+            pieces.append(choice.delta.content)
+    return "".join(pieces)
+
+
 def _raise_for(resp: httpx.Response) -> None:
     if resp.status_code < 400:
         return
@@ -78,11 +131,15 @@ class ModelClient:
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
+        self.timeout = timeout
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._sdk: Any = None
         self._info: dict[str, Any] | None = None
 
     def close(self) -> None:
         self.http.close()
+        if self._sdk is not None:
+            self._sdk.close()
 
     # discovery
     def health(self, timeout: float = 2.0) -> bool:
@@ -169,50 +226,53 @@ class ModelClient:
         activation: dict[str, Any] | None = None,
         _result: Completion | None = None,
     ) -> Iterator[str]:
-        body: dict[str, Any] = {
-            "model": model or self.model_name,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        """The text of a streamed chat completion, piece by piece (through the openai SDK);
+        `activation` goes in the request as `memos_activation`."""
+        import openai
+
+        options: dict[str, Any] = {}
         if stop:
-            body["stop"] = stop
+            options["stop"] = stop
         if seed is not None:
-            body["seed"] = seed
+            options["seed"] = seed
         if activation is not None:
-            body["memos_activation"] = activation
+            options["extra_body"] = {"memos_activation": activation}
         result = _result if _result is not None else Completion(text="", finish_reason=None)
+        name = model or self.model_name
         sent = time.perf_counter()
         try:
-            with self.http.stream("POST", "/v1/chat/completions", json=body) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for(resp)
-                for line in resp.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    event = json.loads(data)
-                    if "error" in event:
-                        raise ModelError(f"model process: {event['error'].get('message')}")
-                    if event.get("usage"):
-                        result.usage = event["usage"]
-                    if event.get("memos"):
-                        result.timings = event["memos"].get("timings") or {}
-                    for choice in event.get("choices") or []:
-                        if choice.get("finish_reason"):
-                            result.finish_reason = choice["finish_reason"]
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            if result.ttft_s is None:
-                                result.ttft_s = time.perf_counter() - sent
-                            yield piece
-        except httpx.HTTPError as exc:
-            raise ModelUnavailable(f"no model process answers at {self.url}: {exc}") from exc
+            chunks = self._openai().chat.completions.create(
+                model=name,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+                stream_options={"include_usage": True},
+                **options,
+            )
+            with chunks:
+                for chunk in chunks:
+                    piece = absorb_chunk(chunk, result)
+                    if piece:
+                        if result.ttft_s is None:
+                            result.ttft_s = time.perf_counter() - sent
+                        yield piece
+        except openai.OpenAIError as exc:
+            raise model_error(exc, self.url) from exc
+
+    def _openai(self) -> Any:
+        """The openai SDK's client of this server, made on first use (the SDK is imported only
+        by code that chats)."""
+        if self._sdk is None:
+            import openai
+
+            self._sdk = openai.OpenAI(
+                base_url=f"{self.url}/v1",
+                api_key=API_KEY,
+                timeout=sdk_timeout(self.timeout),
+                max_retries=0,
+            )
+        return self._sdk
 
     # LoRA (vLLM's runtime endpoints)
     def load_adapter(self, name: str, path: str | Path) -> bool:

@@ -36,11 +36,14 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from .protocol import RequestError
 
 log = logging.getLogger("memos_agents.model.server")
 
@@ -53,8 +56,6 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> An
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    from .engine import RequestError
-
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise RequestError(400, "messages must be a non-empty list")
@@ -69,47 +70,129 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> Any:
-    from contextlib import asynccontextmanager
+async def _refused(_req: Request, exc: Exception) -> Any:
+    assert isinstance(exc, RequestError)
+    return _error(exc.status, exc.message, exc.kind)
 
-    from .engine import GenRequest, RequestError
 
-    @asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
-        if on_ready is not None:
-            on_ready()
-        yield
+def _job(engine: Any, fn: Any, arg: Any, cancel: threading.Event) -> asyncio.Queue[Any]:
+    """Run `fn(arg, emit, cancel)` on the engine's worker; the queue gets every emitted event
+    (a dict), then the finished future."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
 
-    app = FastAPI(title="memos-agents model process", version="1", lifespan=lifespan)
-    served = engine.source.name
+    def emit(event: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
 
-    @app.exception_handler(RequestError)
-    async def _refused(_req: Request, exc: RequestError) -> Any:
-        return _error(exc.status, exc.message, exc.kind)
+    future = engine.submit(fn, arg, emit, cancel)
+    future.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, f))
+    return queue
 
-    async def run(fn: Any, *args: Any) -> Any:
-        return await asyncio.wrap_future(engine.submit(fn, *args))
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served}
+def _failure(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, RequestError):
+        return exc.status, exc.message
+    return 500, repr(exc)
 
-    @app.get("/v1/memos/info")
-    async def info() -> dict[str, Any]:
-        return engine.info()
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        created = int(engine.started_at)
+def _chunk(
+    head: dict[str, Any], delta: dict[str, Any], finish: str | None = None, **extra: Any
+) -> str:
+    payload = {
+        **head,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _last_events(done: Any, head: dict[str, Any], include_usage: bool) -> list[str]:
+    """The events after the text: the error, or the finish reason (and the usage)."""
+    exc = done.exception()
+    if exc is not None:
+        return [f"data: {json.dumps({'error': {'message': _failure(exc)[1]}})}\n\n"]
+    result = done.result()
+    out = [_chunk(head, {}, result["finish_reason"], memos={"timings": result["timings"]})]
+    if include_usage:
+        payload = {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": result["usage"],
+        }
+        out.append(f"data: {json.dumps(payload)}\n\n")
+    return out
+
+
+async def _sse(
+    item: Any,
+    queue: asyncio.Queue[Any],
+    head: dict[str, Any],
+    include_usage: bool,
+    cancel: threading.Event,
+) -> AsyncIterator[str]:
+    """A streamed chat completion as server-sent events, from the first item of `queue` on."""
+    try:
+        yield _chunk(head, {"role": "assistant", "content": ""})
+        while isinstance(item, dict):
+            yield _chunk(head, {"content": item["delta"]})
+            item = await queue.get()
+        for event in _last_events(item, head, include_usage):
+            yield event
+        yield "data: [DONE]\n\n"
+    finally:
+        cancel.set()
+
+
+async def _ndjson(queue: asyncio.Queue[Any], cancel: threading.Event) -> AsyncIterator[str]:
+    """Distillation progress lines, then the result or the error."""
+    try:
+        while isinstance(item := await queue.get(), dict):
+            yield json.dumps({"progress": item}) + "\n"
+        exc = item.exception()
+        if exc is not None:
+            status, msg = _failure(exc)
+            yield json.dumps({"error": {"message": msg, "code": status}}) + "\n"
+        else:
+            yield json.dumps({"result": item.result()}) + "\n"
+    finally:
+        cancel.set()
+
+
+class _Routes:
+    """The HTTP handlers over one engine."""
+
+    def __init__(self, engine: Any, on_shutdown: Any = None) -> None:
+        self.engine = engine
+        self.served = engine.source.name
+        self.on_shutdown = on_shutdown
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.wrap_future(self.engine.submit(fn, *args))
+
+    def adapter_of(self, body: dict[str, Any]) -> str | None:
+        """The adapter a request names in `model` (None: the base model)."""
+        model = body.get("model") or self.served
+        return None if model == self.served else str(model)
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.served}
+
+    async def info(self) -> dict[str, Any]:
+        return self.engine.info()
+
+    async def models(self) -> dict[str, Any]:
+        created = int(self.engine.started_at)
         data = [
             {
-                "id": served,
+                "id": self.served,
                 "object": "model",
                 "created": created,
                 "owned_by": "memos-agents",
-                "root": engine.source.load_path,
+                "root": self.engine.source.load_path,
                 "parent": None,
-                "max_model_len": engine.max_context,
+                "max_model_len": self.engine.max_context,
             }
         ]
         data += [
@@ -119,14 +202,15 @@ def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> An
                 "created": created,
                 "owned_by": "memos-agents",
                 "root": a["path"],
-                "parent": served,
+                "parent": self.served,
             }
-            for name, a in sorted(engine.adapters.items())
+            for name, a in sorted(self.engine.adapters.items())
         ]
         return {"object": "list", "data": data}
 
-    def _gen_request(body: dict[str, Any]) -> GenRequest:
-        model = body.get("model") or served
+    def gen_request(self, body: dict[str, Any]) -> Any:
+        from .engine import GenRequest
+
         if int(body.get("n") or 1) != 1:
             raise RequestError(400, "only n=1 is supported")
         stop = body.get("stop") or []
@@ -143,27 +227,28 @@ def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> An
             top_p=float(body.get("top_p") if body.get("top_p") is not None else 1.0),
             seed=body.get("seed"),
             stop=[str(s) for s in stop],
-            adapter=None if model == served else str(model),
+            adapter=self.adapter_of(body),
             activation=body.get("memos_activation"),
         )
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
+    async def chat(self, request: Request) -> Any:
         body = await request.json()
-        req = _gen_request(body)
-        if req.adapter is not None and req.adapter not in engine.adapters:
+        req = self.gen_request(body)
+        if req.adapter is not None and req.adapter not in self.engine.adapters:
             raise RequestError(404, f"The model `{req.adapter}` does not exist.", "NotFoundError")
-        cid = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        model = body.get("model") or served
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": body.get("model") or self.served,
+        }
         cancel = threading.Event()
         if not body.get("stream"):
-            result = await run(engine.generate, req, lambda _e: None, cancel)
+            result = await self.run(self.engine.generate, req, lambda _e: None, cancel)
             return {
-                "id": cid,
+                "id": head["id"],
                 "object": "chat.completion",
-                "created": created,
-                "model": model,
+                "created": head["created"],
+                "model": head["model"],
                 "choices": [
                     {
                         "index": 0,
@@ -174,27 +259,7 @@ def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> An
                 "usage": result["usage"],
                 "memos": {"timings": result["timings"]},
             }
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(event: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        future = engine.submit(engine.generate, req, emit, cancel)
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, f))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-            payload = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra,
-            }
-            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
+        queue = _job(self.engine, self.engine.generate, req, cancel)
         # fail before streaming starts when the request is refused (unknown blob, bad adapter)
         first = await queue.get()
         if not isinstance(first, dict) and first.exception() is not None:
@@ -202,129 +267,90 @@ def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> An
             if isinstance(exc, RequestError):
                 return _error(exc.status, exc.message, exc.kind)
             raise exc
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(
+            _sse(first, queue, head, include_usage, cancel), media_type="text/event-stream"
+        )
 
-        async def events() -> AsyncIterator[str]:
-            item = first
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                while True:
-                    if isinstance(item, dict):
-                        yield chunk({"content": item["delta"]})
-                    else:
-                        exc = item.exception()
-                        if exc is not None:
-                            msg = exc.message if isinstance(exc, RequestError) else repr(exc)
-                            yield f"data: {json.dumps({'error': {'message': msg}})}\n\n"
-                            break
-                        result = item.result()
-                        yield chunk(
-                            {}, result["finish_reason"], memos={"timings": result["timings"]}
-                        )
-                        if include_usage:
-                            payload = {
-                                "id": cid,
-                                "object": "chat.completion.chunk",
-                                "created": created,
-                                "model": model,
-                                "choices": [],
-                                "usage": result["usage"],
-                            }
-                            yield f"data: {json.dumps(payload)}\n\n"
-                        break
-                    item = await queue.get()
-                yield "data: [DONE]\n\n"
-            finally:
-                cancel.set()
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    @app.post("/v1/load_lora_adapter")
-    async def load_lora(request: Request) -> Any:
+    async def load_lora(self, request: Request) -> Any:
         body = await request.json()
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
             raise RequestError(400, "lora_name and lora_path are required")
-        await run(engine.load_adapter, name, path)
+        await self.run(self.engine.load_adapter, name, path)
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
-    @app.post("/v1/unload_lora_adapter")
-    async def unload_lora(request: Request) -> Any:
+    async def unload_lora(self, request: Request) -> Any:
         body = await request.json()
         name = body.get("lora_name")
         if not isinstance(name, str) or not name:
             raise RequestError(400, "lora_name is required")
-        await run(engine.unload_adapter, name)
+        await self.run(self.engine.unload_adapter, name)
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
-    @app.post("/v1/memos/activation/build")
-    async def build(request: Request) -> Any:
+    async def build(self, request: Request) -> Any:
         body = await request.json()
         fp, path = body.get("fingerprint"), body.get("path")
         if not isinstance(fp, str) or not isinstance(path, str):
             raise RequestError(400, "fingerprint and path are required")
-        model = body.get("model") or served
-        adapter = None if model == served else str(model)
-        return await run(
-            engine.build_kv, _messages(body), fp, path, adapter, body.get("meta") or {}
+        return await self.run(
+            self.engine.build_kv,
+            _messages(body),
+            fp,
+            path,
+            self.adapter_of(body),
+            body.get("meta") or {},
         )
 
-    @app.post("/v1/memos/activation/evict")
-    async def evict(request: Request) -> Any:
+    async def evict(self, request: Request) -> Any:
         body = await request.json()
-        return {"evicted": engine.pool.evict(body.get("fingerprint"))}
+        return {"evicted": self.engine.pool.evict(body.get("fingerprint"))}
 
-    @app.post("/v1/memos/score")
-    async def score(request: Request) -> Any:
+    async def score(self, request: Request) -> Any:
         body = await request.json()
         items = body.get("items")
         if not isinstance(items, list) or not items:
             raise RequestError(400, "items must be a non-empty list")
-        model = body.get("model") or served
-        adapter = None if model == served else str(model)
-        return {"scores": await run(engine.score, items, adapter)}
+        return {"scores": await self.run(self.engine.score, items, self.adapter_of(body))}
 
-    @app.post("/v1/memos/distil")
-    async def distil(request: Request) -> Any:
+    async def distil(self, request: Request) -> Any:
         body = await request.json()
         if not isinstance(body.get("name"), str) or not isinstance(body.get("path"), str):
             raise RequestError(400, "name and path are required")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
+        queue = _job(self.engine, self.engine.distil, body, cancel)
+        return StreamingResponse(_ndjson(queue, cancel), media_type="application/x-ndjson")
 
-        def emit(event: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        future = engine.submit(engine.distil, body, emit, cancel)
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, f))
-
-        async def lines() -> AsyncIterator[str]:
-            try:
-                while True:
-                    item = await queue.get()
-                    if isinstance(item, dict):
-                        yield json.dumps({"progress": item}) + "\n"
-                        continue
-                    exc = item.exception()
-                    if exc is not None:
-                        status = exc.status if isinstance(exc, RequestError) else 500
-                        msg = exc.message if isinstance(exc, RequestError) else repr(exc)
-                        yield json.dumps({"error": {"message": msg, "code": status}}) + "\n"
-                    else:
-                        yield json.dumps({"result": item.result()}) + "\n"
-                    break
-            finally:
-                cancel.set()
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    @app.post("/v1/memos/shutdown")
-    async def shutdown() -> dict[str, Any]:
-        if on_shutdown is not None:
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.05, on_shutdown)
+    async def shutdown(self) -> dict[str, Any]:
+        if self.on_shutdown is not None:
+            asyncio.get_running_loop().call_later(0.05, self.on_shutdown)
         return {"status": "stopping"}
 
+
+def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> Any:
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        if on_ready is not None:
+            on_ready()
+        yield
+
+    app = FastAPI(title="memos-agents model process", version="1", lifespan=lifespan)
+    app.add_exception_handler(RequestError, _refused)
+    routes = _Routes(engine, on_shutdown)
+    for method, path, handler in (
+        ("GET", "/health", routes.health),
+        ("GET", "/v1/memos/info", routes.info),
+        ("GET", "/v1/models", routes.models),
+        ("POST", "/v1/chat/completions", routes.chat),
+        ("POST", "/v1/load_lora_adapter", routes.load_lora),
+        ("POST", "/v1/unload_lora_adapter", routes.unload_lora),
+        ("POST", "/v1/memos/activation/build", routes.build),
+        ("POST", "/v1/memos/activation/evict", routes.evict),
+        ("POST", "/v1/memos/score", routes.score),
+        ("POST", "/v1/memos/distil", routes.distil),
+        ("POST", "/v1/memos/shutdown", routes.shutdown),
+    ):
+        app.add_api_route(path, handler, methods=[method])
     return app
 
 
