@@ -808,8 +808,3 @@ class MemScheduler:
             if score > act_best:
                 act_best, act = score, ac
         return act
-
-
-def scheduler_of(mem: Any) -> MemScheduler:
-    """The scheduler of a MemOS (`mem.scheduler`); kept for older callers."""
-    return mem.scheduler

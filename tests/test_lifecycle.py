@@ -116,3 +116,29 @@ def test_scheduler_tick_applies_retention(mem: MemOS) -> None:
     mem.set_retention("logs", RetentionPolicy(max_count=1))
     mem.scheduler.tick()
     assert [mem.get(c.id).lifecycle.state for c in cubes] == [State.archived] * 3 + [State.active]
+
+
+def test_next_version_is_the_one_way_versions_are_made() -> None:
+    from memos_agents.cube import LIVE_STATES, MemCube, Organisation, Provenance, Scope
+    from memos_agents.lifecycle import LIVE, check_transition, next_version
+
+    assert LIVE is LIVE_STATES and frozenset({State.active, State.frozen}) == LIVE
+    cube = MemCube(
+        content="v1",
+        scope=Scope(user_id="alice"),
+        provenance=Provenance(created_by="test"),
+        metadata={"k": 1},
+    )
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    edited = next_version(
+        cube, when=when, content="v2", organisation=Organisation(tags=["x"]), metadata={"k": 2}
+    )
+    assert (edited.id, edited.lifecycle.version, edited.content) == (cube.id, 2, "v2")
+    assert edited.lifecycle.state is State.active and edited.lifecycle.updated_at == when
+    assert edited.organisation.tags == ["x"] and edited.metadata == {"k": 2}
+    assert (cube.content, cube.lifecycle.version, cube.metadata) == ("v1", 1, {"k": 1})
+    gone = next_version(edited, State.deleted, when)
+    assert gone.lifecycle.version == 3 and gone.lifecycle.valid_to == when
+    assert next_version(gone, State.active).lifecycle.valid_to is None
+    with pytest.raises(InvalidInput):
+        check_transition(gone, State.frozen)

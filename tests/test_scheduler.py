@@ -233,3 +233,53 @@ def test_scheduler_cli(data_dir, mem):
         app, ["scheduler", "policy", "--set", "hot_min_access=5", *d], catch_exceptions=False
     )
     assert json.loads(out.stdout)["hot_min_access"] == 5
+
+
+def test_job_store_claims_finishes_and_recovers(mem):
+    from memos_agents.jobs import JobStore
+
+    store = JobStore(mem.vault.catalog.engine)
+    job = store.submit(
+        kind="archive",
+        vault="default",
+        user_id="alice",
+        params={"cube_ids": ["a"]},
+        reason="test",
+        dedup_key="k1",
+        created_by="test",
+    )
+    assert job is not None and job.state == "queued"
+    assert (
+        store.submit(
+            kind="archive",
+            vault="default",
+            user_id="alice",
+            params={},
+            reason="again",
+            dedup_key="k1",
+            created_by="test",
+        )
+        is None
+    )  # deduplicated while queued
+    gone = f"{socket.gethostname()}:{2**22 + 54321}:gone"
+    claimed = store.claim(gone, lease_s=900, max_attempts=2)
+    assert claimed is not None and claimed.id == job.id and claimed.state == "running"
+    assert store.claim("other", lease_s=900, max_attempts=2) is not None  # dead pid: taken over
+    done = store.finish(store.get(job.id), "other", {"ok": 1}, None)
+    assert done.state == "done" and done.result == {"ok": 1} and done.attempts == 2
+    assert store.counts() == {"done": 1} and [j.id for j in store.list()] == [job.id]
+
+
+def test_activation_and_parameter_metadata_are_typed_under_the_same_keys(mem):
+    from memos_agents.cube import ActivationMeta, ParameterMeta
+
+    cubes = mem.add(["Alice likes tea."], user_id="alice")
+    act = _derived(mem, Form.activation, cubes, name="hot", tokens=12, custom="kept")
+    meta = ActivationMeta.from_cube(mem.get(act.id))
+    assert meta.name == "hot" and meta.tokens == 12 and meta.adapter is None
+    assert meta.source_versions == {cubes[0].id: 1}
+    assert meta.to_metadata()["custom"] == "kept"  # keys the model does not name survive
+    assert (
+        ParameterMeta.model_validate({"sources": None, "loss_end": 0.5}).to_metadata()["loss_end"]
+        == 0.5
+    )

@@ -324,7 +324,8 @@ class ModelMemory:
         if not name:
             return None
         for cube in self.derived(form, vault=vault, user_id=user_id):
-            if cube.metadata.get("name") == name:
+            meta = ActivationMeta if form is Form.activation else ParameterMeta
+            if meta.from_cube(cube).name == name:
                 return cube
         return None
 
