@@ -1,7 +1,12 @@
 """The pieces of activation / parameter memory that need no model process: fingerprints, the
-memory block, KV blobs, the LRU pool, cache forks, training examples."""
+memory block, KV blobs, the LRU pool, cache forks, training examples, streamed-chunk and error
+handling of the client, and the token-to-text step of generation."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -71,7 +76,116 @@ def test_training_examples_and_held_out_phrasings_differ():
     assert {e["completion"] for e in test} == {c.content for c in cubes}
 
 
+def test_importing_the_model_package_loads_neither_torch_nor_the_sdk():
+    code = (
+        "import sys, memos_agents.model as m; m.ModelError; m.lora_name; "
+        "print(sorted(k for k in ('torch', 'openai', 'transformers') if k in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_streamed_chunks_and_sdk_errors_map_to_ours():
+    openai = pytest.importorskip("openai")
+    import httpx
+    from openai.types.chat import ChatCompletionChunk
+
+    from memos_agents.model.client import (
+        ActivationRefused,
+        Completion,
+        ModelError,
+        ModelUnavailable,
+        absorb_chunk,
+        model_error,
+    )
+
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    chunks = [
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "Bis"}}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "cuit"}}]},
+        {
+            **head,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "memos": {"timings": {"first_token_s": 0.1}},
+        },
+        {
+            **head,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 5,
+                "completion_tokens": 2,
+                "total_tokens": 7,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            },
+        },
+    ]
+    result = Completion(text="", finish_reason=None)
+    text = "".join(absorb_chunk(ChatCompletionChunk.model_validate(c), result) for c in chunks)
+    assert text == "Biscuit" and result.finish_reason == "stop"
+    assert result.timings == {"first_token_s": 0.1} and result.cached_tokens == 4
+    assert result.usage == chunks[-1]["usage"]  # as sent: no fields the server did not send
+
+    request = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+    refusal = {"message": "fingerprint differs", "type": "activation_refused", "code": 409}
+    resp = httpx.Response(409, json={"error": refusal}, request=request)
+    err = model_error(openai.APIStatusError("x", response=resp, body=refusal), "u")
+    assert type(err) is ActivationRefused and err.status == 409
+    assert str(err) == "model process: fingerprint differs"
+    midway = model_error(openai.APIError("boom", request, body={"message": "boom"}), "u")
+    assert type(midway) is ModelError and "boom" in str(midway)
+    gone = model_error(openai.APIConnectionError(request=request), "http://127.0.0.1:1")
+    assert isinstance(gone, ModelUnavailable) and "no model process answers" in str(gone)
+
+
 torch = pytest.importorskip("torch")
+
+
+PIECES = {1: b"Hel", 2: b"lo", 3: b" w", 4: b"\xc3", 5: b"\xa9", 6: b"!", 7: b" STOP", 8: b"x"}
+
+
+class _ByteTokenizer:
+    """Token i is the bytes PIECES[i]; decoding joins bytes, as byte-level BPE does."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return b"".join(PIECES[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def _run_text_out(tokens, stop=(), cancel_after=None):
+    from memos_agents.model.engine import _TextOut
+
+    deltas: list[str] = []
+    cancel = threading.Event()
+    out = _TextOut(
+        _ByteTokenizer(), {0}, list(stop), lambda e: deltas.append(e["delta"]), cancel, 2
+    )
+    seq = [9, 9]
+    for i, t in enumerate(tokens):
+        seq.append(t)
+        if cancel_after is not None and i == cancel_after:
+            cancel.set()
+        if bool(out(torch.tensor([seq]), None)[0]):
+            break
+    return out, deltas
+
+
+def test_generation_text_waits_for_whole_characters_and_cuts_at_stop_strings():
+    out, deltas = _run_text_out([1, 2, 3, 4, 5, 6, 0, 8])
+    assert deltas == ["Hel", "lo", " w", "\u00e9", "!"]  # half of é is held back, not emitted
+    assert (
+        out.text == "Hello w\u00e9!" and out.finish == "stop" and out.produced == [1, 2, 3, 4, 5, 6]
+    )
+    assert out.first_token_at is not None
+
+    out, deltas = _run_text_out([1, 2, 7, 8], stop=[" ST"])
+    assert out.text == "Hello" and "".join(deltas) == "Hello" and out.finish == "stop"
+    assert out.produced == [1, 2, 7]  # the token that completed the stop string is counted
+
+    out, _ = _run_text_out([1, 2, 3, 8, 8], cancel_after=1)
+    assert out.finish == "cancelled" and out.text == "Hello"
+
+    out, _ = _run_text_out([1, 2, 3])
+    assert out.finish == "length" and out.text == "Hello w"
 
 
 def _cache(tokens: int, layers: int = 2, seed: int = 0):
