@@ -303,8 +303,9 @@ class MemOperator:
             target = self._submitted[key]
             if self._done[key] >= target:
                 return True
-            if threading.current_thread() is self._worker:
-                return False  # never wait for oneself
+            worker = self._worker
+            if worker is None or not worker.is_alive() or threading.current_thread() is worker:
+                return False  # nothing left to run it, or the worker itself asks
             ok = self._progress.wait_for(lambda: self._done[key] >= target, timeout=timeout)
         if not ok:
             log.warning("organising %s/%s is still running after %.0f s; searching without it",

@@ -85,8 +85,9 @@ class Router:
         self.routes: dict[str, Route] = {
             "dense": DenseRoute(index, embedder),
             "keyword": KeywordRoute(),
-            "graph": GraphRoute(graph, settle),
+            "graph": GraphRoute(graph),
         }
+        self.settle = settle  # (vault, user): wait for the scope's pending organisation
         self._scopes: dict[tuple[str, str], ScopeIndex] = {}
         self._lock = threading.Lock()
         self.reranker: Reranker | None = None
@@ -165,6 +166,8 @@ class Router:
         q = Query(text=query, scope=scope, k=k, intent=intent, cfg=cfg,
                   now=now or datetime.now(UTC), n=n, tags=tags, as_of=as_of)
         run = Run()
+        if self.settle is not None and any(r.needs_organised for r in plan):
+            self.settle(scope.vault, scope.user_id)  # the same hits right after a write
         ranking = self._fused(q, plan, run) if fused else self._single(q, plan[0], run)
         if fused and self.reranker is not None and ranking.ids:
             self._rerank(q, ranking, run)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -90,6 +90,7 @@ class Route(Protocol):
     signals: tuple[str, ...]
     needs_index: bool  # reads the scope index (BM25, entity names)
     needs_intent: bool  # reads more of the intent than its content
+    needs_organised: bool  # reads what the operator organises after a write (concept links)
 
     def find(self, q: Query, idx: ScopeIndex | None) -> Found: ...
 
@@ -113,6 +114,7 @@ class DenseRoute:
     signals = ("dense",)
     needs_index = False
     needs_intent = False
+    needs_organised = False
 
     def __init__(self, index: VectorIndex, embedder: Embedder) -> None:
         self.index, self.embedder = index, embedder
@@ -143,6 +145,7 @@ class KeywordRoute:
     signals = ("keyword", "context", "window")
     needs_index = True
     needs_intent = True
+    needs_organised = False
 
     def find(self, q: Query, idx: ScopeIndex | None) -> Found:
         assert idx is not None
@@ -166,23 +169,21 @@ class GraphRoute:
     """Entities the query names -> facts that mention them; its concepts -> facts about them,
     and one hop over RELATED / BROADER concepts (at half weight). Names and concepts on more
     than `graph_fanout` facts are not asked about (they still count in fusion), which bounds
-    the route's cost at any scale. `settle(vault, user)` waits for pending organisation of the
-    scope (concept links) before the graph is read."""
+    the route's cost at any scale. It reads concept links the operator makes after a write:
+    the router waits for those of the scope first (`needs_organised`)."""
 
     name = "graph"
     signals = ("graph",)
     needs_index = True
     needs_intent = True
+    needs_organised = True
 
-    def __init__(self, graph: GraphStore,
-                 settle: Callable[[str, str], None] | None = None) -> None:
-        self.graph, self.settle = graph, settle
+    def __init__(self, graph: GraphStore) -> None:
+        self.graph = graph
 
     def find(self, q: Query, idx: ScopeIndex | None) -> Found:
         assert idx is not None
         t0 = time.perf_counter()
-        if self.settle is not None:
-            self.settle(q.scope.vault, q.scope.user_id)
         scores: dict[str, float] = {}
         words = [w.lower().strip("?.,!") for w in (q.intent.content or q.intent.query).split()]
         entities, broad = self._entities(idx, q, words)
