@@ -261,6 +261,14 @@ def _signal(pid: int | None, sig: signal.Signals) -> bool:
     return True
 
 
+def _group_of(pid: int) -> int | None:
+    """The process group of `pid`, or None once it has exited."""
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
 def _kill_group(pgid: int) -> None:
     """SIGKILL every process of the group `pgid` (a supervisor's: it leads its own group)."""
     if pgid <= 1 or pgid == os.getpgrp():
@@ -405,8 +413,10 @@ def stop_server(graph_dir: Path, timeout: float = 10.0) -> bool:
             f"still running {timeout:g} s after SIGTERM: killing process group {supervisor}",
             who="stop",
         )
+        moved = server is not None and _group_of(server) not in (None, supervisor)
         _kill_group(supervisor)
-        _signal(server, signal.SIGKILL)  # in the group, unless something moved it
+        if moved:  # a server outside its supervisor's group (never started so here)
+            _signal(server, signal.SIGKILL)
         if not _wait_stopped(graph_dir, sock, _KILL_WAIT):
             raise StoreError(
                 f"the graph server of {graph_dir} (pids {pids}) still runs {_KILL_WAIT:g} s "
