@@ -75,6 +75,7 @@ from memos_agents.cube import (
     utcnow,
 )
 from memos_agents.errors import IntegrityError, InvalidInput
+from memos_agents.lifecycle import next_version
 from memos_agents.reader import extract_entities
 
 if TYPE_CHECKING:
@@ -509,10 +510,8 @@ class MemOSStore(BaseStore):
                 old = existing.get(ids[(ns, key)])
                 if value is None:
                     if old is not None and old.lifecycle.state is State.active:
-                        gone = old.model_copy(deep=True)
-                        gone.lifecycle.state = State.deleted
-                        gone.lifecycle.version += 1
-                        gone.lifecycle.updated_at = gone.lifecycle.valid_to = now
+                        gone = next_version(old, State.deleted, now)
+                        gone.lifecycle.valid_to = now
                         vault.write_version(gone, "delete", ACTOR, old.lifecycle.version)
                     continue
                 paths = self._paths if op.index is None else _paths(op.index or ())
@@ -545,18 +544,14 @@ class MemOSStore(BaseStore):
                         )
                     )
                     continue
-                new = old.model_copy(deep=True)
-                new.content = content.replace("\x00", "")
-                new.metadata = meta
+                new = next_version(
+                    old, State.active, now,
+                    content=content.replace("\x00", ""), metadata=meta, valid_from=now,
+                )
                 new.organisation.entities = _entities(value)
-                lc = new.lifecycle
                 if not old.is_live(now):
-                    lc.created_at = now  # deleted or expired: the item starts afresh
-                lc.state = State.active
-                lc.version += 1
-                lc.updated_at = lc.valid_from = now
-                lc.valid_to = None
-                lc.expires_at = expires
+                    new.lifecycle.created_at = now  # deleted or expired: the item starts afresh
+                new.lifecycle.expires_at = expires
                 vault.write_version(new, "update", ACTOR, old.lifecycle.version)
             if created:
                 vault.add(created, created_by=ACTOR)
