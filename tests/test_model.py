@@ -115,6 +115,19 @@ def test_openai_api_streaming_and_langchain(model_host, lm):
         other.close()
 
 
+def test_seeded_sampling_repeats_and_stop_strings_cut_the_text(model_host):
+    client = runtime(model_host).client
+    msgs = [{"role": "user", "content": "Describe the sea in one sentence."}]
+    one = client.chat(msgs, max_tokens=10, temperature=0.9, seed=3)
+    assert one.text and client.chat(msgs, max_tokens=10, temperature=0.9, seed=3).text == one.text
+    greedy = client.chat(msgs, max_tokens=24)
+    words = greedy.text.split()
+    assert len(words) >= 3
+    cut = client.chat(msgs, max_tokens=24, stop=[" " + words[2]])
+    assert cut.text == greedy.text[: greedy.text.find(" " + words[2])]
+    assert cut.finish_reason == "stop" and cut.usage["completion_tokens"] < 24
+
+
 async def test_langchain_async(lm):
     llm = lm.chat_model(max_tokens=8)
     full = (await llm.ainvoke("Say yes.")).content
