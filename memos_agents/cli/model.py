@@ -97,17 +97,20 @@ def build(
     data_dir: DirOpt = Path(".memos"),
 ) -> None:
     """Build activation memory (a KV cache) of these plaintext memories."""
+    from ..cube import ActivationMeta
+
     if not cube:
         raise typer.BadParameter("give at least one --cube")
     with opened(data_dir) as mem:
         mem.model(url)
         act = mem.build_activation(cube, user_id=user, vault=vault, name=name)
+        meta = ActivationMeta.from_cube(act)
         dump(
             {
                 "id": act.id,
                 "version": act.lifecycle.version,
                 "content": act.content,
-                **{k: act.metadata.get(k) for k in ("tokens", "bytes", "build_s", "fingerprint")},
+                **{k: getattr(meta, k) for k in ("tokens", "bytes", "build_s", "fingerprint")},
             }
         )
 
@@ -127,6 +130,8 @@ def distil(
 ) -> None:
     """Distil plaintext memories (ids or a tag) into a LoRA adapter (parameter memory)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ..cube import ParameterMeta
 
     with (
         opened(data_dir) as mem,
@@ -156,12 +161,13 @@ def distil(
             rank=rank,
             progress=progress,
         )
+        meta = ParameterMeta.from_cube(p)
         dump(
             {
                 "id": p.id,
                 "version": p.lifecycle.version,
                 "content": p.content,
-                **{k: p.metadata.get(k) for k in ("loss_start", "loss_end", "seconds", "bytes")},
+                **{k: getattr(meta, k) for k in ("loss_start", "loss_end", "seconds", "bytes")},
             }
         )
 
