@@ -584,7 +584,7 @@ def _watch(
     """Return once the server exits, a signal comes, or no client came for `idle_timeout` s."""
     conn: _Admin | None = None  # redis-py is imported here, after the server started
     idle_since: float | None = None  # when a check first saw no client
-    next_check = time.monotonic()
+    next_check = time.monotonic() + _POLL  # leave the CPU to the starting server
     try:
         while proc.poll() is None and not stop:
             if (now := time.monotonic()) >= next_check:
