@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from ..errors import MemOSError
 
@@ -394,16 +395,6 @@ class ModelClient:
 # the process
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ModelProcess:
     """A model process this program started (or found through its state file)."""
 
@@ -424,7 +415,7 @@ class ModelProcess:
     def alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return _alive(self.pid)
+        return psutil.pid_exists(self.pid)
 
     @classmethod
     def start(
@@ -508,7 +499,7 @@ class ModelProcess:
             state = json.loads((state_dir / "server.json").read_text())
         except (OSError, ValueError):
             return None
-        if not _alive(int(state["pid"])):
+        if not psutil.pid_exists(int(state["pid"])):
             return None
         client = ModelClient(state["url"], timeout=5.0)
         try:
@@ -548,10 +539,10 @@ class ModelProcess:
                 return False
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if not _alive(self.pid):
+            if not psutil.pid_exists(self.pid):
                 return True
             time.sleep(0.1)
-        return not _alive(self.pid)
+        return not psutil.pid_exists(self.pid)
 
     def _forget(self) -> None:
         if self.state_file is None:
