@@ -37,7 +37,7 @@ def test_default_returns_hits_and_explain_shows_every_stage(mem: MemOS) -> None:
     assert hits[0].cube.content.startswith("My dog Miso")
     assert 0 < hits[1].score <= hits[0].score <= 1
 
-    res = mem.search("Where does Miso like to go?", user_id="alice", k=2, explain=True)
+    res = mem.explain("Where does Miso like to go?", user_id="alice", k=2)
     assert isinstance(res, SearchResult) and len(res) == 2
     assert [h.cube.id for h in res] == [h.cube.id for h in hits]
     ex = res.explain
@@ -82,7 +82,7 @@ def test_time_filter_explicit_date_keeps_only_that_span(mem: MemOS) -> None:
     mem.add([turn("Alice", "We went hiking in the Dolomites with Sam.", july, 2),
              turn("Alice", "I baked bread on Sunday.", july + timedelta(hours=1), 3)],
             user_id="alice", session_id="s2")
-    res = mem.search("Where did we go hiking in July 2023?", user_id="alice", k=5, explain=True)
+    res = mem.explain("Where did we go hiking in July 2023?", user_id="alice", k=5)
     assert contents(res)[0] == "We went hiking in the Dolomites with Sam."
     assert "We went hiking in the Alps with Sam." not in contents(res)
     assert res.explain.time_filter == "hard"
@@ -99,7 +99,7 @@ def test_relative_time_weighs_in_without_hiding_the_rest(mem: MemOS) -> None:
             user_id="alice", session_id="s1")
     mem.add([turn("Alice", "I cooked a mushroom risotto for dinner.", now - timedelta(days=1), 2)],
             user_id="alice", session_id="s2")
-    res = mem.search("What did I cook yesterday?", user_id="alice", k=2, explain=True)
+    res = mem.explain("What did I cook yesterday?", user_id="alice", k=2)
     assert contents(res)[0] == "I cooked a mushroom risotto for dinner."
     assert res.explain.time_filter == "soft" and len(res) == 2
     assert res.explain.fused[0].parts["time"] > 0
@@ -112,7 +112,7 @@ def test_before_an_event_resolves_the_event_in_memory(mem: MemOS) -> None:
             user_id="alice", session_id="s2")
     mem.add([turn("Alice", "I bought a silk kimono in Kyoto.", T0 + timedelta(days=20), 3)],
             user_id="alice", session_id="s3")
-    res = mem.search("What did I buy before the trip?", user_id="alice", k=3, explain=True)
+    res = mem.explain("What did I buy before the trip?", user_id="alice", k=3)
     tr = res.explain.time_range
     assert tr.anchor == "the trip" and tr.end == T0 + timedelta(days=10)
     assert contents(res)[0] == "I bought new hiking boots."
@@ -174,7 +174,7 @@ def test_scope_isolation_holds_for_every_route(mem: MemOS) -> None:
                  turn("Carol", f"{user} keeps the secret code 4321.", T0, 2)],
                 user_id=user, session_id="s1")
     for q in ("Kiwi the parrot", "Carol", "secret code 4321", "What did Carol adopt?"):
-        res = mem.search(q, user_id="alice", k=10, explain=True)
+        res = mem.explain(q, user_id="alice", k=10)
         assert res.hits and all(h.cube.scope.user_id == "alice" for h in res)
         alice_ids = {c.id for c in mem.list(user_id="alice")}
         for stage in res.explain.stages:
@@ -311,7 +311,7 @@ def test_graph_hop_skips_concepts_as_broad_as_the_fanout_bound(mem: MemOS) -> No
 
     def hop(fanout: int) -> tuple[list, list]:
         router.config = router.config.model_copy(update={"graph_fanout": fanout})
-        res = mem.search("How is the kiln?", user_id="ana", k=3, explain=True)
+        res = mem.explain("How is the kiln?", user_id="ana", k=3)
         graph = next(s for s in res.explain.stages if s.name == "graph")
         return [b for _, b, _, _ in graph.detail["hop"]], graph.detail["hop_used"]
 
