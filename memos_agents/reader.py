@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from .cube import SourceKind, check_name
 from .errors import ExtractionError, InvalidInput
 from .llm import ask_structured, first_json, text_of_blocks, validate
+from .text import concept_key, keyword_tokens
 
 Mode = Literal["fast", "fine"]
 
@@ -320,12 +321,6 @@ def parse_facts_json(text: str) -> ExtractedFacts:
 # Text helpers shared by the operator (organise) and the router (retrieve): keyword tokens,
 # keyphrase concepts, and time expressions. No model: regexes, a stop list and Snowball stems.
 
-_WORD_RE = re.compile(r"(?u)\b\w\w+\b")  # the token pattern of bm25s / scikit-learn
-# bm25s's English stop list: short, so "where", "when", "who" still carry meaning to BM25
-KEYWORD_STOPWORDS = frozenset(
-    "a an and are as at be but by for if in into is it no not of on or such that the their "
-    "then there these they this to was will with".split()
-)
 _CHAT_WORDS = frozenset(
     """
     hey hi hello wow yeah yes yep nope oh ok okay thanks thank great good nice cool awesome
@@ -346,28 +341,6 @@ _CHAT_WORDS = frozenset(
 _PHRASE_SPLIT = re.compile(r"[^\w'’ -]+|\s-\s|\b\d+\b")
 
 
-def _stemmer() -> Any:
-    import threading
-
-    local = _stemmer.__dict__.setdefault("local", threading.local())
-    st = getattr(local, "stemmer", None)
-    if st is None:
-        import Stemmer  # PyStemmer: the Snowball stemmers
-
-        st = local.stemmer = Stemmer.Stemmer("english")
-    return st
-
-
-def stem_words(words: Sequence[str]) -> list[str]:
-    return list(_stemmer().stemWords(list(words)))
-
-
-def keyword_tokens(text: str) -> list[str]:
-    """Lower-cased, stop-listed, Snowball-stemmed words: what BM25 indexes and matches."""
-    words = [w for w in _WORD_RE.findall(text.lower()) if w not in KEYWORD_STOPWORDS]
-    return stem_words(words) if words else []
-
-
 def _stop_words() -> frozenset[str]:
     cached = _stop_words.__dict__.get("words")
     if cached is None:
@@ -377,12 +350,6 @@ def _stop_words() -> frozenset[str]:
             frozenset(ENGLISH_STOP_WORDS) | _CHAT_WORDS | _NOT_ENTITIES
         )
     return cached
-
-
-def concept_key(phrase: str) -> str:
-    """The normal form concepts are matched by: stemmed lower-case words."""
-    words = _WORD_RE.findall(phrase.lower())
-    return " ".join(stem_words(words)) if words else ""
 
 
 def extract_concepts(text: str, limit: int = 5, entities: Sequence[str] | None = None) -> list[str]:

@@ -27,6 +27,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from ..text import concept_key
+
 SEP = "\x1f"
 
 
@@ -83,8 +85,6 @@ class ConceptLink(BaseModel):
 
 def concept_norm(name: str) -> str:
     """Normalise a concept for matching: stemmed lower-case words ("Paintings" -> "paint")."""
-    from ..reader import concept_key
-
     return concept_key(name)
 
 

@@ -1,0 +1,43 @@
+"""Keyword text shared by every layer: the token pattern, the BM25 stop list, Snowball stems,
+and the concept key that graph and router match concepts by."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+WORD_RE = re.compile(r"(?u)\b\w\w+\b")  # the token pattern of bm25s / scikit-learn
+# bm25s's English stop list: short, so "where", "when", "who" still carry meaning to BM25
+KEYWORD_STOPWORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their "
+    "then there these they this to was will with".split()
+)
+
+_local = threading.local()
+
+
+def _stemmer() -> Any:
+    st = getattr(_local, "stemmer", None)
+    if st is None:
+        import Stemmer  # PyStemmer: the Snowball stemmers
+
+        st = _local.stemmer = Stemmer.Stemmer("english")
+    return st
+
+
+def stem_words(words: Sequence[str]) -> list[str]:
+    return list(_stemmer().stemWords(list(words)))
+
+
+def keyword_tokens(text: str) -> list[str]:
+    """Lower-cased, stop-listed, Snowball-stemmed words: what BM25 indexes and matches."""
+    words = [w for w in WORD_RE.findall(text.lower()) if w not in KEYWORD_STOPWORDS]
+    return stem_words(words) if words else []
+
+
+def concept_key(phrase: str) -> str:
+    """The normal form concepts are matched by: stemmed lower-case words."""
+    words = WORD_RE.findall(phrase.lower())
+    return " ".join(stem_words(words)) if words else ""
