@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from ..cube import MemCube, Scope
-from ..reader import MemoryIntent, TimeRange, keyword_tokens
+from ..reader import MemoryIntent, TimeRange
+from ..text import keyword_tokens
 from .index import INDEXED, LIVE, Doc, ScopeIndex
 
 CubesOf = Callable[[Sequence[str]], dict[str, MemCube]]

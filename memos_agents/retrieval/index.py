@@ -15,7 +15,7 @@ import numpy as np
 from ..cube import MemCube, State
 from ..graph.base import norm_entity
 from ..lifecycle import LIVE as LIVE_STATES
-from ..reader import keyword_tokens
+from ..text import keyword_tokens
 from .bm25 import BM25Segment, BM25Tail
 from .config import RetrievalConfig
 

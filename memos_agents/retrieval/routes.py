@@ -20,7 +20,8 @@ import numpy as np
 from ..cube import Scope
 from ..embeddings import Embedder
 from ..graph.base import GraphStore, norm_entity
-from ..reader import MemoryIntent, concept_key
+from ..reader import MemoryIntent
+from ..text import concept_key
 from ..vector.base import VectorIndex
 from .config import RetrievalConfig
 from .index import ScopeIndex
