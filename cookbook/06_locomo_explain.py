@@ -1,7 +1,7 @@
 """Recipe 6: a conversation dataset ingested and queried with `explain`.
 
 Ingests one LoCoMo conversation (CC BY-NC 4.0; session dates kept, each turn's dia_id kept as
-provenance) through the public API, then asks a question with `explain=True`: the intent MemReader
+provenance) through the public API, then asks a question with `mem.explain`: the intent MemReader
 read from it, every retrieval route's candidates, and how they were fused.
 
     python cookbook/06_locomo_explain.py [--dir ./.memos-cookbook] [--data PATH]
@@ -25,8 +25,8 @@ def main(data_dir: Path, data: Path) -> None:
             len(mem.add(b.messages, user_id=b.user_id, session_id=b.session_id)) for b in batches
         )
         print(f"ingested {n} turns of conv-26")
-        result = mem.search(
-            "When did Caroline go to the LGBTQ support group?", user_id="conv-26", k=5, explain=True
+        result = mem.explain(
+            "When did Caroline go to the LGBTQ support group?", user_id="conv-26", k=5
         )
         print(result.explain.model_dump_json(indent=1)[:3000])
         for h in result.hits:

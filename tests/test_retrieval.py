@@ -63,7 +63,7 @@ def test_entity_hop_finds_what_dense_similarity_misses(mem: MemOS) -> None:
     mem.add([turn("Alice", "Priya finally got the promotion at the hospital!", T0, 1),
              *filler], user_id="alice", session_id="s1")
     q = "How is Priya doing?"
-    hybrid = mem.search(q, user_id="alice", k=3, explain=True)
+    hybrid = mem.explain(q, user_id="alice", k=3)
     target = "Priya finally got the promotion at the hospital!"
     assert contents(hybrid)[0] == target
     assert "graph" in hybrid.hits[0].routes
