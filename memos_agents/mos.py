@@ -381,18 +381,20 @@ class MemOS:
         """Mask personal data in everything added to `vault` from now on (None: stop)."""
         check_name(vault, "vault")
         self._check_admin(vault)
-        self.vault.catalog.set_meta(
-            f"redaction:{vault}", policy.model_dump_json() if policy else "{}"
-        )
+        settings = self.vault.catalog.settings
+        if policy is None:
+            settings.delete(RedactionPolicy, vault, legacy_key=f"redaction:{vault}")
+        else:
+            settings.set(policy, vault)
         self._audit("set_redaction_policy", [], vault=vault)
 
     def _redact(
         self, drafts: Sequence[MemoryDraft], vault: str
     ) -> tuple[list[MemoryDraft], list[list[Redaction]]]:
-        raw = self.vault.catalog.get_meta(f"redaction:{vault}")
-        if not raw or raw == "{}":
+        settings = self.vault.catalog.settings
+        policy = settings.get(RedactionPolicy, vault, legacy_key=f"redaction:{vault}")
+        if policy is None:
             return list(drafts), [[] for _ in drafts]
-        policy = RedactionPolicy.model_validate_json(raw)
         out, found = [], []
         for d in drafts:
             text, hits = redact(d.text, policy)
@@ -500,9 +502,11 @@ class MemOS:
         """Retention for a vault (max age, max count per user); `sweep` applies it."""
         check_name(vault, "vault")
         self._check_admin(vault)
-        self.vault.catalog.set_meta(
-            f"retention:{vault}", policy.model_dump_json() if policy else "{}"
-        )
+        settings = self.vault.catalog.settings
+        if policy is None:
+            settings.delete(RetentionPolicy, vault, legacy_key=f"retention:{vault}")
+        else:
+            settings.set(policy, vault)
         self._audit("set_retention", [], vault=vault)
 
     def sweep(self, now: datetime | None = None) -> dict[str, int]:
@@ -517,11 +521,11 @@ class MemOS:
             )
             expired += 1
         for vault in catalog.vaults():
-            raw = catalog.get_meta(f"retention:{vault}")
-            if not raw or raw == "{}":
+            policy = catalog.settings.get(RetentionPolicy, vault, legacy_key=f"retention:{vault}")
+            if policy is None:
                 continue
             live = catalog.list(vault=vault, states=[State.active], limit=10**9)
-            for cube in expired_by_retention(live, RetentionPolicy.model_validate_json(raw), now):
+            for cube in expired_by_retention(live, policy, now):
                 self.vault.write_version(
                     next_version(cube, State.archived, now),
                     "archive",

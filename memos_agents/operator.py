@@ -34,7 +34,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -137,6 +137,21 @@ def _dot_str(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
+class TopicState(BaseModel):
+    """The stored topic state of one scope (a typed setting; scope: json [vault, user])."""
+
+    settings_kind: ClassVar[str] = "topics"
+
+    tids: list[str] = Field(default_factory=list)
+    sizes: list[int] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    generation: int = 0
+    next_id: int = 0
+    n_total: int = 0
+    n_clustered: int = 0
+    sums: list[list[float]] | None = None
+
+
 @dataclass
 class _Topics:
     """The topic state of one scope: normalised centroids, sizes, labels."""
@@ -152,22 +167,21 @@ class _Topics:
     n_clustered: int = 0
     dirty: int = 0
 
-    def to_json(self) -> str:
-        return json.dumps({
-            "tids": self.tids, "sizes": self.sizes, "labels": self.labels,
-            "generation": self.generation, "next_id": self.next_id, "n_total": self.n_total,
-            "n_clustered": self.n_clustered,
-            "sums": None if self.sums is None else np.round(self.sums, 5).tolist(),
-        })
+    def to_state(self) -> TopicState:
+        return TopicState(
+            tids=self.tids, sizes=self.sizes, labels=self.labels,
+            generation=self.generation, next_id=self.next_id, n_total=self.n_total,
+            n_clustered=self.n_clustered,
+            sums=None if self.sums is None else np.round(self.sums, 5).tolist(),
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> _Topics:
-        d = json.loads(text)
-        t = cls(tids=d["tids"], sizes=d["sizes"], labels=d["labels"],
-                generation=d["generation"], next_id=d["next_id"], n_total=d["n_total"],
-                n_clustered=d["n_clustered"])
-        if d.get("sums"):
-            t.sums = np.asarray(d["sums"], dtype=np.float32)
+    def from_state(cls, d: TopicState) -> _Topics:
+        t = cls(tids=d.tids, sizes=d.sizes, labels=d.labels,
+                generation=d.generation, next_id=d.next_id, n_total=d.n_total,
+                n_clustered=d.n_clustered)
+        if d.sums:
+            t.sums = np.asarray(d.sums, dtype=np.float32)
             t.centroids = _unit(t.sums)
         return t
 
@@ -416,19 +430,17 @@ class MemOperator:
             self._save(vault, user, topics)
 
     # -- topics ------------------------------------------------------------------------------
-    def _key(self, vault: str, user: str) -> str:
-        return f"topics:{json.dumps([vault, user])}"
-
     def _state(self, vault: str, user: str) -> _Topics:
         st = self._topics.get((vault, user))
         if st is None:
-            raw = self.catalog.get_meta(self._key(vault, user))
-            st = _Topics.from_json(raw) if raw else _Topics()
+            scope = json.dumps([vault, user])
+            stored = self.catalog.settings.get(TopicState, scope, legacy_key=f"topics:{scope}")
+            st = _Topics.from_state(stored) if stored else _Topics()
             self._topics[(vault, user)] = st
         return st
 
     def _save(self, vault: str, user: str, topics: _Topics) -> None:
-        self.catalog.set_meta(self._key(vault, user), topics.to_json())
+        self.catalog.settings.set(topics.to_state(), json.dumps([vault, user]))
         topics.dirty = 0
 
     def recluster(self, vault: str, user_id: str) -> int:

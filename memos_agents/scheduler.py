@@ -53,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-POLICY_KEY = "scheduler_policy"
+POLICY_KEY = "scheduler_policy"  # where data dirs before typed settings kept the policy
 
 
 class SchedulerPolicy(BaseModel):
@@ -187,8 +187,8 @@ class MemScheduler:
     @property
     def policy(self) -> SchedulerPolicy:
         if self._policy is None:
-            raw = self.catalog.get_meta(POLICY_KEY)
-            self._policy = SchedulerPolicy.model_validate_json(raw) if raw else SchedulerPolicy()
+            stored = self.catalog.settings.get(SchedulerPolicy, legacy_key=POLICY_KEY)
+            self._policy = stored or SchedulerPolicy()
         return self._policy
 
     def set_policy(self, **changes: Any) -> SchedulerPolicy:
@@ -200,7 +200,7 @@ class MemScheduler:
         unknown = set(changes) - set(SchedulerPolicy.model_fields)
         if unknown:
             raise InvalidInput(f"unknown policy fields: {sorted(unknown)}")
-        self.catalog.set_meta(POLICY_KEY, policy.model_dump_json())
+        self.catalog.settings.set(policy)
         self._policy = policy
         return policy
 

@@ -163,6 +163,7 @@ def test_a_legacy_data_dir_through_the_facade(data_dir, embedder) -> None:
     """Policies a data dir kept under the old composed keys still act after an upgrade."""
     from memos_agents import MemOS
     from memos_agents.lifecycle import RetentionPolicy
+    from memos_agents.operator import TopicState
     from memos_agents.redaction import RedactionPolicy
     from memos_agents.scheduler import SchedulerPolicy
 
@@ -185,6 +186,8 @@ def test_a_legacy_data_dir_through_the_facade(data_dir, embedder) -> None:
         assert mem.scheduler.policy.hot_min_access == 7
         state = mem.vault.operator._state("work", "zoe")
         assert (state.generation, state.next_id) == (5, 3)
+        moved = mem.vault.catalog.settings.get(TopicState, json.dumps(["work", "zoe"]))
+        assert moved is not None and moved.generation == 5  # migrated into the settings table
         mem.set_redaction_policy("default", None)  # and the old key cannot come back
         assert "bo@example.org" in mem.add("bo@example.org", user_id="bo")[0].content
         mem.set_retention("logs", None)
