@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -45,6 +45,8 @@ OPS = {
 
 class RetentionPolicy(BaseModel):
     """Per-vault retention, applied by the sweeper: archive what is too old or too many."""
+
+    settings_kind: ClassVar[str] = "RetentionPolicy"  # its rows in the settings table
 
     max_age_days: float | None = Field(default=None, gt=0)
     max_count: int | None = Field(default=None, gt=0, description="per user in the vault")

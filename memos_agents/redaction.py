@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -31,6 +32,8 @@ class Redaction(BaseModel):
 
 class RedactionPolicy(BaseModel):
     """Which kinds of personal data a vault masks at ingest."""
+
+    settings_kind: ClassVar[str] = "RedactionPolicy"  # its rows in the settings table
 
     name: str = "default"
     emails: bool = True

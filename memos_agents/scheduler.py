@@ -27,7 +27,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +58,8 @@ POLICY_KEY = "scheduler_policy"  # where data dirs before typed settings kept th
 
 class SchedulerPolicy(BaseModel):
     """When memory moves between forms. Durations are seconds."""
+
+    settings_kind: ClassVar[str] = "SchedulerPolicy"  # its rows in the settings table
 
     hot_min_access: int = Field(3, ge=1, description="reads before a memory counts as hot")
     hot_window_s: float = Field(7 * 86400, gt=0, description="... within this long")
