@@ -156,8 +156,32 @@ class MemOS:
     def _actor(self, fallback: str) -> str:
         return fallback if self.principal == SYSTEM else self.principal
 
+    def gate(
+        self,
+        op: str,
+        action: Action,
+        *,
+        cubes: Sequence[MemCube] = (),
+        scope: Scope | None = None,
+        detail: str = "",
+    ) -> None:
+        """The one gate of every face (facade, store, adapters, channels, model, loader, CLI):
+        `principal` must be allowed `action` on `cubes` and in `scope` (a user's memory in a
+        vault); the call is audited either way, and PermissionDenied is raised before anything
+        is written."""
+        vault = scope.vault if scope is not None else None
+        try:
+            if scope is not None:
+                self.governance.check_vault(self.principal, scope.vault, action, scope.user_id)
+            if cubes:
+                self.governance.check(self.principal, action, cubes)
+        except PermissionDenied:
+            self._audit(op, cubes, outcome="denied", vault=vault, detail=detail)
+            raise
+        self._audit(op, cubes, vault=vault, detail=detail)
+
     def _guard(self, action: Action, cubes: Sequence[MemCube], op: str) -> None:
-        """The enforcement point: raise PermissionDenied (audited) unless allowed."""
+        """Check only (the audit entry follows the operation): PermissionDenied, audited."""
         try:
             self.governance.check(self.principal, action, cubes)
         except PermissionDenied:
