@@ -26,6 +26,7 @@ __getattr__, _, _lazy_all = lazy.attach(
             "ScopeViolation",
             "ConfigError",
             "StoreError",
+            "Conflict",
             "IntegrityError",
             "ExtractionError",
         ],
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .cube import Form, MemCube, Scope, SearchHit, State, VersionRecord
     from .errors import (
         ConfigError,
+        Conflict,
         ExtractionError,
         IntegrityError,
         InvalidInput,

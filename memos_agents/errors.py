@@ -36,3 +36,7 @@ class IntegrityError(MemOSError):
 
 class ExtractionError(MemOSError):
     """A chat model's output could not be read into memory drafts."""
+
+
+class Conflict(StoreError):
+    """Someone else wrote first (a stale `expected_version`, a key created concurrently)."""
