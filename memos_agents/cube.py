@@ -59,8 +59,19 @@ class SourceKind(StrEnum):
     derived = "derived"
 
 
+def _has_surrogate(value: str) -> bool:
+    """True if `value` holds a lone surrogate (U+D800..U+DFFF): no UTF-8 encoding exists for
+    it, so SQLite, PostgreSQL, Chroma and the graph would each fail on it differently."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def check_name(value: str, what: str) -> str:
-    """A scope name: a non-empty string without control characters."""
+    """A scope name: a non-empty string of at most MAX_ID_LEN characters, without control
+    characters or lone surrogates."""
     from .errors import InvalidInput
 
     if not isinstance(value, str):
@@ -71,7 +82,75 @@ def check_name(value: str, what: str) -> str:
         raise InvalidInput(f"{what} is longer than {MAX_ID_LEN} characters")
     if any(ord(c) < 32 for c in value):
         raise InvalidInput(f"{what} must not contain control characters")
+    if _has_surrogate(value):
+        raise InvalidInput(f"{what} must not contain lone surrogates (U+D800..U+DFFF)")
     return value
+
+
+def check_text(value: Any, what: str = "content", max_len: int | None = None) -> str:
+    """Stored text (content, a query, a document): a non-empty string of at most `max_len`
+    characters (None: no limit), without NUL or lone surrogates. Newlines and other control
+    characters are allowed: they are text."""
+    from .errors import InvalidInput
+
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInput(f"{what} must not be empty")
+    if max_len is not None and len(value) > max_len:
+        raise InvalidInput(f"{what} is longer than {max_len} characters")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} contains a NUL character")
+    if _has_surrogate(value):
+        raise InvalidInput(f"{what} contains a lone surrogate (U+D800..U+DFFF)")
+    return value
+
+
+def check_optional_text(value: Any, what: str, max_len: int | None = MAX_ID_LEN) -> str | None:
+    """Like `check_text` for a field that may be None or empty (a speaker, a message id, a
+    metadata string): only the type, the length, NUL and lone surrogates are checked."""
+    from .errors import InvalidInput
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
+    if max_len is not None and len(value) > max_len:
+        raise InvalidInput(f"{what} is longer than {max_len} characters")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} contains a NUL character")
+    if _has_surrogate(value):
+        raise InvalidInput(f"{what} contains a lone surrogate (U+D800..U+DFFF)")
+    return value
+
+
+MAX_METADATA_DEPTH = 32
+
+
+def check_metadata(value: Any, what: str = "metadata", _depth: int = 0) -> Any:
+    """JSON-shaped data (dicts with string keys, lists, strings, numbers, booleans, None), at
+    most MAX_METADATA_DEPTH deep, whose strings hold no NUL or lone surrogates. Returns
+    `value`."""
+    from .errors import InvalidInput
+
+    if _depth > MAX_METADATA_DEPTH:
+        raise InvalidInput(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels")
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return check_optional_text(value, what, max_len=None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidInput(f"{what} keys must be strings, got {type(k).__name__}")
+            check_optional_text(k, f"{what} key", max_len=MAX_ID_LEN)
+            check_metadata(v, f"{what}[{k!r}]", _depth + 1)
+        return value
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_metadata(v, f"{what}[{i}]", _depth + 1)
+        return value
+    raise InvalidInput(f"{what} must hold only JSON values, got {type(value).__name__}")
 
 
 class Scope(BaseModel):

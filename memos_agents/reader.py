@@ -14,7 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .cube import SourceKind, check_name
+from .cube import (
+    MAX_ID_LEN,
+    SourceKind,
+    check_metadata,
+    check_name,
+    check_optional_text,
+    check_text,
+)
 from .errors import ExtractionError, InvalidInput
 from .llm import ask_structured, first_json, text_of_blocks, validate
 from .text import concept_key, keyword_tokens
@@ -133,13 +140,16 @@ def estimate_importance(text: str, entities: Sequence[str]) -> float:
 def _as_datetime(value: Any, what: str) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise InvalidInput(f"{what} is not a valid POSIX time: {value!r}") from exc
     if isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise InvalidInput(f"{what} is not an ISO date/time: {value!r}") from exc
+            raise InvalidInput(f"{what} is not an ISO date/time: {value[:80]!r}") from exc
         return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
     raise InvalidInput(f"{what} must be a datetime, a number or an ISO string")
 
@@ -159,11 +169,13 @@ def _message_of_dict(raw: dict[str, Any], index: int) -> Message:
     speaker = raw.get("speaker") or raw.get("name")
     if speaker is not None and not isinstance(speaker, str):
         raise InvalidInput(f"message {index}: speaker must be a string")
-    return Message(
+    msg_id = raw.get("id")
+    return _make_message(
+        index,
         role=role,
         content=content,
         speaker=speaker,
-        id=None if raw.get("id") is None else str(raw["id"]),
+        id=None if msg_id is None else str(msg_id),
         timestamp=_as_datetime(
             raw.get("timestamp", raw.get("created_at")), f"message {index} timestamp"
         ),
@@ -171,17 +183,29 @@ def _message_of_dict(raw: dict[str, Any], index: int) -> Message:
     )
 
 
+def _make_message(index: int, **fields: Any) -> Message:
+    from pydantic import ValidationError
+
+    try:
+        return Message(**fields)
+    except ValidationError as exc:
+        raise InvalidInput(f"message {index} is not a valid message: {exc}") from exc
+
+
 def _message_of(raw: Any, index: int) -> Message:
     if isinstance(raw, Message):
         return raw
     if isinstance(raw, str):
-        return Message(content=raw)
+        return _make_message(index, content=raw)
     if isinstance(raw, dict):
         return _message_of_dict(raw, index)
     if hasattr(raw, "content") and hasattr(raw, "type"):  # LangChain BaseMessage
+        if not isinstance(raw.content, str | list | tuple):
+            raise InvalidInput(f"message {index}: content must be a string or a list of blocks")
         content = raw.content if isinstance(raw.content, str) else text_of_blocks(raw.content)
         role = {"human": "user", "ai": "assistant"}.get(raw.type, raw.type)
-        return Message(
+        return _make_message(
+            index,
             role=role,
             content=content,
             speaker=getattr(raw, "name", None),
@@ -194,16 +218,22 @@ def _message_of(raw: Any, index: int) -> Message:
 
 
 def normalise_message(raw: Any, index: int) -> Message:
-    """Accepts a dict (role/content[, name|speaker, id, timestamp]), a LangChain message, or str."""
+    """Accepts a dict (role/content[, name|speaker, id, timestamp]), a LangChain message, or str.
+    Every field that reaches a draft is checked here, before anything is written: content (not
+    empty, at most MAX_TEXT characters), speaker (a name), id and role (at most MAX_ID_LEN
+    characters), metadata (JSON values); none may hold NUL or lone surrogates."""
     msg = _message_of(raw, index)
+    what = f"message {index}"
     if not msg.content.strip():
-        raise InvalidInput(f"message {index} is empty")
-    if "\x00" in msg.content:
-        raise InvalidInput(f"message {index} contains a NUL character")
-    if msg.speaker is not None:
-        check_name(msg.speaker, f"message {index} speaker")
+        raise InvalidInput(f"{what} is empty")
     if len(msg.content) > MAX_TEXT:
-        raise InvalidInput(f"message {index} is longer than {MAX_TEXT} characters")
+        raise InvalidInput(f"{what} is longer than {MAX_TEXT} characters")
+    check_text(msg.content, f"{what} content")
+    if msg.speaker is not None:
+        check_name(msg.speaker, f"{what} speaker")
+    check_optional_text(msg.id, f"{what} id", MAX_ID_LEN)
+    check_optional_text(msg.role, f"{what} role", MAX_ID_LEN)
+    check_metadata(msg.metadata, f"{what} metadata")
     return msg
 
 
@@ -236,6 +266,8 @@ class MemReader:
     def read_document(self, text: str, source: str | None = None) -> list[MemoryDraft]:
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("document text must be a non-empty string")
+        check_text(text, "document")
+        check_optional_text(source, "document source", MAX_ID_LEN)
         from langchain_text_splitters import RecursiveCharacterTextSplitter
 
         splitter = RecursiveCharacterTextSplitter(
@@ -284,6 +316,7 @@ class MemReader:
         for f in facts.facts:
             if not f.text.strip():
                 continue
+            _check_fact(f)
             turns = [i for i in f.source_turns if 0 <= i < len(msgs)]
             refs = [msgs[i].id for i in turns if msgs[i].id]
             entities = f.entities or extract_entities(f.text)
@@ -306,6 +339,16 @@ class MemReader:
 
     def _ask(self, prompt: str) -> ExtractedFacts:
         return ask_structured(self.llm, prompt, ExtractedFacts, shape=_facts_shape, starts="{[")
+
+
+def _check_fact(fact: ExtractedFact) -> None:
+    """A chat model's fact holds no NUL or lone surrogates (they cannot be stored)."""
+    try:
+        check_text(fact.text, "extracted fact", MAX_TEXT)
+        for t in [*fact.tags, *fact.entities]:
+            check_optional_text(t, "extracted tag or entity", MAX_ID_LEN)
+    except InvalidInput as exc:
+        raise ExtractionError(f"chat model reply cannot be stored: {exc}") from exc
 
 
 def _facts_shape(data: Any) -> Any:

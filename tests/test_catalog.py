@@ -6,7 +6,7 @@ import pytest
 
 from memos_agents.catalog import COMMITTED, PENDING, Catalog, cubes_t
 from memos_agents.cube import MemCube, Provenance, Scope, State, utcnow
-from memos_agents.errors import NotFound, StoreError
+from memos_agents.errors import Conflict, InvalidInput, MemOSError, NotFound, StoreError
 
 
 def make(text: str, user: str = "u1") -> MemCube:
@@ -42,7 +42,7 @@ def test_versions_and_optimistic_concurrency(catalog_url: str) -> None:
     cat.write_version(v2.seal(), "update", "agent:x", expected_version=1)
     stale = a.model_copy(deep=True)
     stale.content, stale.lifecycle.version = "lost update", 2
-    with pytest.raises(StoreError, match="concurrently"):
+    with pytest.raises(Conflict, match="concurrently"):
         cat.write_version(stale.seal(), "update", "agent:y", expected_version=1)
     hist = cat.history(a.id)
     assert [(h.version, h.op, h.changed_by, h.cube.content) for h in hist] == [
@@ -101,3 +101,74 @@ def test_hostile_text_is_stored_verbatim(catalog_url: str) -> None:
 def test_unreachable_catalog_is_a_store_error(tmp_path) -> None:
     with pytest.raises(StoreError):
         Catalog(f"sqlite:///{tmp_path}/missing/dir/catalog.db")
+
+
+def test_two_writers_of_one_new_id_get_a_conflict(tmp_path) -> None:
+    """Two engines (as two processes would) on one SQLite file insert the same new cube id:
+    the loser gets a Conflict naming the id, not a raw sqlalchemy IntegrityError, and the
+    winner's row is untouched."""
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    first, second = Catalog(url), Catalog(url)
+    a = make("first writer")
+    b = make("second writer").model_copy(update={"id": a.id})
+    first.insert([a], changed_by="user:u1")
+    with pytest.raises(Conflict, match=a.id):
+        second.insert([b.seal(), make("innocent bystander")], changed_by="user:u1")
+    assert first.get(a.id).content == "first writer"
+    assert [c.content for c in second.list()] == ["first writer"]  # all or nothing
+    history = second.history(a.id)
+    with pytest.raises(Conflict, match=a.id):
+        second.insert_history(b.seal(), history)
+    first.close()
+    second.close()
+
+
+def test_conflict_on_postgresql_names_the_id(catalog_url: str) -> None:
+    cat, other = Catalog(catalog_url), Catalog(catalog_url)
+    a = make("taken")
+    cat.insert([a], changed_by="t")
+    with pytest.raises(Conflict, match=a.id):
+        other.insert([make("again").model_copy(update={"id": a.id})], changed_by="t")
+    cat.close()
+    other.close()
+
+
+def test_duplicates_in_one_call_are_invalid_input(catalog_url: str) -> None:
+    cat = Catalog(catalog_url)
+    a = make("twice")
+    with pytest.raises(InvalidInput, match="more than once"):
+        cat.insert([a, a], changed_by="t")
+    assert cat.list() == []
+    cat.close()
+
+
+def test_values_the_database_refuses_are_invalid_input(catalog_url: str) -> None:
+    """Lone surrogates (no UTF-8 form), NUL in a column PostgreSQL stores as text, integers
+    beyond 64 bits: each is InvalidInput naming the problem, and nothing is written."""
+    cat = Catalog(catalog_url)
+    surrogate = make("ok").model_copy(update={"content": "lone \ud800 surrogate"})
+    with pytest.raises(InvalidInput, match="cannot be stored"):
+        cat.insert([surrogate], changed_by="t")
+    with pytest.raises(InvalidInput):
+        cat.insert([make("who wrote this")], changed_by="bad\ud800actor")
+    with pytest.raises(InvalidInput):
+        cat.list(limit=10**30)
+    if cat.engine.dialect.name == "postgresql":
+        with pytest.raises(InvalidInput, match="NUL"):
+            cat.insert([make("nul actor")], changed_by="a\x00b")
+    assert cat.list() == []
+    cat.close()
+
+
+def test_no_raw_database_error_leaves_a_read(catalog_url: str) -> None:
+    cat = Catalog(catalog_url)
+    for bad in ("\ud800", "x" * 100_000, "'; DROP TABLE memos_cubes; --", "a\x00b"):
+        try:
+            cat.get_many([bad])
+            cat.list(vault=bad, user_id=bad)
+            cat.scope_signature(bad, bad)
+        except MemOSError:
+            pass
+    cat.insert([make("still here")], changed_by="t")
+    assert [c.content for c in cat.list()] == ["still here"]
+    cat.close()

@@ -162,3 +162,98 @@ def test_jsonl_format_groups_by_user_and_session(tmp_path: Path) -> None:
     bad.write_text('{"content": "ok"}\nnot json\n')
     with pytest.raises(InvalidInput, match=r"bad\.jsonl:2"):
         list(read_batches(bad))
+
+
+# --- hostile fields: refused, naming the field, before anything reaches a draft -------------
+
+NUL, SURROGATE = "a\x00b", "a\ud800b"
+
+
+def _shapes(field: str, value: object) -> list[object]:
+    """The same hostile value in every message shape the reader accepts that can carry it."""
+    base: dict[str, object] = {"role": "user", "content": "hello there", "id": "m1"}
+    shapes: list[object] = [{**base, field: value}]
+    if field == "content":
+        shapes += [value, [value], HumanMessage(content=value), AIMessage(content=[value])]
+    if field in ("id", "name"):
+        shapes.append(HumanMessage(content="hello there", **{field: value}))
+    if field == "speaker":
+        shapes.append(HumanMessage(content="hello there", name=value))
+    return shapes
+
+
+@pytest.mark.parametrize("field", ["content", "id", "speaker", "name", "role"])
+@pytest.mark.parametrize("value", [NUL, SURROGATE], ids=["nul", "surrogate"])
+def test_nul_and_surrogates_are_refused_in_every_field_and_shape(field: str, value: str) -> None:
+    label = "speaker" if field == "name" else field
+    for shape in _shapes(field, value):
+        msgs = shape if isinstance(shape, list) else [{"content": "fine turn"}, shape]
+        with pytest.raises(InvalidInput, match=label) as err:
+            MemReader().read_messages(msgs)
+        assert "message" in str(err.value), shape
+
+
+@pytest.mark.parametrize("value", [NUL, SURROGATE], ids=["nul", "surrogate"])
+def test_hostile_metadata_keys_and_values_are_refused(value: str) -> None:
+    for msg in (
+        {"content": "hello", "extra": value},
+        {"content": "hello", value: "x"},
+        {"content": "hello", "deep": {"list": [1, {"k": value}]}},
+    ):
+        with pytest.raises(InvalidInput, match="metadata"):
+            MemReader().read_messages([msg])
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"content": "hello", "extra": object()},
+        {"content": "hello", "extra": b"bytes"},
+        {"content": "hello", 3: "int key"},
+        {"content": "hello", "timestamp": float("nan")},
+        {"content": "hello", "timestamp": 10**20},
+        {"content": "hello", "timestamp": "not a date \ud800"},
+        {"content": "hello", "id": "x" * 257},
+        {"content": "hello", "role": "r" * 257},
+        {"content": "hello", "speaker": "s" * 257},
+    ],
+    ids=["object", "bytes", "int-key", "nan-time", "huge-time", "bad-iso", "long-id",
+         "long-role", "long-speaker"],
+)
+def test_other_unstorable_fields_are_invalid_input(msg: dict) -> None:
+    with pytest.raises(InvalidInput):
+        MemReader().read_messages([msg])
+
+
+def test_deep_metadata_is_refused() -> None:
+    deep: dict = {}
+    node = deep
+    for _ in range(100):
+        node["d"] = {}
+        node = node["d"]
+    with pytest.raises(InvalidInput, match="deeper"):
+        MemReader().read_messages([{"content": "hello", "deep": deep}])
+
+
+def test_valid_unusual_text_passes_unchanged() -> None:
+    text = "RTL \u202eevil\u202c, zero\u200bwidth, e\u0301, 🎉, quotes ' \" \\ and\nnewlines"
+    (d,) = MemReader().read_messages(
+        [{"content": text, "id": "'; DROP TABLE x; --", "speaker": "Zoë 🎉", "k": text}]
+    )
+    assert d.text == text and d.source_refs == ["'; DROP TABLE x; --"]
+    assert d.speaker == "Zoë 🎉" and d.metadata == {"k": text}
+
+
+@pytest.mark.parametrize("value", [NUL, SURROGATE], ids=["nul", "surrogate"])
+def test_documents_with_nul_or_surrogates_are_refused(value: str) -> None:
+    with pytest.raises(InvalidInput, match="document"):
+        MemReader().read_document(f"some text {value} more")
+    with pytest.raises(InvalidInput, match="source"):
+        MemReader().read_document("some text", source=f"file{value}.txt")
+
+
+def test_fine_mode_facts_that_cannot_be_stored_are_an_extraction_error() -> None:
+    reply = json.dumps({"facts": [{"text": "Alice has a \u0000 secret"}]})
+    reader = MemReader(llm=FakeListChatModel(responses=[reply]))
+    with pytest.raises(ExtractionError, match="NUL"):
+        reader.read_messages([{"content": "Alice has a secret"}], mode="fine")
