@@ -40,8 +40,3 @@ class ExtractionError(MemOSError):
 
 class Conflict(StoreError):
     """Someone else wrote first (a stale `expected_version`, a key created concurrently)."""
-
-
-class Conflict(MemOSError):
-    """A write lost a race: another process created or changed the same thing first (a cube
-    id that already exists, a version written concurrently)."""
