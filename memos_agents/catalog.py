@@ -6,10 +6,12 @@ The catalog is the source of truth. Each cube row carries an `index_state`:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
 from sqlalchemy import (
     Column,
     Float,
@@ -29,11 +31,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.sql import Select
 
 from .cube import Form, MemCube, State, VersionRecord
-from .errors import NotFound, StoreError
+from .errors import Conflict, InvalidInput, MemOSError, NotFound, StoreError
 from .settings import SettingsStore
 
 PENDING = "pending"
@@ -93,7 +96,31 @@ def from_ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+@contextmanager
+def _db_errors(what: str) -> Iterator[None]:
+    """Turn what a database or its driver raises into MemOS errors: a broken uniqueness rule is
+    a `Conflict` (another writer got there first), a value the database or driver cannot hold
+    (NUL in PostgreSQL text, lone surrogates, integers out of range, over-long strings) is
+    `InvalidInput`, anything else a `StoreError`. Errors MemOS raised on purpose pass."""
+    try:
+        yield
+    except MemOSError:
+        raise
+    except DBIntegrityError as exc:
+        raise Conflict(f"{what}: {exc.orig}") from exc
+    except DataError as exc:
+        raise InvalidInput(f"{what}: the database refused a value: {exc.orig}") from exc
+    except (UnicodeError, OverflowError) as exc:
+        raise InvalidInput(f"{what}: a value cannot be stored: {exc}") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
 def _row_values(cube: MemCube, index_state: str) -> dict[str, Any]:
+    try:
+        data = cube.model_dump_json()
+    except PydanticSerializationError as exc:
+        raise InvalidInput(f"cube {cube.id!r} cannot be stored: {exc}") from exc
     lc = cube.lifecycle
     return {
         "id": cube.id,
@@ -112,7 +139,7 @@ def _row_values(cube: MemCube, index_state: str) -> dict[str, Any]:
         "importance": cube.organisation.importance,
         "access_count": lc.access_count,
         "last_accessed_at": ts(lc.last_accessed_at),
-        "data": cube.model_dump_json(),
+        "data": data,
     }
 
 
@@ -147,19 +174,33 @@ class Catalog:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _begin(self, what: str = "catalog write") -> Any:
+        """A transaction whose errors are MemOS errors (`_db_errors`)."""
+        return _guarded(self.engine.begin(), what)
+
+    def _connect(self, what: str = "catalog read") -> Any:
+        return _guarded(self.engine.connect(), what)
+
+    def _taken(self, ids: Sequence[str]) -> Conflict:
+        """The error of an insert that lost a race: names the ids that exist now."""
+        with self._connect() as conn:
+            found = set(conn.execute(select(cubes_t.c.id).where(cubes_t.c.id.in_(ids))).scalars())
+        taken = [i for i in ids if i in found] or list(ids)
+        return Conflict(f"cube id already exists (another writer created it first): {taken}")
+
     # settings
     def get_meta(self, key: str) -> str | None:
-        with self.engine.connect() as c:
+        with self._connect() as c:
             return c.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar()
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.engine.begin() as c:
+        with self._begin() as c:
             done = c.execute(update(meta_t).where(meta_t.c.key == key).values(value=value))
             if done.rowcount == 0:
                 c.execute(insert(meta_t).values(key=key, value=value))
 
     def delete_meta(self, key: str) -> None:
-        with self.engine.begin() as c:
+        with self._begin() as c:
             c.execute(delete(meta_t).where(meta_t.c.key == key))
 
     # writes
@@ -167,6 +208,10 @@ class Catalog:
         """Insert new cubes (pending) and their first version, all or nothing."""
         if not cubes:
             return
+        ids = [c.id for c in cubes]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise InvalidInput(f"cube ids given more than once in one insert: {dup}")
         now = datetime.now(UTC).timestamp()
         rows = [_row_values(c, PENDING) for c in cubes]
         versions = [
@@ -180,22 +225,25 @@ class Catalog:
             }
             for c, r in zip(cubes, rows, strict=True)
         ]
-        with self.engine.begin() as conn:
-            conn.execute(insert(cubes_t), rows)
-            conn.execute(insert(versions_t), versions)
+        try:
+            with self._begin("insert cubes") as conn:
+                conn.execute(insert(cubes_t), rows)
+                conn.execute(insert(versions_t), versions)
+        except Conflict as exc:
+            raise self._taken(ids) from exc
 
     def write_version(self, cube: MemCube, op: str, changed_by: str, expected_version: int) -> None:
         """Store `cube` as a new version (pending re-index); fails if someone else wrote first."""
         values = _row_values(cube, PENDING)
         del values["id"], values["access_count"], values["last_accessed_at"]
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             done = conn.execute(
                 update(cubes_t)
                 .where(cubes_t.c.id == cube.id, cubes_t.c.version == expected_version)
                 .values(**values)
             )
             if done.rowcount != 1:
-                raise StoreError(
+                raise Conflict(
                     f"cube {cube.id} changed concurrently (expected version {expected_version})"
                 )
             conn.execute(
@@ -211,22 +259,28 @@ class Catalog:
 
     def insert_history(self, cube: MemCube, versions: Sequence[VersionRecord]) -> None:
         """Insert a cube (pending) with its full version history, as imported."""
-        with self.engine.begin() as conn:
-            conn.execute(insert(cubes_t).values(**_row_values(cube, PENDING)))
-            conn.execute(
-                insert(versions_t),
-                [
-                    {
-                        "cube_id": cube.id,
-                        "version": v.version,
-                        "op": v.op,
-                        "changed_by": v.changed_by,
-                        "changed_at": ts(v.changed_at),
-                        "data": v.cube.model_dump_json(),
-                    }
-                    for v in versions
-                ],
-            )
+        numbers = [v.version for v in versions]
+        if len(set(numbers)) != len(numbers):
+            raise InvalidInput(f"cube {cube.id!r}: version numbers given more than once")
+        row = _row_values(cube, PENDING)
+        history = [
+            {
+                "cube_id": cube.id,
+                "version": v.version,
+                "op": v.op,
+                "changed_by": v.changed_by,
+                "changed_at": ts(v.changed_at),
+                "data": _row_values(v.cube, PENDING)["data"],
+            }
+            for v in versions
+        ]
+        try:
+            with self._begin("insert cube history") as conn:
+                conn.execute(insert(cubes_t).values(**row))
+                if history:
+                    conn.execute(insert(versions_t), history)
+        except Conflict as exc:
+            raise self._taken([cube.id]) from exc
 
     def mark_committed(self, ids: Iterable[str], versions: dict[str, int]) -> None:
         """Mark rows whose index now matches `versions[id]` as committed (one UPDATE per
@@ -234,7 +288,7 @@ class Catalog:
         by_version: dict[int, list[str]] = {}
         for cid in ids:
             by_version.setdefault(versions[cid], []).append(cid)
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             for version, group in by_version.items():
                 for start in range(0, len(group), 500):
                     conn.execute(
@@ -249,7 +303,7 @@ class Catalog:
     def touch(self, ids: Sequence[str], at: datetime) -> None:
         if not ids:
             return
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 update(cubes_t)
                 .where(cubes_t.c.id.in_(list(ids)))
@@ -258,12 +312,12 @@ class Catalog:
 
     def set_expiry(self, expiries: dict[str, datetime | None]) -> None:
         """Move cubes' expiry (a TTL refresh) without writing a new version."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             for cid, when in expiries.items():
                 conn.execute(update(cubes_t).where(cubes_t.c.id == cid).values(expires_at=ts(when)))
 
     def purge(self, cube_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(delete(versions_t).where(versions_t.c.cube_id == cube_id))
             conn.execute(delete(cubes_t).where(cubes_t.c.id == cube_id))
 
@@ -277,13 +331,13 @@ class Catalog:
     def get_many(self, ids: Sequence[str]) -> dict[str, MemCube]:
         if not ids:
             return {}
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(select(cubes_t).where(cubes_t.c.id.in_(list(ids)))).all()
         return {r.id: _cube_from_row(r) for r in rows}
 
     def past_expiry(self, now: datetime, limit: int = 10_000) -> list[MemCube]:
         """Active cubes whose TTL has run out."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(
                 select(cubes_t)
                 .where(cubes_t.c.state == State.active.value, cubes_t.c.expires_at <= ts(now))
@@ -292,7 +346,7 @@ class Catalog:
         return [_cube_from_row(r) for r in rows]
 
     def vaults(self) -> list[str]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return list(conn.execute(select(cubes_t.c.vault).distinct()).scalars())
 
     # retrieval's reads: one (vault, user) scope
@@ -302,7 +356,7 @@ class Catalog:
         q = select(func.count(), func.max(cubes_t.c.updated_at)).where(
             cubes_t.c.vault == vault, cubes_t.c.user_id == user_id
         )
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             n, t = conn.execute(q).one()
         return int(n), float(t or 0.0)
 
@@ -316,11 +370,11 @@ class Catalog:
             cubes_t.c.form == form,
             cubes_t.c.state.in_(list(states)),
         )
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [_cube_from_row(r) for r in conn.execute(q)]
 
     def pending(self, limit: int = 1000) -> list[MemCube]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(
                 select(cubes_t).where(cubes_t.c.index_state == PENDING).limit(limit)
             ).all()
@@ -346,7 +400,7 @@ class Catalog:
         if states:
             q = q.where(cubes_t.c.state.in_([s.value for s in states]))
         q = q.order_by(cubes_t.c.created_at, cubes_t.c.id).limit(limit).offset(offset)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [_cube_from_row(r) for r in conn.execute(q).all()]
 
     def histories(self, vault: str, user_id: str) -> dict[str, list[VersionRecord]]:
@@ -358,13 +412,13 @@ class Catalog:
             .order_by(versions_t.c.cube_id, versions_t.c.version)
         )
         out: dict[str, list[VersionRecord]] = {}
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             for r in conn.execute(q):
                 out.setdefault(r.cube_id, []).append(_version_of(r))
         return out
 
     def history(self, cube_id: str) -> list[VersionRecord]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(
                 select(versions_t)
                 .where(versions_t.c.cube_id == cube_id)
@@ -375,7 +429,7 @@ class Catalog:
         return [_version_of(r) for r in rows]
 
     def stats(self) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             by_state = dict(
                 conn.execute(select(cubes_t.c.state, func.count()).group_by(cubes_t.c.state)).all()
             )
@@ -407,7 +461,7 @@ class Catalog:
         )
         if at is not None:
             q = q.where(cubes_t.c.expires_at.is_(None) | (cubes_t.c.expires_at > ts(at)))
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return dict(conn.execute(q).all())
 
     def live(
@@ -425,7 +479,7 @@ class Catalog:
             .limit(limit)
         )
         rows: list[Any] = []
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             for start in range(0, len(user_ids), 500):  # stay under bound-parameter limits
                 group = list(user_ids[start : start + 500])
                 rows.extend(conn.execute(q.where(cubes_t.c.user_id.in_(group))).all())
@@ -444,7 +498,7 @@ class Catalog:
         return q
 
     def _cubes(self, q: Select[Any]) -> list[MemCube]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [_cube_from_row(r) for r in conn.execute(q).all()]
 
     def active_cubes(
@@ -497,6 +551,14 @@ class Catalog:
             cubes_t.c.importance < max_importance,
         )
         return self._cubes(q.order_by(cubes_t.c.updated_at, cubes_t.c.id).limit(limit))
+
+
+@contextmanager
+def _guarded(inner: Any, what: str) -> Iterator[Any]:
+    """An engine's `begin()` / `connect()` whose errors, the body's and the commit's, leave as
+    MemOS errors."""
+    with _db_errors(what), inner as conn:
+        yield conn
 
 
 def _version_of(row: Any) -> VersionRecord:
