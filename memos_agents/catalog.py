@@ -552,6 +552,34 @@ class Catalog:
         )
         return self._cubes(q.order_by(cubes_t.c.updated_at, cubes_t.c.id).limit(limit))
 
+    # the MIP loader's write: a whole file in one transaction
+    def insert_histories(self, items: Sequence[tuple[MemCube, Sequence[VersionRecord]]]) -> None:
+        """Insert cubes (pending) each with its full version history, all or nothing: one
+        transaction for every cube of an imported file."""
+        rows, history = [], []
+        for cube, versions in items:
+            rows.append(_row_values(cube, PENDING))
+            history += [
+                {
+                    "cube_id": cube.id,
+                    "version": v.version,
+                    "op": v.op,
+                    "changed_by": v.changed_by,
+                    "changed_at": ts(v.changed_at),
+                    "data": v.cube.model_dump_json(),
+                }
+                for v in versions
+            ]
+        if not rows:
+            return
+        try:
+            with self._begin("insert imported cubes") as conn:
+                conn.execute(insert(cubes_t), rows)
+                if history:
+                    conn.execute(insert(versions_t), history)
+        except Conflict as exc:
+            raise self._taken([r["id"] for r in rows]) from exc
+
 
 @contextmanager
 def _guarded(inner: Any, what: str) -> Iterator[Any]:

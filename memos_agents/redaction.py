@@ -3,6 +3,10 @@
 Detectors use maintained libraries where one fits: `phonenumbers` for phone numbers,
 `python-stdnum` for IBANs and card numbers (checksums, not just digit runs); emails and
 user-given patterns are regular expressions. The original values are never kept.
+
+E-mail addresses may have Unicode local parts and domains (`josé@exämple.de`, IDN TLDs as
+letters or `xn--` punycode); IBANs are found in any letter case, with or without the
+four-character groups, and only where their ISO 7064 checksum holds.
 """
 
 from __future__ import annotations
@@ -17,8 +21,14 @@ from .errors import InvalidInput
 
 Span = tuple[int, int]
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
+# \w is Unicode-aware: local parts and domain labels in any script
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[\w.%+-]+@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+"
+    r"(?:[^\W\d_]{2,}|xn--[a-z0-9-]{2,59})(?![\w-])",
+    re.IGNORECASE,
+)
+_IBAN_START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
+_IBAN_BODY = re.compile(r"(?:[ ]?[A-Za-z0-9]){11,30}")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 
 
@@ -67,11 +77,31 @@ def _phones(text: str, policy: RedactionPolicy) -> Iterator[Span]:
 
 
 def _ibans(text: str, _: RedactionPolicy) -> Iterator[Span]:
+    """Country code and check digits, then 11..30 characters (single spaces allowed between
+    them); the longest run whose checksum holds and that ends at a word edge wins, so an
+    IBAN followed by a word is still found."""
     from stdnum import iban
 
-    for m in _IBAN.finditer(text):
-        if iban.is_valid(m.group(0)):
-            yield m.span()
+    pos = 0
+    while m := _IBAN_START.search(text, pos):
+        body = _IBAN_BODY.match(text, m.end())
+        end = _valid_iban_end(text, m.start(), body.end() if body else m.end(), iban.is_valid)
+        if end is None:
+            pos = m.start() + 1
+            continue
+        yield m.start(), end
+        pos = end
+
+
+def _valid_iban_end(
+    text: str, start: int, stop: int, is_valid: Callable[[str], bool]
+) -> int | None:
+    for end in range(stop, start + 14, -1):
+        if text[end - 1] == " " or (end < len(text) and text[end].isalnum()):
+            continue
+        if is_valid(text[start:end].upper()):
+            return end
+    return None
 
 
 def _cards(text: str, _: RedactionPolicy) -> Iterator[Span]:
