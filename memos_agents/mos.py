@@ -846,17 +846,28 @@ class MemOS:
         tags: Sequence[str] | None = None,
     ) -> list[Delivery]:
         """Publish to a channel. Text becomes a new shared cube of the publisher; existing cubes
-        (objects or `cube_ids`) must belong to `user_id` and be shared or public."""
-        from .store import Delivery
+        (objects or `cube_ids`) must belong to `user_id` and be shared or public. The principal
+        must be allowed to write in `user_id`'s scope and on each cube it publishes; everything
+        is checked before anything is written (audit: "publish", then "add" for new text)."""
+        from .store import Delivery, check_channel
 
+        check_channel(channel)
         items = [] if memory is None else [memory] if isinstance(memory, str | MemCube) else memory
+        if isinstance(cube_ids, str) or not isinstance(cube_ids, Sequence):
+            raise InvalidInput("cube_ids must be a list of cube ids")
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise InvalidInput("memory must be a text, a cube, or a list of them")
         if not items and not cube_ids:
             raise InvalidInput("nothing to publish")
         scope = _scope(vault or self.config.vault, user_id, agent_id, session_id)
         by = f"agent:{agent_id}" if agent_id else f"user:{user_id}"
-        ids = [*cube_ids, *(m.id for m in items if isinstance(m, MemCube))]
-        cubes = [self.vault.get(i, scope_user=scope.user_id) for i in ids]
+        ids = [check_name(i, "cube id") for i in cube_ids]
+        ids += [m.id for m in items if isinstance(m, MemCube)]
         texts = [_check_text(m) for m in items if not isinstance(m, MemCube)]
+        tag_list = _check_tags(tags)
+        cubes = [self.vault.get(i, scope_user=scope.user_id) for i in ids]
+        self.memstore.check_publishable(cubes)
+        self.gate("publish", Action.write, cubes=cubes, scope=scope, detail=f"channel={channel}")
         if texts:
             cubes += self.add(
                 [{"role": "assistant" if agent_id else "user", "content": t} for t in texts],
@@ -864,7 +875,7 @@ class MemOS:
                 agent_id=agent_id,
                 session_id=session_id,
                 vault=scope.vault,
-                tags=tags,
+                tags=tag_list,
                 visibility=Visibility.shared,
             )
         seqs = self.memstore.publish(channel, cubes, published_by=by)
@@ -876,16 +887,61 @@ class MemOS:
     def subscribe(
         self, channel: str, subscriber: str, *, start: Literal["earliest", "latest"] = "earliest"
     ) -> Channel:
-        """A durable subscription: `poll` returns what arrived since the last `ack`."""
-        return self.memstore.subscribe(channel, subscriber, start)
+        """A durable subscription: `poll` returns what arrived since the last `ack`. It belongs
+        to this view's principal: another principal (but system) may not poll, ack or
+        re-subscribe it."""
+        from .store import check_channel
+
+        check_channel(channel)
+        check_name(subscriber, "subscriber")
+        if start not in ("earliest", "latest"):
+            raise InvalidInput("start must be 'earliest' or 'latest'")
+        owner = self.memstore.owner(channel, subscriber)
+        self._gate_subscription("subscribe", channel, subscriber, owner)
+        return self.memstore.subscribe(channel, subscriber, start, owner=self.principal)
+
+    def _gate_subscription(self, op: str, channel: str, subscriber: str, owner: str | None) -> None:
+        """The gate of a channel call: a subscription is its owner's (and system's)."""
+        detail = f"channel={channel} subscriber={subscriber}"
+        if owner is not None and self.principal not in (SYSTEM, owner):
+            self._audit(op, [], outcome="denied", detail=detail)
+            raise PermissionDenied(
+                f"{self.principal} may not {op} subscription {subscriber!r} of channel "
+                f"{channel!r}: it belongs to {owner}"
+            )
+        self.gate(op, Action.read, detail=detail)
+
+    def _subscription(self, channel: str, subscriber: str) -> str:
+        from .errors import NotFound
+        from .store import check_channel
+
+        check_channel(channel)
+        check_name(subscriber, "subscriber")
+        owner = self.memstore.owner(channel, subscriber)
+        if owner is None:
+            raise NotFound(f"{subscriber!r} is not subscribed to channel {channel!r}")
+        return owner
 
     def poll(self, channel: str, subscriber: str, *, limit: int = 100) -> list[Delivery]:
-        return self.memstore.poll(channel, subscriber, limit)
+        """What arrived since the last `ack`, oldest first: only cubes this principal may read
+        (the others are skipped, and an `ack` past them skips them for good)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput("limit must be a positive integer")
+        owner = self._subscription(channel, subscriber)
+        self._gate_subscription("poll", channel, subscriber, owner)  # refused before reading
+        got = self.memstore.poll(channel, subscriber, limit)
+        keep = {c.id for c in self.readable([d.cube for d in got])}
+        return [d for d in got if d.cube.id in keep]
 
     def ack(self, channel: str, subscriber: str, seq: int) -> int:
+        owner = self._subscription(channel, subscriber)
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise InvalidInput("seq must be a non-negative integer")
+        self._gate_subscription("ack", channel, subscriber, owner)
         return self.memstore.ack(channel, subscriber, seq)
 
     def channels(self) -> list[Channel]:
+        self.gate("channels", Action.read)
         return self.memstore.channels()
 
     # local model: activation (KV cache) and parameter (LoRA) memory, and the scheduler

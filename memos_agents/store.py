@@ -5,6 +5,10 @@ sequence number it acknowledged), so delivery is at-least-once: `poll` hands out
 after the cursor, `ack` moves it. Any process sharing the catalog sees the same channels.
 Only cubes whose visibility is shared or public can be published, and a subscriber only ever
 receives cubes that are still live.
+
+A subscription belongs to the principal that created it (`memos_subscription_owners`): the
+facade lets only that principal (or system) poll, ack or re-subscribe it. Subscriptions made
+before owners were recorded belong to system.
 """
 
 from __future__ import annotations
@@ -66,6 +70,18 @@ subscriptions_t = Table(
     Column("cursor", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+
+# who owns each subscription; a table of its own, so data dirs made before it just gain it
+subscription_owners_t = Table(
+    "memos_subscription_owners",
+    store_metadata,
+    Column("channel", String(128), primary_key=True),
+    Column("subscriber", String(256), primary_key=True),
+    Column("owner", String(256), nullable=False),
+)
+
+LEGACY_OWNER = "system"  # the owner of a subscription made before owners were recorded
 
 
 class Channel(BaseModel):
@@ -146,10 +162,9 @@ class MemStore:
             names = conn.execute(select(channels_t.c.name).order_by(channels_t.c.name)).scalars()
             return [self.channel(n) for n in list(names)]
 
-    def publish(self, channel: str, cubes: Sequence[MemCube], published_by: str) -> list[int]:
-        """Append cubes to a channel (created on first use); returns their sequence numbers."""
-        check_channel(channel)
-        check_name(published_by, "published_by")
+    @staticmethod
+    def check_publishable(cubes: Sequence[MemCube]) -> None:
+        """Raise unless every cube may go into a channel: shared or public, and live."""
         for cube in cubes:
             if cube.governance.visibility is Visibility.private:
                 raise ScopeViolation(
@@ -157,6 +172,12 @@ class MemStore:
                 )
             if not cube.is_live():
                 raise InvalidInput(f"cube {cube.id} is {cube.lifecycle.state.value}, not live")
+
+    def publish(self, channel: str, cubes: Sequence[MemCube], published_by: str) -> list[int]:
+        """Append cubes to a channel (created on first use); returns their sequence numbers."""
+        check_channel(channel)
+        check_name(published_by, "published_by")
+        self.check_publishable(cubes)
         self.create_channel(channel, published_by)
         seqs = []
         with self.engine.begin() as conn:
@@ -172,12 +193,36 @@ class MemStore:
                 seqs.append(int(res.inserted_primary_key[0]))
         return seqs
 
+    def owner(self, channel: str, subscriber: str) -> str | None:
+        """The principal a subscription belongs to; None if there is no such subscription."""
+        with self.engine.connect() as conn:
+            exists = conn.execute(
+                select(subscriptions_t.c.cursor).where(
+                    subscriptions_t.c.channel == channel, subscriptions_t.c.subscriber == subscriber
+                )
+            ).first()
+            if exists is None:
+                return None
+            owner = conn.execute(
+                select(subscription_owners_t.c.owner).where(
+                    subscription_owners_t.c.channel == channel,
+                    subscription_owners_t.c.subscriber == subscriber,
+                )
+            ).scalar()
+        return LEGACY_OWNER if owner is None else str(owner)
+
     def subscribe(
-        self, channel: str, subscriber: str, start: Literal["earliest", "latest"] = "earliest"
+        self,
+        channel: str,
+        subscriber: str,
+        start: Literal["earliest", "latest"] = "earliest",
+        owner: str = LEGACY_OWNER,
     ) -> Channel:
-        """Register a durable subscription (idempotent: an existing cursor is kept)."""
+        """Register a durable subscription owned by `owner` (idempotent: an existing cursor and
+        owner are kept; the facade checks the owner first)."""
         check_channel(channel)
         check_name(subscriber, "subscriber")
+        check_name(owner, "owner")
         if start not in ("earliest", "latest"):
             raise InvalidInput("start must be 'earliest' or 'latest'")
         self.create_channel(channel, subscriber)
@@ -193,6 +238,11 @@ class MemStore:
             conn.execute(
                 insert(subscriptions_t).values(
                     channel=channel, subscriber=subscriber, cursor=cursor, created_at=_now()
+                )
+            )
+            conn.execute(
+                insert(subscription_owners_t).values(
+                    channel=channel, subscriber=subscriber, owner=owner
                 )
             )
         return self.channel(channel)
