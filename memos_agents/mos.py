@@ -968,9 +968,37 @@ class MemOS:
                     runtime,
                     blobs=self.config.data_dir / "blobs",
                     default_vault=self.config.vault,
-                    readable=self.readable,
                 )
             return self._model_memory
+
+    def _model_gate(
+        self, op: str, user_id: str, vault: str | None, action: Action
+    ) -> Callable[[Sequence[MemCube]], None]:
+        """The gate of a model operation in `user_id`'s memory of `vault` (default: this
+        MemOS's). The scope is checked now, before anything is resolved (`action`: write for
+        what stores a cube, read for generation); the returned check is what ModelMemory calls
+        with every cube the operation reads, once resolved and before the model process is
+        reached or anything is written: `gate` (read on each cube). One audit entry either way."""
+        user_id = check_name(user_id, "user_id")
+        vault = check_name(vault or self.config.vault, "vault")
+        try:
+            self.governance.check_vault(self.principal, vault, action, user_id)
+        except PermissionDenied:
+            self._audit(op, [], outcome="denied", vault=vault, detail=f"user_id={user_id}")
+            raise
+        scope = Scope(vault=vault, user_id=user_id)
+
+        def check(cubes: Sequence[MemCube]) -> None:
+            self.gate(op, Action.read, cubes=cubes, scope=scope)
+
+        return check
+
+    def _model_kw(self, op: str, user_id: str, action: Action, kw: dict[str, Any]) -> None:
+        """The gate's check, and who the cubes a model operation stores are made by (a caller
+        other than the system cannot name someone else)."""
+        kw["check"] = self._model_gate(op, user_id, kw.get("vault"), action)
+        if action is Action.write and self.principal != SYSTEM:
+            kw["by"] = self.principal
 
     def model(
         self,
@@ -1005,35 +1033,54 @@ class MemOS:
     ) -> MemCube:
         """Activation memory: the KV cache of these plaintext memories, stored as a versioned
         activation cube (`vault`, `name`, `system_prompt`, `parameter` optional)."""
+        self._model_kw("build_activation", user_id, Action.write, kw)
         return self.model_memory.build_activation(cube_ids, user_id=user_id, **kw)
 
     def distil(
         self, cube_ids: Sequence[str | MemCube] | None = None, *, user_id: str, **kw: Any
     ) -> MemCube:
         """Parameter memory: a LoRA adapter trained on these memories (or `tag=`), stored as a
-        versioned parameter cube (`name`, `steps`, `lr`, `rank`, `progress` optional)."""
-        kw.setdefault("principal", self.principal)
+        versioned parameter cube (`name`, `steps`, `lr`, `rank`, `progress` optional); by
+        tag, only the memories this principal may read."""
+        kw.pop("principal", None)  # a view's principal is its own, never an argument
+        self._model_kw("distil", user_id, Action.write, kw)
+        kw["readable"] = self.readable
         return self.model_memory.distil(cube_ids, user_id=user_id, **kw)
 
     def generate(self, prompt: Any, *, user_id: str, **kw: Any) -> Generation:
         """Answer with the local model using `memories` (as text), `activation` (a KV cache
         cube: same greedy reply as the text, faster), `parameter` (a LoRA cube), or a
-        `plan` from `mem.scheduler.plan(...)`."""
+        `plan` from `mem.scheduler.plan(...)`. Every memory it reads (a plan's too) must be
+        readable by this principal, in a scope it may read."""
+        self._model_kw("generate", user_id, Action.read, kw)
         return self.model_memory.generate(prompt, user_id=user_id, **kw)
 
     def generate_stream(self, prompt: Any, *, user_id: str, **kw: Any) -> Iterator[str]:
-        """`generate`, as text pieces as they are produced."""
+        """`generate`, as text pieces as they are produced (checked when called)."""
+        self._model_kw("generate_stream", user_id, Action.read, kw)
         return self.model_memory.stream(prompt, user_id=user_id, **kw)
 
     def load_parameter(self, cube_id: str, *, user_id: str | None = None) -> str:
         """Load a parameter cube's adapter into the model process; returns its model name."""
-        return self.model_memory.load_parameter(cube_id, user_id=user_id)
+        return self.model_memory.load_parameter(
+            cube_id, user_id=user_id, check=self._cube_gate("load_parameter")
+        )
 
     def unload_parameter(self, cube_id: str, *, user_id: str | None = None) -> bool:
         """Unload a parameter cube's adapter; requests then get the base model's outputs."""
-        from .model.memory import lora_name
+        return self.model_memory.unload_parameter(
+            cube_id, user_id=user_id, check=self._cube_gate("unload_parameter")
+        )
 
-        return self.model().unload_adapter(lora_name(self.vault.get(cube_id, scope_user=user_id)))
+    def _cube_gate(self, op: str) -> Callable[[Sequence[MemCube]], None]:
+        def check(cubes: Sequence[MemCube]) -> None:
+            self.gate(op, Action.read, cubes=cubes)
+
+        return check
+
+    def _system_audit(self, op: str, **kw: Any) -> None:
+        """An audit entry of the system (the scheduler's jobs are system actions)."""
+        self.governance.audit(SYSTEM, op, **kw)
 
     @property
     def scheduler(self) -> MemScheduler:
@@ -1049,6 +1096,7 @@ class MemOS:
                     search=self.search,
                     sweep=self.sweep,
                     write_version=self.vault.write_version,
+                    audit=self._system_audit,
                     vault=self.config.vault,
                 )
             return self._scheduler

@@ -152,7 +152,11 @@ class MemScheduler:
     drops activation and parameter memory, `jobs` keeps the jobs (default: a `JobStore` in the
     catalog's database). `search(task, user_id=, k=, vault=)` retrieves for a plan, `sweep(now)`
     runs the lifecycle sweep before each tick, `write_version(cube, op, by, expected)` stores a
-    new version; `vault` is the vault used when a call names none."""
+    new version, `audit(op, cube_ids=, vault=, outcome=, detail=)` writes one audit entry (as
+    the system: the jobs are system actions) for each job before it runs; `vault` is the vault
+    used when a call names none. Blobs are reached only through `models` (blob names, never
+    paths: a demoted cube whose content is not a blob name inside the blob folder keeps its
+    file, and the skip is logged)."""
 
     def __init__(
         self,
@@ -162,6 +166,7 @@ class MemScheduler:
         search: Callable[..., Sequence[SearchHit]],
         sweep: Callable[[datetime | None], Any],
         write_version: Callable[[MemCube, str, str, int], None],
+        audit: Callable[..., None],
         vault: str = "default",
         jobs: JobStore | None = None,
         policy: SchedulerPolicy | None = None,
@@ -173,6 +178,7 @@ class MemScheduler:
         self._search = search
         self._sweep = sweep
         self._write_version = write_version
+        self._audit = audit
         self._policy = policy
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -557,6 +563,12 @@ class MemScheduler:
         if job is None:
             return None
         try:
+            self._audit(
+                f"scheduler.{job.kind}",
+                cube_ids=self._ids(job),
+                vault=job.vault,
+                detail=f"job {job.id} (attempt {job.attempts}) for {job.user_id}: {job.reason}",
+            )
             result = self.handlers[job.kind](job)
         except MemOSError as exc:
             log.warning("job %s (%s) failed: %s", job.id, job.kind, exc)

@@ -4,6 +4,7 @@ handlers here; tests/test_model.py runs a real promotion."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ from sqlalchemy import update
 from typer.testing import CliRunner
 
 from memos_agents import MemOS
+from memos_agents.blobs import kv_name
 from memos_agents.cli import app
 from memos_agents.cube import Form, MemCube, Provenance, Scope, SourceKind, State, utcnow
 from memos_agents.errors import InvalidInput
@@ -70,6 +72,7 @@ def test_hot_memories_are_proposed_for_activation_within_the_token_budget(mem):
         search=mem.search,
         sweep=mem.sweep,
         write_version=mem.vault.write_version,
+        audit=functools.partial(mem.governance.audit, "system"),
     )
     assert fresh.policy.hot_max_tokens == 64  # the policy is kept in the catalog
     with pytest.raises(InvalidInput):
@@ -83,10 +86,10 @@ def test_cold_archive_stable_distil_and_idle_demote(mem):
         [f"Dragons of kind {i} breathe fire." for i in range(4)], user_id="alice", tags=["dragons"]
     )
     other = mem.add(["A note nobody reads."], user_id="alice")
-    blob = mem.config.data_dir / "blobs" / "kv" / "idle.safetensors"
+    blob = mem.config.data_dir / "blobs" / kv_name("1d" * 32)
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(b"x")
-    act = _derived(mem, Form.activation, lore[:1], content="kv/idle.safetensors", name="old")
+    act = _derived(mem, Form.activation, lore[:1], content=kv_name("1d" * 32), name="old")
 
     soon = utcnow() + timedelta(days=8)
     props = sched.scan(user_id="alice", now=soon)

@@ -3,8 +3,13 @@
 `mem.generate()`, `mem.distil()` do.
 
 Activation cubes and parameter cubes are MemCubes like any other (versioned in the catalog,
-scoped to a user). Their `content` is a path relative to `<data dir>/blobs/`
-(`kv/<fingerprint>.safetensors`, `lora/<cube id>/v<version>`), `provenance.derived_from` lists
+scoped to a user). Their `content` is a blob name (`kv/<fingerprint>.safetensors`,
+`lora/<cube id>/v<version>`), never a path: every file of it is reached through
+`blobs.blob_path` under `<data dir>/blobs/`, which refuses any other shape and anything that
+resolves outside (a cube imported with `kv/../../x` is refused, or skipped and logged when the
+scheduler demotes it). Every operation takes a per-call `check(cubes)`: the facade's gate, called
+with every cube the operation reads once they are resolved, before the model process is reached
+or anything is written. `provenance.derived_from` lists
 the plaintext cubes they were made from, and `metadata` holds the fingerprint and model identity.
 Before a KV cache is used its fingerprint is recomputed from the current sources and the serving
 model; any difference (a source edited or deleted, another model) refuses it.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..blobs import blob_path, is_blob_name, kv_name, lora_blob_name
 from ..cube import (
     LIVE_STATES,
     ActivationMeta,
@@ -47,6 +54,8 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from ..vault import MemVault
+
+log = logging.getLogger(__name__)
 
 MODEL_URL_ENV = "MEMOS_MODEL_URL"
 MODEL_CACHE_ENV = "MEMOS_MODEL_CACHE"
@@ -246,7 +255,13 @@ def _rebuilt(previous: MemCube | None, cube: MemCube) -> MemCube:
     )
 
 
-Readable = Callable[[Sequence[MemCube], str | None], list[MemCube]]
+Readable = Callable[[Sequence[MemCube]], list[MemCube]]
+Check = Callable[[Sequence[MemCube]], None]
+
+
+def _checked(check: Check | None, cubes: Sequence[MemCube]) -> None:
+    if check is not None:
+        check([c for c in cubes if c is not None])
 
 
 class ModelMemory:
@@ -255,9 +270,11 @@ class ModelMemory:
     `mem.distil()`, `mem.load_parameter()` do.
 
     `vault` stores the cubes and their versions, `runtime` reaches the model process, `blobs`
-    is the folder KV blobs and adapters live in; `readable(cubes, principal)` filters what a
-    principal may read (used where memories are picked by tag), `default_vault` is the vault a
-    call names none."""
+    is the folder KV blobs and adapters live in, `default_vault` is the vault a call names none.
+    Who may do what is the caller's: each operation takes `check(cubes)` (raises to refuse),
+    called with every cube it reads before it reaches the model process or writes; `distil`
+    by tag also takes `readable(cubes)` (the cubes the caller may read). Nothing here is bound
+    to one principal: one ModelMemory serves every view of a MemOS."""
 
     def __init__(
         self,
@@ -266,14 +283,23 @@ class ModelMemory:
         *,
         blobs: Path,
         default_vault: str = "default",
-        readable: Readable | None = None,
     ) -> None:
         self.vault = vault
         self.catalog = vault.catalog
         self.runtime = runtime
         self.blobs = Path(blobs)
         self.default_vault = default_vault
-        self._readable = readable
+
+    def blob(self, form: Form, name: object) -> Path:
+        """The file (KV) or folder (LoRA) of blob `name`; InvalidInput for anything that is not
+        a blob name of `form` or resolves outside the blob folder."""
+        return blob_path(self.blobs, form, name)
+
+    def _has_blob(self, cube: MemCube) -> bool:
+        try:
+            return self.blob(cube.form, cube.content).is_file()
+        except InvalidInput:
+            return False
 
     # lookups
     def derived(
@@ -308,16 +334,16 @@ class ModelMemory:
         return cubes
 
     def _tagged(
-        self, tag: str, user_id: str, vault: str | None, principal: str | None
+        self, tag: str, user_id: str, vault: str | None, readable: Readable | None
     ) -> list[str]:
-        """Ids of the live plaintext memories of a user with `tag` that `principal` may read."""
+        """Ids of the live plaintext memories of a user with `tag` that the caller may read."""
         vault = check_name(vault or self.default_vault, "vault")
         cubes = self.catalog.list(
             vault=vault, user_id=user_id, states=sorted(LIVE_STATES), limit=100_000
         )
         live = [c for c in cubes if c.is_live()]
-        if self._readable is not None:
-            live = self._readable(live, principal)
+        if readable is not None:
+            live = readable(live)
         return [c.id for c in live if c.form is Form.plaintext and tag in c.organisation.tags]
 
     def _named(self, form: Form, vault: str, user_id: str, name: str | None) -> MemCube | None:
@@ -348,6 +374,7 @@ class ModelMemory:
         system_prompt: str | None = None,
         parameter: str | MemCube | None = None,
         by: str | None = None,
+        check: Check | None = None,
     ) -> MemCube:
         """Compute the KV cache of these plaintext memories (rendered as the memory block) in
         the model process, store it as a blob and return its activation cube. With `name`, an
@@ -356,25 +383,27 @@ class ModelMemory:
         check_name(user_id, "user_id")
         sources = self._sources(cube_ids, user_id, vault)
         vault = sources[0].scope.vault
-        client = self.runtime.connect()
-        adapter = None
+        pcube = None
         if parameter is not None:
             pcube = self.live_cube(parameter, user_id, Form.parameter)
-            adapter = self.ensure_adapter(pcube, client)
+            self.blob(Form.parameter, pcube.content)
+        _checked(check, [*sources, *([pcube] if pcube else [])])
+        client = self.runtime.connect()
+        adapter = self.ensure_adapter(pcube, client) if pcube is not None else None
         identity = model_identity(client.info())
         fp = activation_fingerprint(identity, sources, system_prompt, adapter)
         by = by or f"user:{user_id}"
         for cube in self.derived(Form.activation, vault=vault, user_id=user_id):
             meta = ActivationMeta.from_cube(cube)
             same_name = name is None or meta.name == name
-            if meta.fingerprint == fp and same_name and (self.blobs / cube.content).is_file():
+            if meta.fingerprint == fp and same_name and self._has_blob(cube):
                 return cube
-        rel = f"kv/{fp[:40]}.safetensors"
+        rel = kv_name(fp)
         block = memory_block([c.content for c in sources], system_prompt)
         built = client.build_activation(
             [{"role": "system", "content": block}],
             fingerprint=fp,
-            path=self.blobs / rel,
+            path=self.blob(Form.activation, rel),
             adapter=adapter,
             meta={"vault": vault, "user_id": user_id},
         )
@@ -405,15 +434,27 @@ class ModelMemory:
             self.drop_blob(previous.content, keep=rel)
         return stored
 
-    def drop_blob(self, rel: str, keep: str | None = None) -> None:
+    def drop_blob(self, rel: str, keep: str | None = None) -> bool:
         """Remove a KV blob no live activation cube points at (caches are rebuilt, not
-        restored)."""
-        if rel == keep or not rel.startswith("kv/"):
-            return
+        restored); True if a file was removed. Anything that is not a KV blob name inside the
+        blob folder (`kv/../x`, a symlink pointing out) is left alone and logged."""
+        if rel == keep:
+            return False
+        if not is_blob_name(Form.activation, rel):
+            log.warning("not removing %r: not a KV blob name", rel)
+            return False
+        try:
+            path = self.blob(Form.activation, rel)
+        except InvalidInput as exc:
+            log.warning("not removing %r: %s", rel, exc)
+            return False
         for cube in self.derived(Form.activation, vault=None):
             if cube.content == rel:
-                return
-        (self.blobs / rel).unlink(missing_ok=True)
+                return False
+        if not (path.is_symlink() or path.is_file()):
+            return False
+        path.unlink()  # a link (pointing inside the blob folder) goes, never its target
+        return True
 
     def drop_activation(self, cube: MemCube) -> None:
         """After an activation cube is demoted: remove its blob (unless another live cube uses
@@ -446,7 +487,7 @@ class ModelMemory:
             raise ActivationRefused(
                 f"activation cube {cube.id} does not match its sources; rebuild it"
             )
-        if not (self.blobs / cube.content).is_file():
+        if not self.blob(Form.activation, cube.content).is_file():
             raise ActivationRefused(f"activation blob {cube.content} is missing; rebuild it")
         return sources
 
@@ -473,6 +514,7 @@ class ModelMemory:
     def ensure_adapter(self, cube: MemCube, client: ModelClient) -> str:
         """Load a parameter cube's adapter into the model process; returns its model name."""
         name = lora_name(cube)
+        path = self.blob(Form.parameter, cube.content)
         info = client.info()
         meta = ParameterMeta.from_cube(cube)
         if info.get("memos"):
@@ -482,16 +524,30 @@ class ModelMemory:
                         f"parameter cube {cube.id} was trained on {key}={getattr(meta, key)!r}; "
                         f"the model process has {key}={info.get(key)!r}"
                     )
-        path = self.blobs / cube.content
         if not (path / "adapter_config.json").is_file():
             raise ModelError(f"adapter files of parameter cube {cube.id} are missing at {path}")
         client.load_adapter(name, path)
         return name
 
-    def load_parameter(self, cube_id: str, *, user_id: str | None = None) -> str:
+    def load_parameter(
+        self, cube_id: str, *, user_id: str | None = None, check: Check | None = None
+    ) -> str:
         """Load a live parameter cube's adapter into the model process (started if need be)."""
         cube = self.live_cube(cube_id, user_id, Form.parameter)
+        self.blob(Form.parameter, cube.content)
+        _checked(check, [cube])
         return self.ensure_adapter(cube, self.runtime.connect())
+
+    def unload_parameter(
+        self, cube_id: str, *, user_id: str | None = None, check: Check | None = None
+    ) -> bool:
+        """Unload a parameter cube's adapter from the model process; False if it was not
+        loaded."""
+        cube = self.vault.get(cube_id, scope_user=user_id)
+        if cube.form is not Form.parameter:
+            raise InvalidInput(f"cube {cube.id} is {cube.form.value} memory, not parameter")
+        _checked(check, [cube])
+        return self.runtime.connect().unload_adapter(lora_name(cube))
 
     def distil(
         self,
@@ -507,10 +563,11 @@ class ModelMemory:
         seed: int = 0,
         progress: Callable[[dict[str, Any]], None] | bool | None = None,
         by: str | None = None,
-        principal: str | None = None,
+        readable: Readable | None = None,
+        check: Check | None = None,
     ) -> MemCube:
         """Train a LoRA adapter on these plaintext memories (or every live memory of the user
-        with `tag` that `principal` may read) and store it as a parameter cube. With `name`, an
+        with `tag` that `readable` keeps) and store it as a parameter cube. With `name`, an
         existing parameter cube of that name gets a new version (earlier adapters stay on disk
         for history and rollback)."""
         from .examples import training_examples
@@ -519,16 +576,15 @@ class ModelMemory:
         if cube_ids is None:
             if not tag:
                 raise InvalidInput("give the memories to distil (cube ids) or a tag")
-            cube_ids = self._tagged(tag, user_id, vault, principal)
+            cube_ids = self._tagged(tag, user_id, vault, readable)
             if not cube_ids:
                 raise NotFound(f"no live memories of {user_id} tagged {tag!r}")
             name = name or tag
         sources = self._sources(cube_ids, user_id, vault)
         vault = sources[0].scope.vault
-        client = self.runtime.connect()
-        info = client.info()
         by = by or f"user:{user_id}"
         previous = self._named(Form.parameter, vault, user_id, name)
+        _checked(check, [*sources, *([previous] if previous else [])])
         cube = _rebuilt(
             previous,
             _new_derived(
@@ -542,14 +598,17 @@ class ModelMemory:
                 metadata={},
             ),
         )
-        rel = f"lora/{cube.id}/v{cube.lifecycle.version}"
+        rel = lora_blob_name(cube.id, cube.lifecycle.version)
+        path = self.blob(Form.parameter, rel)
         cube.content = rel
         examples = training_examples(sources)
+        client = self.runtime.connect()
+        info = client.info()
         callback, close = _progress(progress, steps, name or "distil")
         try:
             result = client.distil(
                 name=lora_name(cube),
-                path=self.blobs / rel,
+                path=path,
                 examples=examples,
                 progress=callback,
                 steps=steps,
@@ -578,14 +637,12 @@ class ModelMemory:
     # generation
     def _use_activation(
         self,
-        ref: str | MemCube,
-        user_id: str,
+        acube: MemCube,
         client: ModelClient,
         adapter: str | None,
         system_prompt: str | None,
-    ) -> tuple[MemCube, list[MemCube], str | None]:
-        """The activation cube, its current sources and the system prompt it was built with."""
-        acube = self.live_cube(ref, user_id, Form.activation)
+    ) -> tuple[list[MemCube], str | None]:
+        """The activation cube's current sources and the system prompt it was built with."""
         sources = self.check_activation(acube, client)
         meta = ActivationMeta.from_cube(acube)
         if (meta.adapter or None) != adapter:
@@ -595,7 +652,48 @@ class ModelMemory:
             )
         if system_prompt is not None and system_prompt != meta.system_prompt:
             raise InvalidInput("system_prompt differs from the one the activation was built with")
-        return acube, sources, meta.system_prompt
+        return sources, meta.system_prompt
+
+    def inputs(
+        self,
+        *,
+        user_id: str,
+        vault: str | None = None,
+        memories: Sequence[str | MemCube] | None = None,
+        activation: str | MemCube | None = None,
+        parameter: str | MemCube | None = None,
+        plan: Any = None,
+    ) -> _Inputs:
+        """Every cube a generation with these arguments reads (the parameter cube, the
+        activation cube and the memories it holds, the memories sent as text, a `plan`'s
+        included), resolved from the catalog alone: no model process is reached."""
+        check_name(user_id, "user_id")
+        if plan is not None:
+            activation = activation or plan.activation
+            parameter = parameter or plan.parameter
+            memories = list(memories or []) + [
+                i for i in plan.plaintext if i not in (memories or [])
+            ]
+        pcube = acube = None
+        held: list[MemCube] = []
+        if parameter is not None:
+            pcube = self.live_cube(parameter, user_id, Form.parameter)
+            self.blob(Form.parameter, pcube.content)
+        if activation is not None:
+            acube = self.live_cube(activation, user_id, Form.activation)
+            self.blob(Form.activation, acube.content)
+            found = self.catalog.get_many(acube.provenance.derived_from)
+            held = [found[i] for i in acube.provenance.derived_from if i in found]
+        plain: list[MemCube] = []
+        if memories:
+            if isinstance(memories, str | MemCube):
+                memories = [memories]
+            seen = set(acube.provenance.derived_from) if acube is not None else set()
+            refs = [m.id if isinstance(m, MemCube) else m for m in memories]
+            extra = [r for r in dict.fromkeys(refs) if r not in seen]
+            if extra:
+                plain = self._sources(extra, user_id, vault)
+        return _Inputs(pcube, acube, held, plain)
 
     def _prepare(
         self,
@@ -608,48 +706,43 @@ class ModelMemory:
         parameter: str | MemCube | None,
         plan: Any,
         system_prompt: str | None,
+        check: Check | None,
     ) -> _Prepared:
-        check_name(user_id, "user_id")
-        if plan is not None:
-            activation = activation or plan.activation
-            parameter = parameter or plan.parameter
-            memories = list(memories or []) + [
-                i for i in plan.plaintext if i not in (memories or [])
-            ]
         messages = _normalise(prompt)
+        got = self.inputs(
+            user_id=user_id,
+            vault=vault,
+            memories=memories,
+            activation=activation,
+            parameter=parameter,
+            plan=plan,
+        )
+        _checked(check, got.cubes)
         client = self.runtime.connect()
         used = Generation("", None, None, {}, {})
         texts: list[str] = []
-        seen: set[str] = set()
         touch: list[str] = []
         act_spec = None
         adapter = None
-        if parameter is not None:
-            pcube = self.live_cube(parameter, user_id, Form.parameter)
-            adapter = self.ensure_adapter(pcube, client)
-            used.parameter = pcube.id
-            touch.append(pcube.id)
-        if activation is not None:
-            acube, sources, system_prompt = self._use_activation(
-                activation, user_id, client, adapter, system_prompt
-            )
+        if got.parameter is not None:
+            adapter = self.ensure_adapter(got.parameter, client)
+            used.parameter = got.parameter.id
+            touch.append(got.parameter.id)
+        if got.activation is not None:
+            acube = got.activation
+            sources, system_prompt = self._use_activation(acube, client, adapter, system_prompt)
             texts += [s.content for s in sources]
-            seen.update(s.id for s in sources)
             used.activation = acube.id
             touch += [acube.id, *(s.id for s in sources)]  # used memories stay hot
             if client.is_memos:
                 act_spec = {
-                    "blob": str(self.blobs / acube.content),
+                    "blob": str(self.blob(Form.activation, acube.content)),
                     "fingerprint": ActivationMeta.from_cube(acube).fingerprint,
                 }
-        if memories:
-            refs = [m.id if isinstance(m, MemCube) else m for m in memories]
-            extra = [r for r in dict.fromkeys(refs) if r not in seen]
-            if extra:
-                found = self._sources(extra, user_id, vault)
-                texts += [c.content for c in found]
-                used.plaintext = [c.id for c in found]
-                touch += used.plaintext
+        if got.plaintext:
+            texts += [c.content for c in got.plaintext]
+            used.plaintext = [c.id for c in got.plaintext]
+            touch += used.plaintext
         msgs = memory_messages(texts, messages, system_prompt)
         return _Prepared(client, msgs, adapter, act_spec, used, touch)
 
@@ -669,6 +762,7 @@ class ModelMemory:
         stop: list[str] | None = None,
         seed: int | None = None,
         on_token: Callable[[str], None] | None = None,
+        check: Check | None = None,
     ) -> Generation:
         """Answer with the local model. `memories` go in as text; `activation` reuses a stored
         KV cache of its memories (same reply as sending them as text, faster); `parameter`
@@ -683,6 +777,7 @@ class ModelMemory:
             parameter=parameter,
             plan=plan,
             system_prompt=system_prompt,
+            check=check,
         )
         done: Completion = p.client.chat(
             p.messages,
@@ -701,7 +796,8 @@ class ModelMemory:
         return out
 
     def stream(self, prompt: Any, **kw: Any) -> Iterator[str]:
-        """`generate`, as an iterator of text pieces."""
+        """`generate`, as an iterator of text pieces. The memories are resolved, checked and
+        the model process reached now; the text comes as the iterator is read."""
         opts = {k: kw.pop(k) for k in ("max_tokens", "temperature", "stop", "seed") if k in kw}
         p = self._prepare(
             prompt,
@@ -712,9 +808,13 @@ class ModelMemory:
                 "parameter": None,
                 "plan": None,
                 "system_prompt": None,
+                "check": None,
                 **kw,
             },
         )
+        return self._streamed(p, opts)
+
+    def _streamed(self, p: _Prepared, opts: dict[str, Any]) -> Iterator[str]:
         yield from p.client.stream(p.messages, model=p.model, activation=p.activation, **opts)
         self.catalog.touch(p.touch, utcnow())
 
@@ -758,6 +858,21 @@ def _normalise(prompt: Any) -> list[dict[str, Any]]:
     if not out:
         raise InvalidInput("no messages given")
     return out
+
+
+@dataclass
+class _Inputs:
+    """What a generation reads (`ModelMemory.inputs`)."""
+
+    parameter: MemCube | None
+    activation: MemCube | None
+    held: list[MemCube]  # the memories the activation cube was built from
+    plaintext: list[MemCube]  # memories sent as text (those the activation holds left out)
+
+    @property
+    def cubes(self) -> list[MemCube]:
+        one = [c for c in (self.parameter, self.activation) if c is not None]
+        return [*one, *self.held, *self.plaintext]
 
 
 @dataclass
