@@ -24,7 +24,9 @@ def _drop_reason(d: Doc, session: str | None, t_now: float, t_as: float | None) 
         return "expired"
     if t_as is None:
         return None if d.state in LIVE else "superseded"
-    if d.valid_from > t_as or (d.valid_to is not None and d.valid_to <= t_as):
+    # a cube that existed at `as_of` but was updated in place since stays a candidate: the
+    # router serves the version that held then
+    if min(d.valid_from, d.created_at) > t_as or (d.valid_to is not None and d.valid_to <= t_as):
         return "as_of"
     return None
 

@@ -27,6 +27,7 @@ from ..catalog import Catalog
 from ..cube import MemCube, Scope
 from ..embeddings import Embedder
 from ..graph.base import GraphStore, norm_entity
+from ..lifecycle import version_at
 from ..reader import MemoryIntent, TimeRange
 from ..vector.base import VectorIndex
 from . import fusion
@@ -322,7 +323,11 @@ class Router:
             return None
         reason = scope_mismatch(cube, q.scope, q.tags)
         if reason is None and not current(cube, q.as_of, q.now):
-            reason = "not_live"
+            held = self._held_at(cube, q.as_of, q.now)
+            if held is None:
+                reason = "not_live"
+            else:
+                cube = held
         cos = ranking.dense.get(cube.id)
         if reason is None and min_score is not None and (cos is None or cos < min_score):
             reason = "min_score"
@@ -338,6 +343,16 @@ class Router:
         return RoutedHit(cube=cube, score=round(score, 6), fused=raw,
                          dense=None if cos is None else round(cos, 6),
                          routes=ranking.routes_of.get(cube.id, []))
+
+    def _held_at(self, cube: MemCube, as_of: datetime | None, now: datetime) -> MemCube | None:
+        """With `as_of`: the version of `cube` that was true then (a cube updated in place
+        since is served as it was), unless it has expired by now."""
+        if as_of is None:
+            return None
+        held = version_at(self.catalog.history(cube.id), as_of)
+        if held is None or (held.lifecycle.expires_at and held.lifecycle.expires_at <= now):
+            return None
+        return held
 
     def _attach_context(self, idx: ScopeIndex, hits: list[RoutedHit], window: int) -> None:
         with idx.lock:
