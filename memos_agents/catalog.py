@@ -89,7 +89,18 @@ meta_t = Table(
 
 
 def ts(dt: datetime | None) -> float | None:
-    return None if dt is None else dt.timestamp()
+    if dt is None:
+        return None
+    if not isinstance(dt, datetime):
+        raise InvalidInput(f"a time must be a datetime, got {type(dt).__name__}")
+    return dt.timestamp()
+
+
+def _count(n: Any, what: str) -> int:
+    """A row count or offset: a non-negative int (not a bool)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidInput(f"{what} must be a non-negative integer, got {n!r:.40}")
+    return n
 
 
 def from_ts(value: float | None) -> datetime | None:
@@ -399,7 +410,8 @@ class Catalog:
             q = q.where(cubes_t.c.session_id == session_id)
         if states:
             q = q.where(cubes_t.c.state.in_([s.value for s in states]))
-        q = q.order_by(cubes_t.c.created_at, cubes_t.c.id).limit(limit).offset(offset)
+        q = q.order_by(cubes_t.c.created_at, cubes_t.c.id)
+        q = q.limit(_count(limit, "limit")).offset(_count(offset, "offset"))
         with self._connect() as conn:
             return [_cube_from_row(r) for r in conn.execute(q).all()]
 

@@ -172,3 +172,18 @@ def test_no_raw_database_error_leaves_a_read(catalog_url: str) -> None:
     cat.insert([make("still here")], changed_by="t")
     assert [c.content for c in cat.list()] == ["still here"]
     cat.close()
+
+
+def test_bad_counts_and_times_are_invalid_input(catalog_url: str) -> None:
+    cat = Catalog(catalog_url)
+    for bad in ("10", -1, True, 1.5, None):
+        with pytest.raises(InvalidInput, match="limit"):
+            cat.list(limit=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="offset"):
+            cat.list(offset=bad)  # type: ignore[arg-type]
+    c = make("bad time")
+    c.lifecycle.valid_from = ["not", "a", "time"]  # type: ignore[assignment]  # no validation
+    with pytest.raises(InvalidInput, match="datetime"):
+        cat.insert([c], changed_by="t")
+    assert cat.list() == []
+    cat.close()
