@@ -308,30 +308,47 @@ class ModelMemory:
         """Active activation or parameter cubes of a scope (plaintext is found by search)."""
         return self.catalog.active_cubes(form=form, vault=vault, user_id=user_id)
 
-    def live_cube(self, ref: str | MemCube, user_id: str | None, form: Form) -> MemCube:
-        """The cube `ref` of this user, if it is live memory of `form`."""
-        cube = self.vault.get(ref.id if isinstance(ref, MemCube) else ref, scope_user=user_id)
+    def _get(self, ref: str | MemCube, user_id: str | None) -> MemCube:
+        """The cube `ref` of this user as stored (NotFound for another user's)."""
+        return self.vault.get(ref.id if isinstance(ref, MemCube) else ref, scope_user=user_id)
+
+    @staticmethod
+    def _require(cube: MemCube, form: Form) -> MemCube:
         if cube.form is not form:
             raise InvalidInput(f"cube {cube.id} is {cube.form.value} memory, not {form.value}")
         if not cube.is_live():
             raise InvalidInput(f"cube {cube.id} is {cube.lifecycle.state.value}, not active")
         return cube
 
-    def _sources(
-        self, refs: Sequence[str | MemCube], user_id: str, vault: str | None
-    ) -> list[MemCube]:
+    def live_cube(self, ref: str | MemCube, user_id: str | None, form: Form) -> MemCube:
+        """The cube `ref` of this user, if it is live memory of `form`."""
+        return self._require(self._get(ref, user_id), form)
+
+    def _fetch(self, refs: Any, user_id: str) -> list[MemCube]:
+        """The cubes `refs` (ids or cubes) of this user, once each, as stored: what a check is
+        asked about before they are validated as live plaintext (`_valid_sources`)."""
         if isinstance(refs, str | MemCube):
             refs = [refs]
+        if not isinstance(refs, Sequence) or not all(isinstance(r, str | MemCube) for r in refs):
+            raise InvalidInput("memories must be a list of cube ids or cubes")
         if not refs:
             raise InvalidInput("no source memories given")
-        cubes = [
-            self.live_cube(r, user_id, Form.plaintext)
-            for r in dict.fromkeys(r.id if isinstance(r, MemCube) else r for r in refs)
-        ]
+        ids = dict.fromkeys(r.id if isinstance(r, MemCube) else r for r in refs)
+        return [self._get(r, user_id) for r in ids]
+
+    @classmethod
+    def _valid_sources(cls, cubes: list[MemCube], vault: str | None) -> list[MemCube]:
+        for c in cubes:
+            cls._require(c, Form.plaintext)
         vaults = {c.scope.vault for c in cubes}
         if len(vaults) > 1 or (vault is not None and vaults != {vault}):
             raise InvalidInput(f"source memories must all be in one vault (got {sorted(vaults)})")
         return cubes
+
+    def _sources(
+        self, refs: Sequence[str | MemCube], user_id: str, vault: str | None
+    ) -> list[MemCube]:
+        return self._valid_sources(self._fetch(refs, user_id), vault)
 
     def _tagged(
         self, tag: str, user_id: str, vault: str | None, readable: Readable | None
@@ -381,13 +398,12 @@ class ModelMemory:
         existing activation cube of that name becomes a new version; an identical one is
         returned as is."""
         check_name(user_id, "user_id")
-        sources = self._sources(cube_ids, user_id, vault)
-        vault = sources[0].scope.vault
-        pcube = None
-        if parameter is not None:
-            pcube = self.live_cube(parameter, user_id, Form.parameter)
-            self.blob(Form.parameter, pcube.content)
+        sources = self._fetch(cube_ids, user_id)
+        pcube = self._get(parameter, user_id) if parameter is not None else None
         _checked(check, [*sources, *([pcube] if pcube else [])])
+        vault = self._valid_sources(sources, vault)[0].scope.vault
+        if pcube is not None:
+            self.blob(Form.parameter, self._require(pcube, Form.parameter).content)
         client = self.runtime.connect()
         adapter = self.ensure_adapter(pcube, client) if pcube is not None else None
         identity = model_identity(client.info())
@@ -533,9 +549,9 @@ class ModelMemory:
         self, cube_id: str, *, user_id: str | None = None, check: Check | None = None
     ) -> str:
         """Load a live parameter cube's adapter into the model process (started if need be)."""
-        cube = self.live_cube(cube_id, user_id, Form.parameter)
-        self.blob(Form.parameter, cube.content)
+        cube = self._get(cube_id, user_id)
         _checked(check, [cube])
+        self.blob(Form.parameter, self._require(cube, Form.parameter).content)
         return self.ensure_adapter(cube, self.runtime.connect())
 
     def unload_parameter(
@@ -543,10 +559,10 @@ class ModelMemory:
     ) -> bool:
         """Unload a parameter cube's adapter from the model process; False if it was not
         loaded."""
-        cube = self.vault.get(cube_id, scope_user=user_id)
+        cube = self._get(cube_id, user_id)
+        _checked(check, [cube])
         if cube.form is not Form.parameter:
             raise InvalidInput(f"cube {cube.id} is {cube.form.value} memory, not parameter")
-        _checked(check, [cube])
         return self.runtime.connect().unload_adapter(lora_name(cube))
 
     def distil(
@@ -580,11 +596,11 @@ class ModelMemory:
             if not cube_ids:
                 raise NotFound(f"no live memories of {user_id} tagged {tag!r}")
             name = name or tag
-        sources = self._sources(cube_ids, user_id, vault)
-        vault = sources[0].scope.vault
+        sources = self._fetch(cube_ids, user_id)
+        _checked(check, sources)
+        vault = self._valid_sources(sources, vault)[0].scope.vault
         by = by or f"user:{user_id}"
         previous = self._named(Form.parameter, vault, user_id, name)
-        _checked(check, [*sources, *([previous] if previous else [])])
         cube = _rebuilt(
             previous,
             _new_derived(
@@ -666,7 +682,8 @@ class ModelMemory:
     ) -> _Inputs:
         """Every cube a generation with these arguments reads (the parameter cube, the
         activation cube and the memories it holds, the memories sent as text, a `plan`'s
-        included), resolved from the catalog alone: no model process is reached."""
+        included), as stored, from the catalog alone: no model process is reached, nothing is
+        validated yet (`_valid`)."""
         check_name(user_id, "user_id")
         if plan is not None:
             activation = activation or plan.activation
@@ -674,26 +691,26 @@ class ModelMemory:
             memories = list(memories or []) + [
                 i for i in plan.plaintext if i not in (memories or [])
             ]
-        pcube = acube = None
+        pcube = self._get(parameter, user_id) if parameter is not None else None
+        acube = self._get(activation, user_id) if activation is not None else None
         held: list[MemCube] = []
-        if parameter is not None:
-            pcube = self.live_cube(parameter, user_id, Form.parameter)
-            self.blob(Form.parameter, pcube.content)
-        if activation is not None:
-            acube = self.live_cube(activation, user_id, Form.activation)
-            self.blob(Form.activation, acube.content)
+        if acube is not None:
             found = self.catalog.get_many(acube.provenance.derived_from)
             held = [found[i] for i in acube.provenance.derived_from if i in found]
         plain: list[MemCube] = []
         if memories:
-            if isinstance(memories, str | MemCube):
-                memories = [memories]
             seen = set(acube.provenance.derived_from) if acube is not None else set()
-            refs = [m.id if isinstance(m, MemCube) else m for m in memories]
-            extra = [r for r in dict.fromkeys(refs) if r not in seen]
-            if extra:
-                plain = self._sources(extra, user_id, vault)
+            plain = [c for c in self._fetch(memories, user_id) if c.id not in seen]
         return _Inputs(pcube, acube, held, plain)
+
+    def _valid(self, got: _Inputs, vault: str | None) -> None:
+        """Each input is live memory of its form, with a well-formed blob name."""
+        if got.parameter is not None:
+            self.blob(Form.parameter, self._require(got.parameter, Form.parameter).content)
+        if got.activation is not None:
+            self.blob(Form.activation, self._require(got.activation, Form.activation).content)
+        if got.plaintext:
+            self._valid_sources(got.plaintext, vault)
 
     def _prepare(
         self,
@@ -718,6 +735,7 @@ class ModelMemory:
             plan=plan,
         )
         _checked(check, got.cubes)
+        self._valid(got, vault)
         client = self.runtime.connect()
         used = Generation("", None, None, {}, {})
         texts: list[str] = []
