@@ -1084,8 +1084,10 @@ class MemOS:
 
     @property
     def scheduler(self) -> MemScheduler:
-        """The MemScheduler of this MemOS: policies, background jobs, task plans."""
+        """The MemScheduler of this MemOS: policies, background jobs, task plans. It is the
+        system's own worker: it searches and sweeps as the system, whichever view built it."""
         models = self.model_memory
+        system = self if self.principal == SYSTEM else self.as_principal(SYSTEM)
         with self._lazy:
             if self._scheduler is None:
                 from .scheduler import MemScheduler
@@ -1093,8 +1095,8 @@ class MemOS:
                 self._scheduler = MemScheduler(
                     self.vault.catalog,
                     models,
-                    search=self.search,
-                    sweep=self.sweep,
+                    search=system.search,
+                    sweep=system.sweep,
                     write_version=self.vault.write_version,
                     audit=self._system_audit,
                     vault=self.config.vault,

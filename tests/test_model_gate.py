@@ -258,3 +258,11 @@ def test_each_scheduler_job_writes_one_system_audit_entry(mem):
         ("system", "scheduler.demote", [cube.id])
     ]
     assert job.id in new[0].detail
+
+
+def test_the_scheduler_is_the_systems_whichever_view_builds_it(mem):
+    [fact] = mem.add(["Alice's PIN is 4921."], user_id="alice")
+    sched = mem.as_principal(MALLORY).scheduler  # first used through a view with no role
+    sched.tick(user_id="alice")  # sweeps as the system (a view with no role may not)
+    assert fact.id in sched.plan("PIN", user_id="alice").plaintext  # searches as the system
+    assert not [e for e in mem.audit_log() if e.principal == MALLORY]
