@@ -2,6 +2,12 @@
 
 Write path: catalog first (pending) -> vector index + graph -> committed. `reconcile` brings
 anything left pending (a crash between the steps) back in line, so nothing acknowledged is lost.
+
+Every write (`add`, `write_version`, and the MIP loader through `prepare`) first refuses text
+no store can hold (NUL, lone surrogates) in any field, then applies the vault's
+`RedactionPolicy` to every stored text field, records what was masked in
+`governance.redactions` and reseals the cube: whoever writes (facade, store adapter, operator,
+model memory, loader) gets it without asking. See `mask_cube` for the fields.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from datetime import datetime
 from typing import Any
 
 from .catalog import Catalog, ts
-from .cube import Form, MemCube, Scope, SearchHit, State, utcnow
+from .cube import LIVE_STATES, MAX_ID_LEN, Form, MemCube, Scope, SearchHit, State, utcnow
 from .embeddings import Embedder
 from .errors import ConfigError, IntegrityError, InvalidInput, NotFound, StoreError
 from .graph.base import FactNode, GraphStore
 from .operator import MemOperator, Placement
-from .reader import MemoryIntent, read_intent
+from .reader import MemoryIntent, extract_entities, read_intent
+from .redaction import Redaction, RedactionPolicy, redact
 from .retrieval import PRESETS, RetrievalConfig, RoutedHit, Router, SearchExplain
 from .vector.base import VectorIndex, VectorRecord
 
@@ -51,6 +58,116 @@ def _fact_of(cube: MemCube, placement: Placement | None = None) -> FactNode:
         valid_to=ts(cube.lifecycle.valid_to),
         created_at=ts(cube.lifecycle.created_at) or 0.0,
     )
+
+
+def _bad_char(text: str) -> str | None:
+    if "\x00" in text:
+        return "a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate (U+D800..U+DFFF)"
+    return None
+
+
+def check_clean(value: Any, what: str) -> None:
+    """InvalidInput naming the field if any string in `value` (dict keys and values, list
+    items, recursively) holds NUL or a lone surrogate: no store takes them (SQLite and
+    PostgreSQL refuse or mangle them, the graph rejects them), so they are refused before the
+    first write."""
+    stack: list[tuple[Any, str]] = [(value, what)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            bad = _bad_char(item)
+            if bad:
+                raise InvalidInput(f"{where} contains {bad}")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str) and (bad := _bad_char(k)):
+                    raise InvalidInput(f"a key of {where} contains {bad}")
+                stack.append((v, f"{where}.{k}"))
+        elif isinstance(item, list | tuple):
+            stack.extend((v, f"{where}.{i}") for i, v in enumerate(item))
+
+
+def check_cube_text(cube: MemCube) -> None:
+    """Every text field of `cube` (content, id, scope, provenance, tags, entities, metadata,
+    ...) is storable: InvalidInput naming the field otherwise."""
+    if not isinstance(cube.id, str) or not cube.id.strip() or len(cube.id) > MAX_ID_LEN:
+        raise InvalidInput(f"cube id must be a non-empty string of at most {MAX_ID_LEN} "
+                           "characters")
+    data = cube.model_dump(mode="python")
+    for field in ("id", "content", "scope", "provenance", "organisation", "metadata"):
+        check_clean(data[field], field)
+
+
+# top-level metadata keys that name a LangGraph store item (they repeat its scope and id,
+# which are identifiers and never masked); only when the metadata has the store's shape
+_STORE_ITEM_KEYS = frozenset({"namespace", "key", "value"})
+_IDENTIFIER_KEYS = ("namespace", "key")
+
+
+def _mask_value(value: Any, mask: Any) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, list):
+        return [_mask_value(v, mask) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask_value(v, mask) for k, v in value.items()}
+    return value
+
+
+def _mask_metadata(metadata: dict[str, Any], mask: Any) -> dict[str, Any]:
+    keep = _IDENTIFIER_KEYS if metadata.keys() >= _STORE_ITEM_KEYS else ()
+    return {k: v if k in keep else _mask_value(v, mask) for k, v in metadata.items()}
+
+
+def mask_cube(cube: MemCube, policy: RedactionPolicy) -> list[Redaction]:
+    """Apply `policy` to `cube` in place and return what this pass masked (kinds, counts).
+
+    Masked: the content and every metadata string (recursively) of plaintext cubes; for every
+    form the tags, topic, concept, speaker and source refs (message ids). Entities are re-read
+    from the masked content when it changed, and any entity that still holds personal data
+    is dropped, so none reaches the graph. Not masked: ids and the scope (identifiers), the
+    principals in provenance, and the content and metadata of activation / parameter cubes
+    (blob names, fingerprints and hashes the model memory made)."""
+    counts: dict[str, int] = {}
+
+    def mask(text: str) -> str:
+        out, hits = redact(text, policy)
+        for h in hits:
+            counts[h.kind] = counts.get(h.kind, 0) + h.count
+        return out
+
+    content_changed = False
+    if cube.form is Form.plaintext:
+        masked = mask(cube.content)
+        content_changed = masked != cube.content
+        cube.content = masked
+        cube.metadata = _mask_metadata(cube.metadata, mask)
+    prov, org = cube.provenance, cube.organisation
+    if prov.speaker is not None:
+        prov.speaker = mask(prov.speaker)
+    prov.source_refs = [mask(r) for r in prov.source_refs]
+    org.tags = list(dict.fromkeys(mask(t) for t in org.tags))
+    org.topic = None if org.topic is None else mask(org.topic)
+    org.concept = None if org.concept is None else mask(org.concept)
+    entities = org.entities
+    if content_changed:
+        entities = [*([prov.speaker] if prov.speaker else []), *extract_entities(cube.content)]
+    tokens = {k.upper() for k in ("email", "phone", "iban", "card", *policy.patterns)}
+    org.entities = [e for e in dict.fromkeys(entities)
+                    if e.strip("[]") not in tokens and not redact(e, policy)[1]]
+    return [Redaction(kind=k, count=n, policy=policy.name) for k, n in counts.items()]
+
+
+def _merged(old: list[Redaction], new: list[Redaction]) -> list[Redaction]:
+    """What was masked over a cube's life: counts summed per (kind, policy)."""
+    total: dict[tuple[str, str], int] = {}
+    for r in [*old, *new]:
+        total[(r.kind, r.policy)] = total.get((r.kind, r.policy), 0) + r.count
+    return [Redaction(kind=k, count=n, policy=p) for (k, p), n in total.items()]
 
 
 def _vector_meta(cube: MemCube) -> dict[str, str | int | float | bool]:
@@ -113,12 +230,33 @@ class MemVault:
             )
 
     # writes
-    def add(self, cubes: Sequence[MemCube], created_by: str, organise: bool = True) -> None:
-        """Store new cubes: embed, place them (concepts, topic), catch the facts they supersede,
-        write the catalog (pending), then the index and graph (committed). With `organise`
-        false (or for keyed store items) nothing is superseded."""
+    def redaction_policy(self, vault: str) -> RedactionPolicy | None:
+        return self.catalog.settings.get(RedactionPolicy, vault, legacy_key=f"redaction:{vault}")
+
+    def prepare(self, cubes: Sequence[MemCube]) -> None:
+        """What every write does first, in place: refuse unstorable text in any field of any
+        cube (InvalidInput, before anything is written), apply each cube's vault redaction
+        policy (recorded in `governance.redactions`), reseal."""
         for c in cubes:
+            check_cube_text(c)
+        policies: dict[str, RedactionPolicy | None] = {}
+        for c in cubes:
+            vault = c.scope.vault
+            if vault not in policies:
+                policies[vault] = self.redaction_policy(vault)
+            policy = policies[vault]
+            if policy is not None:
+                found = mask_cube(c, policy)
+                if found:
+                    c.governance.redactions = _merged(c.governance.redactions, found)
             c.seal()
+
+    def add(self, cubes: Sequence[MemCube], created_by: str, organise: bool = True) -> None:
+        """Store new cubes: check and redact them (`prepare`), embed, place them (concepts,
+        topic), catch the facts they supersede, write the catalog (pending), then the index
+        and graph (committed). With `organise` false (or for keyed store items) nothing is
+        superseded."""
+        self.prepare(cubes)
         vectors = self._embed(cubes)
         placements = self.operator.annotate(cubes, vectors)
         replaced = self.operator.supersede_candidates(cubes, vectors) if organise else []
@@ -134,7 +272,8 @@ class MemVault:
                 log.warning("could not supersede %s by %s: %s", old_id, new.id, exc)
 
     def write_version(self, cube: MemCube, op: str, changed_by: str, expected_version: int) -> None:
-        cube.seal()
+        """Store `cube` as its next version (checked and redacted first, see `prepare`)."""
+        self.prepare([cube])
         self.catalog.write_version(cube, op, changed_by, expected_version)
         self.sync([cube])
 
@@ -238,12 +377,27 @@ class MemVault:
         self.router.on_purge(cube)
 
     # reads
-    def get(self, cube_id: str, scope_user: str | None = None) -> MemCube:
+    def get(
+        self,
+        cube_id: str,
+        scope_user: str | None = None,
+        *,
+        expired: bool = False,
+        now: datetime | None = None,
+    ) -> MemCube:
+        """One cube by id (of `scope_user` if given). A cube still active or frozen but past
+        its TTL is NotFound ("expired") unless `expired` (purge, history, delete need it):
+        TTL holds on every read, not only once the sweep has marked it expired."""
         if not isinstance(cube_id, str) or not cube_id:
             raise InvalidInput("cube id must be a non-empty string")
+        if _bad_char(cube_id) or len(cube_id) > MAX_ID_LEN:
+            raise NotFound(f"no cube with id {cube_id!r}")
         cube = self.catalog.get(cube_id)
         if scope_user is not None and cube.scope.user_id != scope_user:
             raise NotFound(f"no cube with id {cube_id!r}")  # never reveal another user's ids
+        if (not expired and cube.lifecycle.state in LIVE_STATES
+                and not cube.is_live(now or utcnow())):
+            raise NotFound(f"cube {cube_id!r} expired at {cube.lifecycle.expires_at}")
         if not cube.intact:
             raise IntegrityError(f"cube {cube_id} does not match its fingerprint: it was altered")
         return cube
