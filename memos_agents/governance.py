@@ -1,48 +1,73 @@
-"""MemGovernance: principals, roles, grants, a hash-chained audit log.
+"""MemGovernance: principals, roles, grants, and the keyed audit chain (`audit`).
 
 Principals are strings: `user:<id>`, `agent:<id>`, or `system`. A user owns the cubes of
-their own scope. Roles are per vault (owner > admin > writer > reader): readers and writers
-reach the vault's shared cubes, admins and owners all of them. Grants share single cubes
-(read or write) and can be revoked; public cubes are readable by anyone. `check` is the one
-enforcement point every facade call goes through; the audit log records each call, every
-entry hashing the one before it.
+their own scope, and ownership is nothing else: a cube's `provenance.created_by` (which an
+imported file can set to anything) grants no access; an agent that writes into a user's
+memory reaches those cubes through its role or grants like any other principal. Roles are per
+vault (owner > admin > writer > reader): readers and writers reach the vault's shared cubes,
+admins and owners all of them. Grants share single cubes (read or write) and can be revoked;
+public cubes are readable by anyone. `check` is the one enforcement point every facade call
+goes through; the audit log (`audit.AuditLog`: HMAC-chained, anchored, serialised across
+processes) records each call.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
 from sqlalchemy import (
     Column,
     Float,
-    Integer,
     MetaData,
     String,
     Table,
-    Text,
     and_,
     delete,
     insert,
     select,
     update,
 )
-from sqlalchemy.exc import OperationalError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
+from .audit import (
+    GENESIS,
+    AuditEntry,
+    AuditKeyMismatch,
+    AuditLog,
+    AuditVerdict,
+    audit_t,
+    head_t,
+    load_key,
+)
 from .catalog import Catalog
 from .cube import MemCube, Visibility, check_name
-from .errors import InvalidInput, MemOSError
+from .errors import InvalidInput, MemOSError, StoreError
+
+__all__ = [
+    "GENESIS",
+    "SYSTEM",
+    "Access",
+    "Action",
+    "AuditEntry",
+    "AuditKeyMismatch",
+    "AuditVerdict",
+    "MemGovernance",
+    "PermissionDenied",
+    "Role",
+    "audit_t",
+    "check_principal",
+    "head_t",
+    "owner_of",
+]
 
 SYSTEM = "system"
-GENESIS = "0" * 64
 
 
 class PermissionDenied(MemOSError, PermissionError):
@@ -94,21 +119,6 @@ grants_t = Table(
     Column("granted_at", Float, nullable=False),
 )
 
-audit_t = Table(
-    "memos_audit",
-    gov_metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("at", Float, nullable=False),
-    Column("principal", String(300), nullable=False),
-    Column("op", String(64), nullable=False),
-    Column("vault", String(256)),
-    Column("cube_ids", Text, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("detail", Text, nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
-)
-
 
 def check_principal(principal: Any) -> str:
     check_name(principal, "principal")
@@ -123,42 +133,19 @@ def owner_of(cube: MemCube) -> str:
     return f"user:{cube.scope.user_id}"
 
 
-class AuditEntry(BaseModel):
-    seq: int
-    at: datetime
-    principal: str
-    op: str
-    vault: str | None
-    cube_ids: list[str] = Field(default_factory=list)
-    outcome: str
-    detail: str = ""
-    prev_hash: str
-    hash: str
-
-
-def _entry_hash(
-    prev: str,
-    at: float,
-    principal: str,
-    op: str,
-    vault: str | None,
-    cube_ids: str,
-    outcome: str,
-    detail: str,
-) -> str:
-    body = json.dumps(
-        [prev, repr(at), principal, op, vault, cube_ids, outcome, detail], ensure_ascii=False
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
 class MemGovernance:
     """Roles, grants and the audit log, stored beside the catalog."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(
+        self, catalog: Catalog, data_dir: Path | None = None, key: bytes | None = None
+    ) -> None:
+        """`key` keys the audit chain; without it `audit.load_key` finds it (`MEMOS_AUDIT_KEY`,
+        else `<data_dir>/audit.key`; a SQLite catalog's dir stands in for a missing data_dir)."""
         self.engine = catalog.engine
-        self._lock = threading.Lock()
-        gov_metadata.create_all(self.engine)
+        _create_tables(self.engine)
+        if key is None:
+            key = load_key(data_dir if data_dir is not None else _sqlite_dir(catalog.url))
+        self.audit_chain = AuditLog(self.engine, key)
 
     # roles
     def grant_role(self, vault: str, principal: str, role: Role | str, by: str) -> None:
@@ -264,7 +251,7 @@ class MemGovernance:
         grants = self.grants([c.id for c in cubes], principal)
         out = []
         for c in cubes:
-            if owner_of(c) == principal or c.provenance.created_by == principal:
+            if owner_of(c) == principal:  # the scope's user; a cube's created_by grants nothing
                 out.append(True)
                 continue
             vault = c.scope.vault
@@ -304,12 +291,6 @@ class MemGovernance:
             )
 
     # audit
-    @retry(
-        retry=retry_if_exception_type(OperationalError),
-        stop=stop_after_attempt(8),
-        wait=wait_random(0.01, 0.2),
-        reraise=True,
-    )
     def audit(
         self,
         principal: str,
@@ -320,67 +301,47 @@ class MemGovernance:
         outcome: str = "ok",
         detail: str = "",
     ) -> None:
-        """Append one entry, chained to the last (writers are serialised, so the chain never
-        forks; SQLite's snapshot conflicts between processes are retried)."""
-        ids = json.dumps(list(cube_ids))
-        at = _now()
-        with self._lock, self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                conn.exec_driver_sql("LOCK TABLE memos_audit IN SHARE ROW EXCLUSIVE MODE")
-            prev = (
-                conn.execute(
-                    select(audit_t.c.hash).order_by(audit_t.c.seq.desc()).limit(1)
-                ).scalar()
-                or GENESIS
-            )
-            conn.execute(
-                insert(audit_t).values(
-                    at=at,
-                    principal=principal,
-                    op=op,
-                    vault=vault,
-                    cube_ids=ids,
-                    outcome=outcome,
-                    detail=detail,
-                    prev_hash=prev,
-                    hash=_entry_hash(prev, at, principal, op, vault, ids, outcome, detail),
-                )
-            )
+        """Append one entry to the keyed chain (serialised across processes, see `audit`)."""
+        self.audit_chain.append(
+            principal, op, cube_ids=cube_ids, vault=vault, outcome=outcome, detail=detail
+        )
 
     def audit_log(self, cube_id: str | None = None, limit: int = 1000) -> list[AuditEntry]:
-        q = select(audit_t).order_by(audit_t.c.seq)
-        if cube_id is not None:
-            q = q.where(audit_t.c.cube_ids.contains(json.dumps(cube_id)))
-        with self.engine.connect() as conn:
-            rows = conn.execute(q.limit(limit)).all()
-        return [
-            AuditEntry(
-                seq=r.seq,
-                at=datetime.fromtimestamp(r.at, UTC),
-                principal=r.principal,
-                op=r.op,
-                vault=r.vault,
-                cube_ids=json.loads(r.cube_ids),
-                outcome=r.outcome,
-                detail=r.detail,
-                prev_hash=r.prev_hash,
-                hash=r.hash,
-            )
-            for r in rows
-        ]
+        return self.audit_chain.entries(cube_id=cube_id, limit=limit)
+
+    def verify(self) -> AuditVerdict:
+        """Check the chain against its anchor, with the reason of a failure in words."""
+        return self.audit_chain.verify()
 
     def verify_audit(self) -> tuple[bool, int | None]:
-        """Walk the chain; returns (intact, seq of the first entry that does not verify)."""
-        prev = GENESIS
-        with self.engine.connect() as conn:
-            for r in conn.execute(select(audit_t).order_by(audit_t.c.seq)):
-                expect = _entry_hash(
-                    prev, r.at, r.principal, r.op, r.vault, r.cube_ids, r.outcome, r.detail
-                )
-                if r.prev_hash != prev or r.hash != expect:
-                    return False, r.seq
-                prev = r.hash
-        return True, None
+        """(intact, seq of the first entry that does not verify, or the seq after the last
+        entry when the fault is in the whole: entries missing at the end, a bad anchor)."""
+        return self.audit_chain.verify().as_tuple()
+
+
+def _create_tables(engine: Engine) -> None:
+    """The roles and grants tables; processes opening a new PostgreSQL catalog at once race
+    to create them, and the losers find them there on the next try."""
+    for attempt in range(3):
+        try:
+            gov_metadata.create_all(engine)
+            return
+        except (ProgrammingError, DBIntegrityError) as exc:
+            if attempt == 2:
+                raise StoreError(f"cannot create the governance tables: {exc}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot create the governance tables: {exc}") from exc
+
+
+def _sqlite_dir(url: str) -> Path | None:
+    """The folder of a SQLite catalog file (None for any other catalog)."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).resolve().parent
 
 
 def _now() -> float:

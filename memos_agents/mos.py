@@ -138,7 +138,7 @@ class MemOS:
         self.vault = vault
         self.reader = reader
         self.memstore = MemStore(vault.catalog)
-        self.governance = MemGovernance(vault.catalog)
+        self.governance = MemGovernance(vault.catalog, data_dir=config.data_dir)
         self.principal = check_principal(principal)
         # built on first use (model_runtime, model_memory, scheduler), shared by views
         self._lazy = threading.Lock()

@@ -24,7 +24,7 @@ INFRASTRUCTURE = (
     "errors", "config", "text", "llm", "redaction", "cube", "blobs", "formats", "embeddings",
     "catalog", "settings", "jobs", "vector", "graph", "model.client", "model.chat",
     "model.protocol", "model.runtime", "model.kv", "model.engine", "model.training",
-    "model.server", "model.examples",
+    "model.server", "model.examples", "audit",
 )
 OPERATION = (
     "reader", "lifecycle", "governance", "operator", "retrieval", "vault", "scheduler",

@@ -30,9 +30,9 @@ def cube(user: str, vault: str = "v", visibility: str = "private") -> MemCube:
 
 
 @pytest.fixture
-def gov(catalog_url: str):
+def gov(catalog_url: str, tmp_path):
     cat = Catalog(catalog_url)
-    yield MemGovernance(cat)
+    yield MemGovernance(cat, data_dir=tmp_path)
     cat.close()
 
 

@@ -1,4 +1,4 @@
-"""`memos-agents audit ...`: the hash-chained audit log."""
+"""`memos-agents audit ...`: the keyed, anchored audit chain."""
 
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ import typer
 
 from .common import DirOpt, console, dump, err, opened
 
-app = typer.Typer(help="The hash-chained audit log.")
+app = typer.Typer(help="The keyed, anchored audit chain.")
 
 
 @app.command("verify")
 def audit_verify(data_dir: DirOpt = Path(".memos")) -> None:
-    """Check that no audit entry was altered or removed."""
+    """Check that no audit entry was altered, forged or removed (exit 3 if one was)."""
     with opened(data_dir) as mem:
-        ok, bad = mem.verify_audit()
-        if not ok:
-            err.print(f"[red]audit chain broken at entry {bad}[/red]")
+        verdict = mem.governance.verify()
+        if not verdict.intact:
+            err.print(
+                f"[red]audit chain broken at entry {verdict.first_bad_seq}: {verdict.reason}[/red]",
+                markup=True,
+                highlight=False,
+            )
             raise typer.Exit(3)
-        console.print("audit chain intact")
+        console.print(f"audit chain intact ({verdict.entries} entries)")
 
 
 @app.command("show")
