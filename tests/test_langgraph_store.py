@@ -45,7 +45,7 @@ VALUE: dict[str, Any] = {
     "neg": -42,
     "flags": [True, False, None],
     "nested": {"a": {"b": [1, 2.5, {"c": None, "d": ""}]}, "empty": {}, "list": []},
-    "nul": 'a\x00b\n\t"quoted"',
+    "quotes": 'a\\b\n\t"quoted" \'single\' \u202eRTL',
 }
 
 TEXTS = {
@@ -743,6 +743,11 @@ def test_raw_batches_are_validated(mstore: MemOSStore) -> None:
         ListNamespacesOp(offset=-2),
         ListNamespacesOp(max_depth=0),
         SearchOp(("a",), filter={"v": {"$regex": "x"}}),
+        PutOp(("a",), "k", {"v": "a\x00b"}),  # no store keeps NUL or lone surrogates
+        PutOp(("a",), "k", {"v\x00": 1}),
+        PutOp(("a",), "k", {"v": ["\ud800"]}),
+        PutOp(("a",), "k\x00", {"v": 1}),
+        GetOp(("a",), "k\udfff"),
     ]:
         with pytest.raises(InvalidInput):
             mstore.batch([PutOp(("a",), "ok", {"v": 1}), bad])

@@ -107,7 +107,7 @@ def test_simple_chat_engine_remembers_across_engines_and_reopen(data_dir, embedd
         assert {c.scope.session_id for c in stored} == {"s1", "s2"}
         assert {c.provenance.role for c in stored} == {"user", "assistant"}
         refs = {c.content: c.provenance.source_refs for c in stored if c.scope.session_id == "s1"}
-        assert refs["I collect vintage film cameras."] == ["alice/s1#2"]
+        assert refs["I collect vintage film cameras."] == ['["default","alice","s1"]#2']
 
 
 async def test_condense_plus_context_engine(mem: MemOS) -> None:
@@ -283,8 +283,8 @@ def test_memory_short_term_window_and_writes(mem: MemOS) -> None:
     )
     stored = mem.list(user_id="alice", session_id="w1")
     assert {c.content: c.provenance.source_refs for c in stored} == {
-        "I grow tomatoes on my balcony in Lisbon.": ["alice/w1#1"],
-        "Tomatoes love sun.": ["alice/w1#5"],
+        "I grow tomatoes on my balcony in Lisbon.": ['["default","alice","w1"]#1'],
+        "Tomatoes love sun.": ['["default","alice","w1"]#5'],
     }
     memory.put(ChatMessage(role="user", content="Which plants need the most water?"))
     assert len(memory.get_all()) == 7
@@ -333,7 +333,7 @@ async def test_memory_async_twins_and_shared_chat_store(mem: MemOS) -> None:
     twin = MemOSMemory.from_defaults(
         mem=mem, user_id="alice", chat_store=memory.chat_store, chat_store_key=memory.chat_store_key
     )
-    assert memory.chat_store_key == "alice/z1"
+    assert memory.chat_store_key == '["default","alice","z1"]'
     assert [m.content for m in await twin.aget_all()] == [
         "My favourite city is Kyoto.",
         "Kyoto is beautiful.",

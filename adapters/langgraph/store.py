@@ -32,6 +32,17 @@ ranked items pass it, the remaining live items that match the filter follow unsc
 filtered query never misses an item, though items past the cap get no score.
 TTLs are in minutes; expired items are hidden from get, search and list_namespaces, and stay
 in the catalog (MemOS's own lifecycle decides when to purge them).
+
+Governance: every batch passes `MemOS.gate` once per kind of op in it ("store.put",
+"store.delete", "store.get", "store.search", "store.list_namespaces"), so each kind writes one
+audit entry (ok or denied) before anything is read or written; a principal view needs a role in
+the store's vault (reader to read, writer to put or delete). Only cubes this store wrote are
+items: a cube counts when its provenance says `created_by="langgraph:store"` (a name no
+principal can have, so neither `MemOS.add` nor an import can set it), its id is
+`cube_id(namespace, key)` and its scope is the store's vault and the encoded namespace. A put on
+a key whose id is held by any other cube is refused (ScopeViolation, audited as a denied
+"store.put") and writes nothing; get, search and list_namespaces never show such cubes. Two
+processes creating one new key at once do not fail: the later create becomes a new version.
 """
 
 from __future__ import annotations
@@ -40,7 +51,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -74,7 +87,7 @@ from memos_agents.cube import (
     check_name,
     utcnow,
 )
-from memos_agents.errors import IntegrityError, InvalidInput
+from memos_agents.errors import Conflict, IntegrityError, InvalidInput, ScopeViolation
 from memos_agents.lifecycle import next_version
 from memos_agents.reader import extract_entities
 
@@ -86,6 +99,8 @@ log = logging.getLogger(__name__)
 ACTOR = "langgraph:store"
 MAX_CANDIDATES = 10_000
 _ID_CHUNK = 1000
+_RETRIES = 8  # of a batch's writes when another process wrote the same key first
+_KINDS = {PutOp: "store.put", GetOp: "store.get", SearchOp: "store.search"}
 _OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
 
 Namespace = tuple[str, ...]
@@ -137,9 +152,28 @@ def _writable(namespace: Any) -> Namespace:
     return ns
 
 
+def _clean(value: Any, what: str) -> None:
+    """InvalidInput naming where a string of `value` (keys too) holds NUL or a lone surrogate:
+    no backing store keeps them, so they are refused before the batch runs."""
+    stack: list[tuple[Any, str]] = [(value, what)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidInput(f"{where} contains a NUL character")
+            if any("\ud800" <= c <= "\udfff" for c in item):
+                raise InvalidInput(f"{where} contains a lone surrogate (U+D800..U+DFFF)")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                stack += [(k, f"{where} key"), (v, f"{where}.{k}")]
+        elif isinstance(item, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(item)]
+
+
 def _key(key: Any) -> str:
     if not isinstance(key, str):
         raise InvalidInput(f"key must be a string, got {type(key).__name__}")
+    _clean(key, "key")
     return key
 
 
@@ -241,6 +275,7 @@ def _does_match(condition: MatchCondition, ns: Namespace) -> bool:
 
 def _checked_value(op: PutOp) -> dict[str, Any] | None:
     value = None if op.value is None else _json_value(op.value)
+    _clean(value, "value")
     if value is not None and op.ttl is not None:
         if isinstance(op.ttl, bool) or not isinstance(op.ttl, int | float):
             raise InvalidInput("ttl must be a number of minutes or None")
@@ -300,8 +335,9 @@ class MemOSStore(BaseStore):
         return hashlib.sha256(body.encode()).hexdigest()[:32]
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        """Run ops, results in op order. Every op is checked before any runs; reads see the
-        state before this batch's puts; of several puts to one key, the last wins."""
+        """Run ops, results in op order. Every op is checked (input, governance, foreign keys)
+        before any runs; reads see the state before this batch's puts; of several puts to one
+        key, the last wins."""
         ops = list(ops)
         puts: _Puts = {}
         for op in ops:
@@ -310,26 +346,56 @@ class MemOSStore(BaseStore):
                 puts[(ns, _key(op.key))] = (op, _checked_value(op))
             else:
                 _check_read(op)
-        self._authorize(write=bool(puts))
+        self._gate(ops, puts)
         results = self._read(ops)
         if puts:
             self._write(puts)
         return results
 
-    def _authorize(self, write: bool) -> None:
-        """Through a principal view of MemOS (`mem.as_principal(...)`), the principal needs a
-        role in the store's vault: reader to read, writer to write. Denials are audited."""
-        from memos_agents.governance import SYSTEM, Action, PermissionDenied
+    def _gate(self, ops: list[Op], puts: _Puts) -> None:
+        """One `MemOS.gate` per kind of op in the batch (writes first), after refusing a put
+        whose key is held by a cube that is not this store's item."""
+        from memos_agents.governance import Action
 
-        principal = self.mem.principal
-        if principal == SYSTEM:
-            return
-        action = Action.write if write else Action.read
+        kinds: dict[str, int] = {}
+        for op in ops:
+            kind = _kind(op)
+            kinds[kind] = kinds.get(kind, 0) + 1
+        taken = self._foreign([k for k, (_, value) in puts.items() if value is not None])
+        if taken:
+            self._refuse(taken)
+        scope = self._vault_scope()
+        for kind in sorted(kinds, key=lambda k: k not in ("store.put", "store.delete")):
+            action = Action.write if kind in ("store.put", "store.delete") else Action.read
+            self.mem.gate(kind, action, scope=scope, detail=f"{kinds[kind]} op(s)")
+
+    def _vault_scope(self) -> Scope:
+        """The scope the store's checks are made in: the vault, no user (a role is needed)."""
+        return Scope.model_construct(vault=self.vault, user_id="")
+
+    def _foreign(self, keys: Sequence[tuple[Namespace, str]]) -> list[str]:
+        """The ids among these keys' that some cube other than the store's item holds."""
+        ids = {self.cube_id(*k): k for k in keys}
+        held = self._load(ids)
+        return [cid for cid, cube in held.items() if not self._is_item(cube, *ids[cid])]
+
+    def _refuse(self, taken: list[str]) -> None:
+        """A put onto a foreign cube: PermissionDenied without a role (as the gate would say),
+        else ScopeViolation; either way one denied "store.put" entry, and nothing written."""
+        from memos_agents.governance import Action, PermissionDenied
+
+        gov, principal = self.mem.governance, self.mem.principal
+        detail = f"key held by a cube that is not a store item: {', '.join(taken[:5])}"
         try:
-            self.mem.governance.check_vault(principal, self.vault, action, user_id="")
+            gov.check_vault(principal, self.vault, Action.write, "")
         except PermissionDenied:
-            self.mem.governance.audit(principal, "store", vault=self.vault, outcome="denied")
+            gov.audit(principal, "store.put", vault=self.vault, outcome="denied")
             raise
+        gov.audit(principal, "store.put", vault=self.vault, outcome="denied", detail=detail)
+        raise ScopeViolation(
+            f"cannot put: the id of this key ({', '.join(taken[:5])}) is held by a cube that "
+            f"is not an item of this store in vault {self.vault!r}; nothing was written"
+        )
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         """`batch` in a worker thread."""
@@ -345,7 +411,8 @@ class MemOSStore(BaseStore):
         self._read_searches(ops, results, now, refresh, served)
         lists = {i: op for i, op in enumerate(ops) if isinstance(op, ListNamespacesOp)}
         if lists:
-            live = self._namespaces(self.mem.vault.catalog.count_users(self.vault, at=now))
+            counts = self.mem.vault.catalog.count_users(self.vault, at=now)
+            live = self._with_items(self._namespaces(counts), now)
             for i, op in lists.items():
                 results[i] = _list_namespaces(live, op)
         if refresh:
@@ -372,7 +439,7 @@ class MemOSStore(BaseStore):
             cube = cubes.get(cid)
             if cube is None or not self._visible(cube, now):
                 continue
-            if cube.metadata["namespace"] != list(op.namespace) or cube.metadata["key"] != op.key:
+            if not self._is_item(cube, tuple(op.namespace), op.key):
                 continue
             if not cube.intact:
                 raise IntegrityError(f"cube {cid} does not match its fingerprint: it was altered")
@@ -481,16 +548,40 @@ class MemOSStore(BaseStore):
             out.update(self.mem.vault.catalog.get_many(unique[start : start + _ID_CHUNK]))
         return out
 
+    def _with_items(self, live: dict[str, Namespace], now: datetime) -> dict[str, Namespace]:
+        """The namespaces that hold at least one live item of this store (not only other
+        cubes whose `user_id` happens to look like an encoded namespace)."""
+        catalog = self.mem.vault.catalog
+        out: dict[str, Namespace] = {}
+        for user, ns in live.items():
+            newest = catalog.live(self.vault, [user], now, limit=1)
+            if any(self._visible(c, now) for c in newest) or any(
+                self._visible(c, now) for c in catalog.live(self.vault, [user], now)
+            ):
+                out[user] = ns
+        return out
+
+    def _is_item(self, cube: MemCube, namespace: Namespace, key: str) -> bool:
+        """Whether `cube` is the cube this store wrote for (namespace, key): made by the store
+        (`created_by` no principal can have), with the key's id, scope and metadata."""
+        meta = cube.metadata
+        return (
+            cube.provenance.created_by == ACTOR
+            and cube.id == self.cube_id(namespace, key)
+            and cube.scope.vault == self.vault
+            and cube.scope.user_id == encode_namespace(namespace)
+            and meta.get("namespace") == list(namespace)
+            and meta.get("key") == key
+            and "value" in meta
+        )
+
     def _visible(self, cube: MemCube, now: datetime) -> bool:
         """A live item of this store (not some other cube that shares the vault)."""
         meta = cube.metadata
-        return (
-            cube.scope.vault == self.vault
-            and cube.is_live(now)
-            and "value" in meta
-            and "key" in meta
-            and encode_namespace(meta.get("namespace") or ()) == cube.scope.user_id
-        )
+        ns, key = meta.get("namespace"), meta.get("key")
+        if not isinstance(ns, list) or not all(isinstance(s, str) for s in ns):
+            return False
+        return isinstance(key, str) and cube.is_live(now) and self._is_item(cube, tuple(ns), key)
 
     @staticmethod
     def _refresh(cube: MemCube, now: datetime, into: dict[str, datetime | None]) -> None:
@@ -500,61 +591,105 @@ class MemOSStore(BaseStore):
 
     # writes
     def _write(self, puts: _Puts) -> None:
-        vault = self.mem.vault
+        """Write every put; when another process wrote one of the keys first (a Conflict),
+        reload and write what is left again, so a concurrent create becomes a new version."""
+        left = dict(puts)
         with self._write_lock:
-            now = utcnow()
-            ids = {k: self.cube_id(*k) for k in puts}
-            existing = self._load(ids.values())
-            created: list[MemCube] = []
-            for (ns, key), (op, value) in puts.items():
-                old = existing.get(ids[(ns, key)])
-                if value is None:
-                    if old is not None and old.lifecycle.state is State.active:
-                        gone = next_version(old, State.deleted, now)
-                        gone.lifecycle.valid_to = now
-                        vault.write_version(gone, "delete", ACTOR, old.lifecycle.version)
+            for attempt in range(_RETRIES):
+                try:
+                    self._write_once(left)
+                    return
+                except Conflict:
+                    if attempt == _RETRIES - 1:
+                        raise
+                    time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))
+
+    def _write_once(self, left: _Puts) -> None:
+        """Write the puts in `left`, removing each from it once it is stored."""
+        now = utcnow()
+        ids = {k: self.cube_id(*k) for k in left}
+        existing = self._load(ids.values())
+        created: dict[tuple[Namespace, str], MemCube] = {}
+        for (ns, key), (op, value) in list(left.items()):
+            old = existing.get(ids[(ns, key)])
+            if old is not None and not self._is_item(old, ns, key):
+                if value is None:  # not an item of this store: nothing to delete
+                    del left[(ns, key)]
                     continue
-                paths = self._paths if op.index is None else _paths(op.index or ())
-                texts = [t for p in paths for t in get_text_at_path(value, p) if t.strip()]
-                content = (
-                    "\n".join(texts)
-                    if texts
-                    else json.dumps(value, sort_keys=True, ensure_ascii=False)
+                raise ScopeViolation(
+                    f"cannot put: the id of this key ({old.id}) is held by a cube that is not an "
+                    f"item of this store in vault {self.vault!r}; nothing was written for it"
                 )
-                meta = {
-                    "namespace": list(ns),
-                    "key": key,
-                    "value": value,
-                    "ttl": op.ttl,
-                    "indexed": bool(texts),
-                }
-                expires = None if op.ttl is None else now + timedelta(minutes=op.ttl)
-                if old is None:
-                    created.append(
-                        MemCube(
-                            id=ids[(ns, key)],
-                            content=content.replace("\x00", ""),
-                            scope=Scope(vault=self.vault, user_id=encode_namespace(ns)),
-                            provenance=Provenance(source_kind=SourceKind.api, created_by=ACTOR),
-                            lifecycle=Lifecycle(
-                                created_at=now, updated_at=now, valid_from=now, expires_at=expires
-                            ),
-                            organisation=Organisation(entities=_entities(value)),
-                            metadata=meta,
-                        )
-                    )
-                    continue
-                new = next_version(
-                    old, State.active, now,
-                    content=content.replace("\x00", ""), metadata=meta, valid_from=now,
-                )
-                new.organisation.entities = _entities(value)
-                if not old.is_live(now):
-                    new.lifecycle.created_at = now  # deleted or expired: the item starts afresh
-                new.lifecycle.expires_at = expires
-                vault.write_version(new, "update", ACTOR, old.lifecycle.version)
-            if created:
-                vault.add(created, created_by=ACTOR)
+            if old is None and value is not None:
+                created[(ns, key)] = self._new_item(ids[(ns, key)], ns, key, op, value, now)
+                continue
+            if old is not None:
+                self._version(old, op, value, now)
+            del left[(ns, key)]
+        if created:
+            self.mem.vault.add(list(created.values()), created_by=ACTOR)
+            for k in created:
+                del left[k]
+
+    def _meta(
+        self, ns: Namespace, key: str, op: PutOp, value: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The content (the text to embed) and metadata of an item."""
+        paths = self._paths if op.index is None else _paths(op.index or ())
+        texts = [t for p in paths for t in get_text_at_path(value, p) if t.strip()]
+        content = (
+            "\n".join(texts) if texts else json.dumps(value, sort_keys=True, ensure_ascii=False)
+        )
+        meta = {
+            "namespace": list(ns),
+            "key": key,
+            "value": value,
+            "ttl": op.ttl,
+            "indexed": bool(texts),
+        }
+        return content.replace("\x00", ""), meta
+
+    def _new_item(
+        self, cid: str, ns: Namespace, key: str, op: PutOp, value: dict[str, Any], now: datetime
+    ) -> MemCube:
+        content, meta = self._meta(ns, key, op, value)
+        expires = None if op.ttl is None else now + timedelta(minutes=op.ttl)
+        return MemCube(
+            id=cid,
+            content=content,
+            scope=Scope(vault=self.vault, user_id=encode_namespace(ns)),
+            provenance=Provenance(source_kind=SourceKind.api, created_by=ACTOR),
+            lifecycle=Lifecycle(created_at=now, updated_at=now, valid_from=now, expires_at=expires),
+            organisation=Organisation(entities=_entities(value)),
+            metadata=meta,
+        )
+
+    def _version(
+        self, old: MemCube, op: PutOp, value: dict[str, Any] | None, now: datetime
+    ) -> None:
+        """A put (new version) or delete (tombstone) of an existing item."""
+        vault = self.mem.vault
+        if value is None:
+            if old.lifecycle.state is State.active:
+                gone = next_version(old, State.deleted, now)
+                gone.lifecycle.valid_to = now
+                vault.write_version(gone, "delete", ACTOR, old.lifecycle.version)
+            return
+        ns, key = tuple(old.metadata["namespace"]), old.metadata["key"]
+        content, meta = self._meta(ns, key, op, value)
+        new = next_version(old, State.active, now, content=content, metadata=meta, valid_from=now)
+        new.organisation.entities = _entities(value)
+        if not old.is_live(now):
+            new.lifecycle.created_at = now  # deleted or expired: the item starts afresh
+        new.lifecycle.expires_at = None if op.ttl is None else now + timedelta(minutes=op.ttl)
+        vault.write_version(new, "update", ACTOR, old.lifecycle.version)
+
+
+def _kind(op: Op) -> str:
+    """The audit name of an op's kind; a put of None is a delete."""
+    if isinstance(op, PutOp) and op.value is None:
+        return "store.delete"
+    return _KINDS.get(type(op), "store.list_namespaces")
 
 
 def _item(cube: MemCube) -> Item:

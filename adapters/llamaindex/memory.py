@@ -6,7 +6,8 @@
 Two tiers:
 
 - Short-term: the chat history, kept in a llama-index `BaseChatStore` under `chat_store_key`
-  (by default an in-process `SimpleChatStore`, keyed "<user_id>" or "<user_id>/<session_id>").
+  (by default an in-process `SimpleChatStore`, keyed `["<vault>","<user_id>","<session_id>"]`,
+  compact JSON, so scopes never share a key).
   `get` returns its most recent messages within `token_limit` tokens, trimmed like
   `ChatMemoryBuffer`. It lives as long as its chat store: pass a persistent one (any llama-index
   `BaseChatStore`, e.g. Redis or Postgres) to keep the history across processes. MemOS itself
@@ -27,6 +28,7 @@ they already have), and `reset` clears the short-term history only: what MemOS l
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -109,6 +111,18 @@ def format_recall(
     return ITEM.join([header, *items]) if items else ""
 
 
+def history_key(values: dict[str, Any]) -> str:
+    """The default chat store key: the vault (the MemOS default when none is given), user and
+    session as a compact JSON list, so no two scopes share a key (user "a/b" + session "c" is
+    not user "a" + session "b/c", nor the same user in another vault)."""
+    vault = values.get("vault")
+    mem = values.get("mem")
+    if vault is None and mem is not None:
+        vault = mem.config.vault
+    parts = [p for p in (vault, values.get("user_id"), values.get("session_id")) if p is not None]
+    return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
 class MemOSMemory(BaseChatStoreMemory):
     """Chat history in a token-limited buffer, with recall from and writes to MemOS."""
 
@@ -130,8 +144,7 @@ class MemOSMemory(BaseChatStoreMemory):
     @classmethod
     def _default_key(cls, values: Any) -> Any:
         if isinstance(values, dict) and values.get("chat_store_key") is None:
-            parts = [p for p in (values.get("user_id"), values.get("session_id")) if p]
-            values = {**values, "chat_store_key": "/".join(map(str, parts))}
+            values = {**values, "chat_store_key": history_key(values)}
         return values
 
     @field_validator("user_id")
