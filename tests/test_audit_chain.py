@@ -419,3 +419,50 @@ def test_cli_names_the_reason(data_dir: Path) -> None:
     assert broken.exit_code == 3, broken.output
     assert f"broken at entry {last}" in broken.output
     assert "missing at the end" in broken.output
+
+
+# ownership is the scope's user, never a cube's created_by
+
+
+def test_a_spoofed_created_by_grants_nothing(mem) -> None:
+    from memos_agents.cube import MemCube, Provenance, Scope
+    from memos_agents.governance import PermissionDenied
+
+    forged = MemCube(
+        content="Alice's PIN is 4321.",
+        scope=Scope(user_id="alice"),
+        provenance=Provenance(created_by="user:mallory"),
+    ).seal()
+    mem.vault.add([forged], created_by="user:mallory")
+    mallory = mem.as_principal("user:mallory")
+    for attempt in (
+        lambda: mallory.get(forged.id),
+        lambda: mallory.purge(forged.id),
+        lambda: mallory.delete(forged.id),
+        lambda: mallory.update(forged.id, "mine now"),
+        lambda: mallory.history(forged.id),
+    ):
+        with pytest.raises(PermissionDenied, match="user:mallory may not"):
+            attempt()
+    assert mallory.list(user_id="alice") == []
+    assert mallory.search("PIN", user_id="alice", k=5) == []
+    assert mem.as_principal("user:alice").get(forged.id).content == "Alice's PIN is 4321."
+    assert [v.version for v in mem.history(forged.id)] == [1]  # nothing was changed
+
+
+def test_an_agent_writing_for_a_user_reaches_what_its_role_gives(mem) -> None:
+    from memos_agents.governance import PermissionDenied
+
+    mem.grant_role("default", "agent:planner", "writer")
+    planner = mem.as_principal("agent:planner")
+    shared = planner.add("The team meets on Mondays.", user_id="alice", visibility="shared")[0]
+    private = planner.add("Alice's salary is 90k.", user_id="alice")[0]
+    assert shared.provenance.created_by == private.provenance.created_by == "agent:planner"
+    assert planner.get(shared.id).id == shared.id
+    assert planner.update(shared.id, "The team meets on Tuesdays.").lifecycle.version == 2
+    with pytest.raises(PermissionDenied):  # it wrote the cube, but Alice owns it
+        planner.get(private.id)
+    assert mem.as_principal("user:alice").get(private.id).content == "Alice's salary is 90k."
+    mem.revoke_role("default", "agent:planner")
+    with pytest.raises(PermissionDenied):
+        planner.get(shared.id)

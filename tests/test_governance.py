@@ -1,4 +1,5 @@
-"""MemGovernance decisions, the audit chain, and redaction — on SQLite and PostgreSQL."""
+"""MemGovernance decisions, the audit chain, and redaction — on SQLite and PostgreSQL (the
+audit chain under attack: tests/test_audit_chain.py)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,29 @@ def test_owner_roles_grants_and_visibility(gov: MemGovernance) -> None:
     with pytest.raises(PermissionDenied):
         gov.check_vault("user:bob", "v", Action.write, "alice")
     gov.check_vault("user:alice", "v", Action.write, "alice")
+
+
+def test_created_by_is_no_ownership(gov: MemGovernance) -> None:
+    """Only the scope's user owns a cube; `created_by` comes from files and grants nothing."""
+    claimed = MemCube(
+        content="alice's note",
+        scope=Scope(vault="v", user_id="alice"),
+        provenance=Provenance(created_by="user:mallory"),
+        governance={"visibility": "shared"},
+    ).seal()
+    for action in Action:
+        assert gov.allowed("user:mallory", action, [claimed]) == [False]
+        assert gov.allowed("user:alice", action, [claimed]) == [True]
+    gov.grant_role("v", "user:mallory", Role.writer, by="user:alice")  # what a role gives
+    assert [gov.allowed("user:mallory", a, [claimed])[0] for a in Action] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    with pytest.raises(PermissionDenied, match="may not purge"):
+        gov.check("user:mallory", Action.purge, [claimed])
 
 
 @pytest.mark.parametrize("bad", ["alice", "", "root:x", None])
