@@ -266,3 +266,44 @@ def test_the_scheduler_is_the_systems_whichever_view_builds_it(mem):
     sched.tick(user_id="alice")  # sweeps as the system (a view with no role may not)
     assert fact.id in sched.plan("PIN", user_id="alice").plaintext  # searches as the system
     assert not [e for e in mem.audit_log() if e.principal == MALLORY]
+
+
+HOSTILE_GENERATION = [
+    {"prompt": 7},
+    {"prompt": None},
+    {"prompt": [5]},
+    {"prompt": []},
+    {"memories": 7},
+    {"memories": [{}]},
+    {"memories": ["\x00"]},
+    {"activation": 7},
+    {"parameter": ["x"]},
+    {"plan": object()},
+    {"system_prompt": 3},
+]
+HOSTILE_OPTIONS = [
+    {"name": 7},
+    {"name": "a\x00"},
+    {"steps": 0},
+    {"steps": True},
+    {"lr": "x"},
+    {"rank": 1.5},
+]
+
+
+def test_hostile_arguments_are_documented_errors_before_the_model_is_reached(mem):
+    [fact] = mem.add(["Alice's cat is named Biscuit."], user_id="alice")
+    alice = mem.as_principal("user:alice")
+    for kw in HOSTILE_GENERATION:
+        kw = dict(kw)
+        with pytest.raises((InvalidInput, NotFound)):
+            alice.generate(kw.pop("prompt", "q"), user_id="alice", **kw)
+    for kw in HOSTILE_OPTIONS:
+        with pytest.raises(InvalidInput):
+            alice.distil([fact.id], user_id="alice", **kw)
+        if set(kw) == {"name"}:
+            with pytest.raises(InvalidInput):
+                alice.build_activation([fact.id], user_id="alice", **kw)
+    with pytest.raises(InvalidInput):
+        alice.build_activation(7, user_id="alice")
+    assert _no_model_reached(mem)

@@ -398,6 +398,7 @@ class ModelMemory:
         existing activation cube of that name becomes a new version; an identical one is
         returned as is."""
         check_name(user_id, "user_id")
+        _check_options(name, system_prompt)
         sources = self._fetch(cube_ids, user_id)
         pcube = self._get(parameter, user_id) if parameter is not None else None
         _checked(check, [*sources, *([pcube] if pcube else [])])
@@ -589,6 +590,8 @@ class ModelMemory:
         from .examples import training_examples
 
         check_name(user_id, "user_id")
+        _check_options(name, None)
+        _check_training(steps, lr, rank)
         if cube_ids is None:
             if not tag:
                 raise InvalidInput("give the memories to distil (cube ids) or a tag")
@@ -686,11 +689,7 @@ class ModelMemory:
         validated yet (`_valid`)."""
         check_name(user_id, "user_id")
         if plan is not None:
-            activation = activation or plan.activation
-            parameter = parameter or plan.parameter
-            memories = list(memories or []) + [
-                i for i in plan.plaintext if i not in (memories or [])
-            ]
+            activation, parameter, memories = _with_plan(plan, activation, parameter, memories)
         pcube = self._get(parameter, user_id) if parameter is not None else None
         acube = self._get(activation, user_id) if activation is not None else None
         held: list[MemCube] = []
@@ -726,6 +725,7 @@ class ModelMemory:
         check: Check | None,
     ) -> _Prepared:
         messages = _normalise(prompt)
+        _check_options(None, system_prompt)
         got = self.inputs(
             user_id=user_id,
             vault=vault,
@@ -837,6 +837,46 @@ class ModelMemory:
         self.catalog.touch(p.touch, utcnow())
 
 
+def _with_plan(
+    plan: Any,
+    activation: str | MemCube | None,
+    parameter: str | MemCube | None,
+    memories: Sequence[str | MemCube] | None,
+) -> tuple[Any, Any, list[Any]]:
+    """The arguments a `plan` (from `mem.scheduler.plan`) fills in."""
+    try:
+        steps = (plan.activation, plan.parameter, list(plan.plaintext))
+    except (AttributeError, TypeError) as exc:
+        raise InvalidInput("plan must be a Plan (from mem.scheduler.plan)") from exc
+    if isinstance(memories, str | MemCube):
+        memories = [memories]
+    if memories is not None and not isinstance(memories, Sequence):
+        raise InvalidInput("memories must be a list of cube ids or cubes")
+    given = list(memories or [])
+    return (
+        activation or steps[0],
+        parameter or steps[1],
+        given + [i for i in steps[2] if i not in given],
+    )
+
+
+def _check_options(name: Any, system_prompt: Any) -> None:
+    if name is not None:
+        check_name(name, "name")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise InvalidInput("system_prompt must be a string")
+
+
+def _check_training(steps: Any, lr: Any, rank: Any) -> None:
+    def whole(v: Any, lo: int, hi: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    if not whole(steps, 1, 100_000) or not whole(rank, 1, 1024):
+        raise InvalidInput("steps (1..100000) and rank (1..1024) must be whole numbers")
+    if not isinstance(lr, int | float) or isinstance(lr, bool) or not 0 < lr < 1:
+        raise InvalidInput("lr must be a number between 0 and 1")
+
+
 def _progress(
     progress: Callable[[dict[str, Any]], None] | bool | None, steps: int, label: str
 ) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], None]]:
@@ -863,6 +903,8 @@ def _normalise(prompt: Any) -> list[dict[str, Any]]:
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, dict):
         prompt = [prompt]
+    if not isinstance(prompt, Sequence):
+        raise InvalidInput("prompt must be a string, a message or a list of messages")
     out = []
     for m in prompt:
         if isinstance(m, dict):
