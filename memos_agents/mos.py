@@ -26,10 +26,11 @@ from .cube import (
     VersionRecord,
     Visibility,
     check_name,
+    check_text,
     utcnow,
 )
 from .embeddings import INT8_MODEL, resolve_embedder
-from .errors import InvalidInput, MemOSError
+from .errors import Conflict, InvalidInput, MemOSError
 from .governance import (
     SYSTEM,
     Access,
@@ -51,7 +52,7 @@ from .lifecycle import (
     version_at,
 )
 from .reader import MAX_TEXT, MemoryDraft, MemReader, Mode, estimate_importance, extract_entities
-from .redaction import Redaction, RedactionPolicy, redact
+from .redaction import RedactionPolicy
 from .retrieval import ROUTES, SearchResult, resolve_routes
 from .vault import MemVault
 
@@ -81,15 +82,7 @@ def _scope(vault: str, user_id: Any, agent_id: Any = None, session_id: Any = Non
 
 
 def _check_text(text: Any, what: str = "content") -> str:
-    if not isinstance(text, str):
-        raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidInput(f"{what} must not be empty")
-    if len(text) > MAX_TEXT:
-        raise InvalidInput(f"{what} is longer than {MAX_TEXT} characters")
-    if "\x00" in text:
-        raise InvalidInput(f"{what} contains a NUL character")
-    return text
+    return check_text(text, what, MAX_TEXT)
 
 
 def _plan(mode: Any, routes: Any) -> tuple[str, ...]:
@@ -164,11 +157,13 @@ class MemOS:
         cubes: Sequence[MemCube] = (),
         scope: Scope | None = None,
         detail: str = "",
+        check_only: bool = False,
     ) -> None:
         """The one gate of every face (facade, store, adapters, channels, model, loader, CLI):
         `principal` must be allowed `action` on `cubes` and in `scope` (a user's memory in a
         vault); the call is audited either way, and PermissionDenied is raised before anything
-        is written."""
+        is written. `check_only`: audit only a refusal (the caller writes the entry of an
+        allowed call itself, once it knows the ids it writes, still before writing)."""
         vault = scope.vault if scope is not None else None
         try:
             if scope is not None:
@@ -178,7 +173,8 @@ class MemOS:
         except PermissionDenied:
             self._audit(op, cubes, outcome="denied", vault=vault, detail=detail)
             raise
-        self._audit(op, cubes, vault=vault, detail=detail)
+        if not check_only:
+            self._audit(op, cubes, vault=vault, detail=detail)
 
     def _guard(self, action: Action, cubes: Sequence[MemCube], op: str) -> None:
         """Check only (the audit entry follows the operation): PermissionDenied, audited."""
@@ -358,8 +354,8 @@ class MemOS:
             ) from exc
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput("metadata must be a dict")
-        self.governance.check_vault(self.principal, scope.vault, Action.write, scope.user_id)
-        drafts, redacted = self._redact(drafts, scope.vault)
+        self.gate("add", Action.write, scope=scope, check_only=True)
+        # the vault's write path redacts every stored field (MemVault.prepare)
         creator = self._actor(
             f"agent:{scope.agent_id}" if scope.agent_id else f"user:{scope.user_id}"
         )
@@ -383,7 +379,7 @@ class MemOS:
                     expires_at=expiry,
                     valid_from=d.valid_from or now + timedelta(microseconds=i),
                 ),
-                governance={"visibility": vis, "redactions": found},
+                governance={"visibility": vis},
                 organisation=Organisation(
                     tags=list(dict.fromkeys([*tag_list, *d.tags])),
                     entities=d.entities,
@@ -391,18 +387,20 @@ class MemOS:
                 ),
                 metadata={**d.metadata, **(metadata or {})},
             )
-            for i, (d, found) in enumerate(zip(drafts, redacted, strict=True))
+            for i, d in enumerate(drafts)
         ]
+        self._audit("add", cubes, vault=scope.vault)
         for start in range(0, len(cubes), BATCH):
             chunk = cubes[start : start + BATCH]
             self.vault.add(chunk, created_by=creator)
-            self._audit("add", chunk)
             if progress is not None:
                 progress(len(chunk))
         return cubes
 
     def set_redaction_policy(self, vault: str, policy: RedactionPolicy | None) -> None:
-        """Mask personal data in everything added to `vault` from now on (None: stop)."""
+        """Mask personal data in everything written to `vault` from now on (None: stop): every
+        stored text field of every write (add, update, store puts, imports), see
+        `MemVault.prepare`."""
         check_name(vault, "vault")
         self._check_admin(vault)
         settings = self.vault.catalog.settings
@@ -411,22 +409,6 @@ class MemOS:
         else:
             settings.set(policy, vault)
         self._audit("set_redaction_policy", [], vault=vault)
-
-    def _redact(
-        self, drafts: Sequence[MemoryDraft], vault: str
-    ) -> tuple[list[MemoryDraft], list[list[Redaction]]]:
-        settings = self.vault.catalog.settings
-        policy = settings.get(RedactionPolicy, vault, legacy_key=f"redaction:{vault}")
-        if policy is None:
-            return list(drafts), [[] for _ in drafts]
-        out, found = [], []
-        for d in drafts:
-            text, hits = redact(d.text, policy)
-            if hits:  # entities are re-read from the masked text: no PII in the graph
-                d = d.model_copy(update={"text": text, "entities": extract_entities(text)})
-            out.append(d)
-            found.append(hits)
-        return out, found
 
     def update(
         self,
@@ -437,11 +419,22 @@ class MemOS:
         by: str | None = None,
         valid_from: datetime | None = None,
         tags: Sequence[str] | None = None,
+        expected_version: int | None = None,
     ) -> MemCube:
-        """Replace a cube's content as a new version; earlier versions stay in `history`."""
+        """Replace a cube's content as a new version; earlier versions stay in `history`.
+        With `expected_version` (the version you read), Conflict if the cube changed since:
+        a read-modify-write never loses an update."""
         _check_text(content)
+        if expected_version is not None and (
+            isinstance(expected_version, bool) or not isinstance(expected_version, int)
+        ):
+            raise InvalidInput("expected_version must be an integer version number")
         cube = self.vault.get(cube_id, scope_user=user_id)
         self._guard(Action.write, [cube], "update")
+        if expected_version is not None and expected_version != cube.lifecycle.version:
+            raise Conflict(
+                f"cube {cube_id} is at version {cube.lifecycle.version}, not {expected_version}"
+            )
         if cube.lifecycle.state is not State.active:
             raise InvalidInput(
                 f"cube {cube_id} is {cube.lifecycle.state.value}; only active cubes change"
@@ -525,7 +518,7 @@ class MemOS:
     def set_retention(self, vault: str, policy: RetentionPolicy | None) -> None:
         """Retention for a vault (max age, max count per user); `sweep` applies it."""
         check_name(vault, "vault")
-        self._check_admin(vault)
+        self._check_admin(vault, "set_retention")
         settings = self.vault.catalog.settings
         if policy is None:
             settings.delete(RetentionPolicy, vault, legacy_key=f"retention:{vault}")
@@ -535,7 +528,10 @@ class MemOS:
 
     def sweep(self, now: datetime | None = None) -> dict[str, int]:
         """Move cubes past their TTL to `expired` and archive what retention policies say;
-        returns how many of each. The scheduler runs it; any caller may too."""
+        returns how many of each. The scheduler runs it, and the process owner (system)."""
+        if self.principal != SYSTEM:
+            self._audit("sweep", [], outcome="denied")
+            raise PermissionDenied(f"{self.principal} may not sweep; only the system does")
         now = now or utcnow()
         catalog = self.vault.catalog
         expired = archived = 0
@@ -693,15 +689,13 @@ class MemOS:
 
     def get(self, cube_id: str, *, user_id: str | None = None) -> MemCube:
         cube = self.vault.get(cube_id, scope_user=user_id)
-        self._guard(Action.read, [cube], "get")
-        self._audit("get", [cube])
+        self.gate("get", Action.read, cubes=[cube])
         return cube
 
     def history(self, cube_id: str, *, user_id: str | None = None) -> list[VersionRecord]:
         """Every version of a cube, oldest first, with who changed it and when."""
         cube = self.vault.get(cube_id, scope_user=user_id)
-        self._guard(Action.read, [cube], "history")
-        self._audit("history", [cube])
+        self.gate("history", Action.read, cubes=[cube])
         return self.vault.catalog.history(cube_id)
 
     def list(
@@ -724,16 +718,46 @@ class MemOS:
             limit=limit,
             offset=offset,
         )
-        return self.readable([c for c in cubes if include_deleted or c.is_live()])
+        out = self.readable([c for c in cubes if include_deleted or c.is_live()])
+        self._audit("list", out, vault=scope.vault)
+        return out
 
     def graph(self, *, user_id: str, vault: str | None = None) -> Any:
         """The topic -> concept -> fact hierarchy of a user's memory (`.render()` gives a text
         tree, `.to_dot()` Graphviz)."""
         scope = _scope(vault or self.config.vault, user_id)
-        self.governance.check_vault(self.principal, scope.vault, Action.read, scope.user_id)
-        return self.vault.operator.hierarchy(scope.vault, scope.user_id)
+        self.gate("graph", Action.read, scope=scope)
+        tree = self.vault.operator.hierarchy(scope.vault, scope.user_id)
+        if self.principal in (SYSTEM, f"user:{scope.user_id}"):
+            return tree
+        return self._readable_tree(tree)
+
+    def _readable_tree(self, tree: Any) -> Any:
+        """The part of a topic tree this principal may read: facts it may read, the concepts
+        that still hold one, topics named after those (never after hidden facts)."""
+        ids = {f["id"] for t in tree.topics for c in t.concepts for f in c["facts"]}
+        cubes = self.vault.catalog.get_many(sorted(ids))
+        keep = {c.id for c in self.readable(list(cubes.values()))}
+        topics = []
+        for t in tree.topics:
+            concepts = [
+                {**c, "facts": [f for f in c["facts"] if f["id"] in keep]} for c in t.concepts
+            ]
+            concepts = [c for c in concepts if c["facts"]]
+            if concepts:
+                label = ", ".join(c["name"] for c in concepts[:3])
+                size = len({f["id"] for c in concepts for f in c["facts"]})
+                topics.append(
+                    t.model_copy(update={"concepts": concepts, "label": label, "size": size})
+                )
+        return tree.model_copy(update={"topics": topics})
 
     def stats(self) -> dict[str, Any]:
+        """Counts of cubes, vectors and graph nodes across the data dir (system only)."""
+        if self.principal != SYSTEM:
+            self._audit("stats", [], outcome="denied")
+            raise PermissionDenied(f"{self.principal} may not read the stats of all vaults")
+        self._audit("stats", [])
         out = self.vault.stats()
         out["data_dir"] = str(self.config.data_dir)
         return out
@@ -741,20 +765,20 @@ class MemOS:
     # MemGovernance: roles, grants, audit
     def grant_role(self, vault: str, principal: str, role: Role | str) -> None:
         """Give `principal` a role in `vault` (needs admin there, or system)."""
-        self._check_admin(vault)
+        self._check_admin(vault, "grant_role")
         self.governance.grant_role(vault, principal, role, by=self.principal)
         self._audit("grant_role", [], vault=vault, detail=f"{principal}={role}")
 
     def revoke_role(self, vault: str, principal: str) -> bool:
-        self._check_admin(vault)
+        self._check_admin(vault, "revoke_role")
         done = self.governance.revoke_role(vault, principal)
         self._audit("revoke_role", [], vault=vault, detail=principal)
         return done
 
-    def _check_admin(self, vault: str) -> None:
+    def _check_admin(self, vault: str, op: str = "admin") -> None:
         role = self.governance.role(vault, self.principal)
         if self.principal != SYSTEM and role not in (Role.admin, Role.owner):
-            self._audit("grant", [], outcome="denied", vault=vault)
+            self._audit(op, [], outcome="denied", vault=vault)
             raise PermissionDenied(f"{self.principal} is not an admin of vault {vault!r}")
 
     def share(self, cube_id: str, principal: str, access: Access | str = Access.read) -> None:
@@ -776,10 +800,19 @@ class MemOS:
         return done
 
     def audit_log(self, cube_id: str | None = None, limit: int = 1000) -> list[AuditEntry]:
-        return self.governance.audit_log(cube_id=cube_id, limit=limit)
+        """The audit entries (about `cube_id`), oldest first; a principal other than system
+        sees only its own."""
+        entries = self.governance.audit_log(cube_id=cube_id, limit=limit)
+        if self.principal != SYSTEM:
+            entries = [e for e in entries if e.principal == self.principal]
+        self._audit("audit_log", [], detail=cube_id or "")
+        return entries
 
     def verify_audit(self) -> tuple[bool, int | None]:
-        """Check the audit hash chain: (intact, first bad seq)."""
+        """Check the audit hash chain: (intact, first bad seq). System only."""
+        if self.principal != SYSTEM:
+            self._audit("verify_audit", [], outcome="denied")
+            raise PermissionDenied(f"{self.principal} may not verify the audit log")
         return self.governance.verify_audit()
 
     # MemLoader / MemDumper: the Memory Interchange Protocol
@@ -794,10 +827,12 @@ class MemOS:
         until: datetime | None = None,
         include_deleted: bool = False,
     ) -> MIPDocument:
-        """Export readable cubes (with versions, redactions, access log) as MIP; to `path` too."""
+        """Export readable cubes (with versions, redactions, access log, and the blobs of
+        activation and parameter cubes) as MIP; to `path` too."""
         from .loader import MemDumper
 
-        doc = MemDumper(self.vault.catalog, self.governance).dump(
+        blobs = self.config.data_dir / "blobs"
+        doc = MemDumper(self.vault.catalog, self.governance, blobs=blobs).dump(
             principal=self.principal,
             vault=vault,
             user_id=user_id,
@@ -806,9 +841,13 @@ class MemOS:
             until=until,
             include_deleted=include_deleted,
         )
+        self.gate("export", Action.read, cubes=[i.cube for i in doc.cubes],
+                  detail=f"{len(doc.cubes)} cube(s)")
         if path is not None:
-            Path(path).write_text(doc.model_dump_json(indent=1), encoding="utf-8")
-        self._audit("export", [i.cube for i in doc.cubes], vault=vault)
+            try:
+                Path(path).write_text(doc.model_dump_json(indent=1), encoding="utf-8")
+            except OSError as exc:
+                raise InvalidInput(f"cannot write {path}: {exc}") from exc
         return doc
 
     def import_file(
@@ -818,18 +857,30 @@ class MemOS:
         vault: str | None = None,
         user_id: str | None = None,
     ) -> list[MemCube]:
-        """Import a MIP file (validated against its schema first), optionally into a new
-        vault / user scope; lineage and history are kept."""
+        """Import a MIP file, optionally into a new vault / user scope; history and lineage
+        are kept. The file is untrusted: all of it is checked (schema, fingerprints, sizes,
+        blob names, see `memos_agents.loader`) and the principal's right to write every scope
+        it names, before anything is written; a refused file writes nothing. Imported cubes
+        are created by this principal, get new ids where theirs exist or are not fresh, and
+        pass the vault's redaction policy."""
         from .loader import MemLoader, MIPDocument, read_mip
 
         if vault is not None:
             check_name(vault, "vault")
         if user_id is not None:
             check_name(user_id, "user_id")
-        doc = source if isinstance(source, MIPDocument) else read_mip(Path(source))
-        loader = MemLoader(self.vault, self.governance)
-        cubes = loader.load(doc, principal=self.principal, vault=vault, user_id=user_id)
-        self._audit("import", cubes, vault=vault)
+        if isinstance(source, MIPDocument):
+            doc = source
+        elif isinstance(source, str | Path):
+            doc = read_mip(Path(source))
+        else:
+            raise InvalidInput("source must be a path or a MIPDocument")
+        loader = MemLoader(self.vault, self.governance, blobs=self.config.data_dir / "blobs")
+        plan = loader.plan(doc, principal=self.principal, vault=vault, user_id=user_id)
+        for scope in plan.scopes:  # every target scope, all before anything is written
+            self.gate("import", Action.write, scope=scope, detail=f"into {scope.user_id}")
+        cubes = loader.write(plan)
+        self._audit("import", cubes, vault=vault, detail=f"{len(cubes)} cube(s)")
         return cubes
 
     # MemStore: channels between agents
@@ -864,6 +915,8 @@ class MemOS:
         ids = [check_name(i, "cube id") for i in cube_ids]
         ids += [m.id for m in items if isinstance(m, MemCube)]
         texts = [_check_text(m) for m in items if not isinstance(m, MemCube)]
+        if tags is not None and not isinstance(tags, Sequence):
+            raise InvalidInput("tags must be a list of non-empty strings")
         tag_list = _check_tags(tags)
         cubes = [self.vault.get(i, scope_user=scope.user_id) for i in ids]
         self.memstore.check_publishable(cubes)
@@ -1017,7 +1070,11 @@ class MemOS:
         )
 
     def stop_model(self) -> bool:
-        """Stop the model process of this data dir; True if one was running."""
+        """Stop the model process of this data dir; True if one was running (system only)."""
+        if self.principal != SYSTEM:
+            self._audit("stop_model", [], outcome="denied")
+            raise PermissionDenied(f"{self.principal} may not stop the model process")
+        self._audit("stop_model", [])
         return self.model_runtime.stop()
 
     def chat_model(self, **kw: Any) -> MemOSChatModel:
@@ -1085,9 +1142,17 @@ class MemOS:
     @property
     def scheduler(self) -> MemScheduler:
         """The MemScheduler of this MemOS: policies, background jobs, task plans. It is the
-        system's own worker: it searches and sweeps as the system, whichever view built it."""
+        system's own worker (it searches, sweeps and runs jobs as the system; its proposals
+        and plans name any user's memories), so a view of another principal is refused: plan
+        as the system (the trusted service), then `generate(plan=...)` as the principal, which
+        checks every cube of the plan."""
+        if self.principal != SYSTEM:
+            self._audit("scheduler", [], outcome="denied")
+            raise PermissionDenied(
+                f"{self.principal} may not use the scheduler (the system's own worker)"
+            )
         models = self.model_memory
-        system = self if self.principal == SYSTEM else self.as_principal(SYSTEM)
+        system = self
         with self._lazy:
             if self._scheduler is None:
                 from .scheduler import MemScheduler

@@ -63,10 +63,16 @@ def test_audit_records_every_call_and_verifies(mem: MemOS) -> None:
 
 
 def comparable(doc) -> list:
-    """Cubes and versions of a MIP document, less the read counters that change on access."""
-    skip = {"lifecycle": {"access_count", "last_accessed_at"}}
+    """Cubes and versions of a MIP document, less the read counters that change on access and
+    who made them (an import is created by the importer, the original kept as lineage)."""
+    skip = {"lifecycle": {"access_count", "last_accessed_at"}, "provenance": {"created_by"},
+            "metadata": {"imported_from"}}
     return [
-        (i.cube.model_dump(exclude=skip), [v.model_dump() for v in i.versions]) for i in doc.cubes
+        (
+            i.cube.model_dump(exclude=skip),
+            [v.model_dump(exclude={"changed_by": True, "cube": skip}) for v in i.versions],
+        )
+        for i in doc.cubes
     ]
 
 
@@ -94,6 +100,11 @@ def test_mip_round_trip_into_an_empty_dir(mem: MemOS, tmp_path: Path, embedder) 
             assert {c.id for c in imported} == {c.id for c in cubes}
             again = fresh.export(user_id="alice")
             assert comparable(again) == comparable(doc)
+            assert {c.provenance.created_by for c in imported} == {"system"}  # the importer
+            assert {v.changed_by for i in again.cubes for v in i.versions} == {"system"}
+            assert imported[0].metadata["imported_from"] == {
+                "created_by": cubes[0].provenance.created_by
+            }
             hit = fresh.search("where did alice move", user_id="alice", k=1)[0]
             assert hit.cube.content == "I moved to Porto." and hit.cube.provenance.source_refs == [
                 "m1"
