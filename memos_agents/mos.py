@@ -1152,7 +1152,6 @@ class MemOS:
                 f"{self.principal} may not use the scheduler (the system's own worker)"
             )
         models = self.model_memory
-        system = self
         with self._lazy:
             if self._scheduler is None:
                 from .scheduler import MemScheduler
@@ -1160,8 +1159,8 @@ class MemOS:
                 self._scheduler = MemScheduler(
                     self.vault.catalog,
                     models,
-                    search=system.search,
-                    sweep=system.sweep,
+                    search=self.search,
+                    sweep=self.sweep,
                     write_version=self.vault.write_version,
                     audit=self._system_audit,
                     vault=self.config.vault,

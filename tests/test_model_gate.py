@@ -260,12 +260,17 @@ def test_each_scheduler_job_writes_one_system_audit_entry(mem):
     assert job.id in new[0].detail
 
 
-def test_the_scheduler_is_the_systems_whichever_view_builds_it(mem):
+def test_the_scheduler_is_the_systems_own_worker(mem):
     [fact] = mem.add(["Alice's PIN is 4921."], user_id="alice")
-    sched = mem.as_principal(MALLORY).scheduler  # first used through a view with no role
-    sched.tick(user_id="alice")  # sweeps as the system (a view with no role may not)
-    assert fact.id in sched.plan("PIN", user_id="alice").plaintext  # searches as the system
-    assert not [e for e in mem.audit_log() if e.principal == MALLORY]
+    for who in (MALLORY, "user:alice"):
+        with pytest.raises(PermissionDenied, match="scheduler"):
+            mem.as_principal(who).scheduler.plan("PIN", user_id="alice")
+    denied = [e for e in mem.audit_log() if e.op == "scheduler" and e.outcome == "denied"]
+    assert [e.principal for e in denied] == [MALLORY, "user:alice"]
+    # a view of the system made before the scheduler was built uses the system's search
+    sched = mem.as_principal("system").scheduler
+    sched.tick(user_id="alice")
+    assert fact.id in sched.plan("PIN", user_id="alice").plaintext
 
 
 HOSTILE_GENERATION = [
