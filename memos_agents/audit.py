@@ -63,7 +63,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
@@ -306,11 +306,23 @@ class AuditLog:
             )
         )
         try:
-            return self._append(row)
+            try:
+                return self._append(row)
+            except (OperationalError, ProgrammingError):
+                if not self._tables_gone():
+                    raise
+                # a table was dropped under us: set up again (an anchor table rebuilt over
+                # keyed entries keeps them flagged, see the module docstring) and go on
+                self._set_up()
+                return self._append(row)
         except (DataError, UnicodeError) as exc:
             raise InvalidInput(f"an audit entry cannot be stored: {exc}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot append to the audit log: {exc}") from exc
+
+    def _tables_gone(self) -> bool:
+        names = set(inspect(self.engine).get_table_names())
+        return not {audit_t.name, head_t.name} <= names
 
     @retry(
         retry=retry_if_exception_type((OperationalError, DBIntegrityError)),
@@ -412,12 +424,19 @@ class AuditLog:
 
     def verify(self) -> AuditVerdict:
         """Walk the chain and check it against the anchor."""
-        with self._snapshot() as conn:
-            head = conn.execute(select(head_t).where(head_t.c.id == _HEAD_ID)).first()
-            walk = _Walk(self, head)
-            for r in conn.execute(select(audit_t).order_by(audit_t.c.seq)):
-                if not walk.step(r):
-                    break
+        try:
+            with self._snapshot() as conn:
+                names = set(inspect(conn).get_table_names())
+                head = None
+                if head_t.name in names:
+                    head = conn.execute(select(head_t).where(head_t.c.id == _HEAD_ID)).first()
+                walk = _Walk(self, head)
+                if audit_t.name in names:
+                    for r in conn.execute(select(audit_t).order_by(audit_t.c.seq)):
+                        if not walk.step(r):
+                            break
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the audit log: {exc}") from exc
         return walk.verdict()
 
 
@@ -449,7 +468,8 @@ class _Walk:
             ok = r.prev_hash == self.prev and r.hash == legacy_hash(self.prev, r)
             if not ok:
                 why = (
-                    "was already broken when the chain was keyed"
+                    "did not verify when the chain was keyed (an old dir's damage, or the "
+                    "anchor table was dropped)"
                     if self.head.legacy_bad == r.seq
                     else "was altered (an entry from before keying)"
                 )
@@ -473,7 +493,11 @@ class _Walk:
         if head is not None and head.key_id != self.log.key_id:
             fault = (after, f"the chain was keyed with another key (check {KEY_ENV})")
         elif head is not None and head.legacy_bad is not None:
-            fault = (head.legacy_bad, f"entry {head.legacy_bad} was already broken when keyed")
+            fault = (
+                head.legacy_bad,
+                f"entry {head.legacy_bad} was already broken when the chain was keyed (an old "
+                "dir's damage, or the anchor table was dropped)",
+            )
         elif self.bad is not None:
             fault = self.bad
         elif head is None:

@@ -254,6 +254,11 @@ def _truncate_and_match_the_anchor(conn) -> int:
     return 18
 
 
+def _drop_the_anchor_table(conn) -> int:
+    head_t.drop(conn)
+    return 21
+
+
 def _delete_everything(conn) -> int:
     conn.execute(delete(audit_t))
     conn.execute(delete(head_t))
@@ -274,6 +279,7 @@ TAMPER: dict[str, Callable] = {
         _edit_the_anchor,
         _delete_the_anchor,
         _truncate_and_match_the_anchor,
+        _drop_the_anchor_table,
         _delete_everything,
     )
 }
