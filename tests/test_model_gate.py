@@ -143,6 +143,25 @@ def test_hostile_blob_names_are_refused_before_the_model_process_is_reached(mem)
     assert lora_blob_name(fact.id, 3) == f"lora/{fact.id}/v3"
 
 
+def test_an_adapter_folder_linked_out_of_the_blob_folder_is_never_loaded(mem, tmp_path):
+    [fact] = mem.add(["Alice's cat is named Biscuit."], user_id="alice")
+    elsewhere = tmp_path / "adapter"
+    elsewhere.mkdir()
+    (elsewhere / "adapter_config.json").write_text("{}")
+    pid = uuid.uuid4().hex
+    folder = mem.config.data_dir / "blobs" / "lora" / pid
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    param = _planted(mem, Form.parameter, lora_blob_name(pid, 1), [fact.id], cube_id=pid)
+    for call in (
+        lambda: mem.load_parameter(param.id),
+        lambda: mem.generate("q", user_id="alice", parameter=param.id),
+    ):
+        with pytest.raises(InvalidInput, match="outside"):
+            call()
+    assert _no_model_reached(mem) and (elsewhere / "adapter_config.json").exists()
+
+
 def _alice(mem: MemOS) -> tuple[MemCube, MemCube, MemCube]:
     [fact] = mem.add(["Alice's PIN is 4921."], user_id="alice", tags=["secret"])
     fp = "12" * 32
