@@ -976,15 +976,13 @@ class MemOS:
         return owner
 
     def poll(self, channel: str, subscriber: str, *, limit: int = 100) -> list[Delivery]:
-        """What arrived since the last `ack`, oldest first: only cubes this principal may read
-        (the others are skipped, and an `ack` past them skips them for good)."""
+        """Up to `limit` deliveries since the last `ack`, oldest first: only cubes this principal
+        may read (the others are skipped, and an `ack` past them skips them for good)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidInput("limit must be a positive integer")
         owner = self._subscription(channel, subscriber)
         self._gate_subscription("poll", channel, subscriber, owner)  # refused before reading
-        got = self.memstore.poll(channel, subscriber, limit)
-        keep = {c.id for c in self.readable([d.cube for d in got])}
-        return [d for d in got if d.cube.id in keep]
+        return self.memstore.poll(channel, subscriber, limit, allowed=self.readable)
 
     def ack(self, channel: str, subscriber: str, seq: int) -> int:
         owner = self._subscription(channel, subscriber)

@@ -14,10 +14,10 @@ before owners were recorded belong to system.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import (
@@ -258,21 +258,42 @@ class MemStore:
             raise NotFound(f"{subscriber!r} is not subscribed to channel {channel!r}")
         return int(cursor)
 
-    def poll(self, channel: str, subscriber: str, limit: int = 100) -> list[Delivery]:
-        """Everything after the subscriber's cursor, oldest first; nothing moves until `ack`.
-        Cubes deleted or expired since they were published are skipped."""
+    def poll(
+        self,
+        channel: str,
+        subscriber: str,
+        limit: int = 100,
+        allowed: Callable[[list[MemCube]], list[MemCube]] | None = None,
+    ) -> list[Delivery]:
+        """Up to `limit` deliveries after the subscriber's cursor, oldest first; nothing moves
+        until `ack`. Cubes deleted or expired since they were published are skipped, and so are
+        those `allowed` (the reader's filter) leaves out; the log is read on past them, so a run
+        of skipped cubes never hides what follows."""
         check_channel(channel)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidInput("limit must be a positive integer")
-        cursor = self._cursor(channel, subscriber)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(channel_log_t)
-                .where(channel_log_t.c.channel == channel, channel_log_t.c.seq > cursor)
-                .order_by(channel_log_t.c.seq)
-                .limit(limit)
-            ).all()
-        cubes = self.catalog.get_many([r.cube_id for r in rows])
+        after = self._cursor(channel, subscriber)
+        out: list[Delivery] = []
+        while len(out) < limit:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(channel_log_t)
+                    .where(channel_log_t.c.channel == channel, channel_log_t.c.seq > after)
+                    .order_by(channel_log_t.c.seq)
+                    .limit(limit)
+                ).all()
+            if not rows:
+                break
+            after = rows[-1].seq
+            found = self._deliveries(channel, rows)
+            if allowed is not None:
+                keep = {c.id for c in allowed([d.cube for d in found])}
+                found = [d for d in found if d.cube.id in keep]
+            out += found
+        return out[:limit]
+
+    def _deliveries(self, channel: str, rows: Sequence[Any]) -> list[Delivery]:
+        cubes = self.catalog.get_many(list({r.cube_id for r in rows}))
         out = []
         for r in rows:
             cube = cubes.get(r.cube_id)

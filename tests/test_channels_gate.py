@@ -133,3 +133,19 @@ def test_a_refused_publish_writes_nothing(mem: MemOS, call, error) -> None:
     assert {u: _snapshot(mem, u) for u in ("alice", "bob")} == before
     assert all(c.published == 0 for c in mem.channels())
     assert T not in [h.cube.content for h in mem.search(T, user_id="alice", k=5)]
+
+
+def test_skipped_deliveries_never_hide_what_follows(mem: MemOS) -> None:
+    mallory = mem.as_principal("user:mallory")
+    mallory.subscribe("feed", "mallory")
+    mem.subscribe("feed", "system")
+    hidden = mem.publish("feed", ["one", "two", "three", "four", "five"], user_id="alice")
+    mem.delete(hidden[-1].cube.id)  # deleted after publishing: skipped for everyone
+    public = mem.add("The canteen opens at noon", user_id="alice", visibility="public")[0]
+    mem.publish("feed", cube_ids=[public.id], user_id="alice")
+    got = mallory.poll("feed", "mallory", limit=2)
+    assert [d.cube.id for d in got] == [public.id]
+    assert [d.cube.content for d in mem.poll("feed", "system", limit=2)] == ["one", "two"]
+    assert len(mem.poll("feed", "system", limit=10)) == 5
+    mallory.ack("feed", "mallory", got[-1].seq)
+    assert mallory.poll("feed", "mallory") == []

@@ -276,6 +276,13 @@ def _does_match(condition: MatchCondition, ns: Namespace) -> bool:
 def _checked_value(op: PutOp) -> dict[str, Any] | None:
     value = None if op.value is None else _json_value(op.value)
     _clean(value, "value")
+    index = op.index
+    if index not in (None, False) and (
+        isinstance(index, str)
+        or not isinstance(index, list | tuple)
+        or not all(isinstance(f, str) and f for f in index)
+    ):
+        raise InvalidInput("index must be False, None or a list of field paths")
     if value is not None and op.ttl is not None:
         if isinstance(op.ttl, bool) or not isinstance(op.ttl, int | float):
             raise InvalidInput("ttl must be a number of minutes or None")
@@ -291,6 +298,9 @@ def _check_read(op: Op) -> None:
         _key(op.key)
     elif isinstance(op, SearchOp):
         _labels(op.namespace_prefix)
+        if op.query is not None and not isinstance(op.query, str):
+            raise InvalidInput(f"query must be a string or None, got {type(op.query).__name__}")
+        _clean(op.query, "query")
         _page(op.limit, op.offset)
         _check_filter(op.filter or {})
     elif isinstance(op, ListNamespacesOp):
@@ -400,6 +410,38 @@ class MemOSStore(BaseStore):
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         """`batch` in a worker thread."""
         return await asyncio.to_thread(self.batch, list(ops))
+
+    # BaseStore's conveniences, with the namespace checked first (a clear InvalidNamespaceError
+    # for None or a number, not a TypeError from `tuple()`)
+    def get(self, namespace: Any, *args: Any, **kw: Any) -> Item | None:
+        return super().get(_labels(namespace), *args, **kw)
+
+    def search(self, namespace_prefix: Any, /, **kw: Any) -> list[SearchItem]:
+        return super().search(_labels(namespace_prefix), **kw)
+
+    def put(self, namespace: Any, *args: Any, **kw: Any) -> None:
+        super().put(_labels(namespace), *args, **kw)
+
+    def delete(self, namespace: Any, *args: Any, **kw: Any) -> None:
+        super().delete(_labels(namespace), *args, **kw)
+
+    def list_namespaces(self, **kw: Any) -> list[Namespace]:
+        return super().list_namespaces(**_affixes(kw))
+
+    async def aget(self, namespace: Any, *args: Any, **kw: Any) -> Item | None:
+        return await super().aget(_labels(namespace), *args, **kw)
+
+    async def asearch(self, namespace_prefix: Any, /, **kw: Any) -> list[SearchItem]:
+        return await super().asearch(_labels(namespace_prefix), **kw)
+
+    async def aput(self, namespace: Any, *args: Any, **kw: Any) -> None:
+        await super().aput(_labels(namespace), *args, **kw)
+
+    async def adelete(self, namespace: Any, *args: Any, **kw: Any) -> None:
+        await super().adelete(_labels(namespace), *args, **kw)
+
+    async def alist_namespaces(self, **kw: Any) -> list[Namespace]:
+        return await super().alist_namespaces(**_affixes(kw))
 
     # reads
     def _read(self, ops: list[Op]) -> list[Result]:
@@ -683,6 +725,13 @@ class MemOSStore(BaseStore):
             new.lifecycle.created_at = now  # deleted or expired: the item starts afresh
         new.lifecycle.expires_at = None if op.ttl is None else now + timedelta(minutes=op.ttl)
         vault.write_version(new, "update", ACTOR, old.lifecycle.version)
+
+
+def _affixes(kw: dict[str, Any]) -> dict[str, Any]:
+    """list_namespaces' keywords with `prefix` and `suffix` checked as namespaces."""
+    return {
+        k: _labels(v) if k in ("prefix", "suffix") and v is not None else v for k, v in kw.items()
+    }
 
 
 def _kind(op: Op) -> str:
