@@ -223,7 +223,10 @@ class AuditLog:
         self._key = key
         self.key_id = key_id(key)
         self._lock = threading.Lock()
-        self._set_up()
+        try:
+            self._set_up()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot set up the audit log: {exc}") from exc
 
     def entry_mac(self, seq: int, prev: str, r: Any) -> str:
         return entry_mac(self._key, seq, prev, r)
@@ -333,10 +336,14 @@ class AuditLog:
     def _append(self, row: _Row) -> int:
         with self._lock, self.engine.begin() as conn:
             # a write first: SQLite's write lock, PostgreSQL's row lock, before the head is read
-            conn.execute(
-                update(head_t).where(head_t.c.id == _HEAD_ID).values(entries=head_t.c.entries)
-            )
-            head = conn.execute(select(head_t).where(head_t.c.id == _HEAD_ID)).first()
+            # (entries beyond the anchor's head are foreign, forged: never reuse their seq)
+            top = select(func.max(audit_t.c.seq)).scalar_subquery().label("top")
+            head = conn.execute(
+                update(head_t)
+                .where(head_t.c.id == _HEAD_ID)
+                .values(entries=head_t.c.entries)
+                .returning(*head_t.c, top)
+            ).first()
             if head is None:
                 head = self._replace_anchor(conn)
             elif head.key_id != self.key_id:
@@ -347,9 +354,7 @@ class AuditLog:
             sound = hmac.compare_digest(head.mac, self.anchor_mac(head))
             if not sound:
                 log.error("the audit anchor does not verify; it stays marked as damaged")
-            # entries beyond the anchor are foreign (forged): never reuse their seq
-            top = conn.execute(select(func.max(audit_t.c.seq))).scalar() or 0
-            seq = max(head.head_seq, top) + 1
+            seq = max(head.head_seq, head.top or 0) + 1
             digest = self.entry_mac(seq, head.head_hash, row)
             conn.execute(
                 insert(audit_t).values(seq=seq, prev_hash=head.head_hash, hash=digest, **row.d)
@@ -385,7 +390,7 @@ class AuditLog:
             mac=_UNVERIFIABLE,
         )
         conn.execute(insert(head_t).values(**head))
-        return _Row(head)
+        return _Row({**head, "top": head["head_seq"]})
 
     # reading
     def entries(self, cube_id: str | None = None, limit: int = 1000) -> list[AuditEntry]:

@@ -110,7 +110,7 @@ def test_processes_appending_at_once_never_fork(catalog_url: str, tmp_path: Path
             # an honest dir verifies while others write (one snapshot of entries and anchor)
             assert gov.verify_audit() == (True, None), gov.verify().reason
             checks += 1
-            time.sleep(0.02)
+            time.sleep(0.1)
         for t, w in zip(tags, workers, strict=True):
             assert w.wait(timeout=60) == 0, (tmp_path / f"{t}.err").read_text()
     finally:
@@ -349,6 +349,18 @@ def test_env_key_serves_several_data_dirs(catalog_url: str, tmp_path: Path, monk
     monkeypatch.setenv("MEMOS_AUDIT_KEY", "short")
     with pytest.raises(ConfigError, match="at least 16 bytes"):
         open_gov(catalog_url, tmp_path / "three")
+
+
+def test_without_a_data_dir_the_key_sits_beside_a_sqlite_catalog(
+    catalog_url: str, tmp_path: Path
+) -> None:
+    cat = Catalog(catalog_url)
+    if catalog_url.startswith("sqlite"):
+        MemGovernance(cat).audit("user:alice", "add")
+        assert len((tmp_path / KEY_FILE).read_bytes()) == 32
+    else:  # a PostgreSQL catalog has no dir of its own: the key must be named
+        with pytest.raises(ConfigError, match="MEMOS_AUDIT_KEY"):
+            MemGovernance(cat)
 
 
 def test_a_damaged_key_file_is_a_config_error(tmp_path: Path) -> None:
