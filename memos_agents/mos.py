@@ -8,6 +8,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -119,6 +120,16 @@ def _expiry(ttl: float | timedelta | None, expires_at: datetime | None) -> datet
     return utcnow() + timedelta(seconds=seconds)
 
 
+@dataclass
+class _Parts:
+    """The components a MemOS builds on first use; one holder shared by all its views."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    runtime: ModelRuntime | None = None
+    memory: ModelMemory | None = None
+    scheduler: MemScheduler | None = None
+
+
 class MemOS:
     """Memory for agents. `MemOS.open("./.memos")` and go."""
 
@@ -133,11 +144,8 @@ class MemOS:
         self.memstore = MemStore(vault.catalog)
         self.governance = MemGovernance(vault.catalog, data_dir=config.data_dir)
         self.principal = check_principal(principal)
-        # built on first use (model_runtime, model_memory, scheduler), shared by views
-        self._lazy = threading.Lock()
-        self._model_runtime: ModelRuntime | None = None
-        self._model_memory: ModelMemory | None = None
-        self._scheduler: MemScheduler | None = None
+        # built on first use, shared by every view (views copy this holder, not its parts)
+        self._parts = _Parts()
 
     def as_principal(self, principal: str) -> MemOS:
         """A view of the same stores whose every call runs as `principal` (`user:<id>`,
@@ -256,10 +264,10 @@ class MemOS:
     # context management
     def close(self) -> None:
         """Stop this MemOS's scheduler worker and model runtime client, release the stores."""
-        if self._scheduler is not None:
-            self._scheduler.stop()
-        if self._model_runtime is not None:
-            self._model_runtime.close()
+        if self._parts.scheduler is not None:
+            self._parts.scheduler.stop()
+        if self._parts.runtime is not None:
+            self._parts.runtime.close()
         self.vault.close()
 
     def __enter__(self) -> MemOS:
@@ -831,6 +839,16 @@ class MemOS:
         activation and parameter cubes) as MIP; to `path` too."""
         from .loader import MemDumper
 
+        for name, value in (("vault", vault), ("user_id", user_id)):
+            if value is not None:
+                check_name(value, name)
+        if tags is not None and (
+            not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags)
+        ):
+            raise InvalidInput("tags must be a list of strings")
+        for name, when in (("since", since), ("until", until)):
+            if when is not None and (not isinstance(when, datetime) or when.tzinfo is None):
+                raise InvalidInput(f"{name} must be a timezone-aware datetime")
         blobs = self.config.data_dir / "blobs"
         doc = MemDumper(self.vault.catalog, self.governance, blobs=blobs).dump(
             principal=self.principal,
@@ -846,8 +864,8 @@ class MemOS:
         if path is not None:
             try:
                 Path(path).write_text(doc.model_dump_json(indent=1), encoding="utf-8")
-            except OSError as exc:
-                raise InvalidInput(f"cannot write {path}: {exc}") from exc
+            except (OSError, ValueError, TypeError) as exc:  # ValueError: NUL in the path
+                raise InvalidInput(f"cannot write {path!r}: {exc}") from exc
         return doc
 
     def import_file(
@@ -999,28 +1017,40 @@ class MemOS:
     @property
     def model_runtime(self) -> ModelRuntime:
         """The connection to the model process of this data dir (made on first use)."""
-        with self._lazy:
-            if self._model_runtime is None:
+        parts = self._parts
+        with parts.lock:
+            if parts.runtime is None:
                 from .model.memory import ModelRuntime
 
-                self._model_runtime = ModelRuntime(self.config.data_dir)
-            return self._model_runtime
+                parts.runtime = ModelRuntime(self.config.data_dir)
+            return parts.runtime
 
     @property
     def model_memory(self) -> ModelMemory:
-        """Activation and parameter memory over this MemOS's vault and model runtime."""
+        """Activation and parameter memory over this MemOS's vault and model runtime: the
+        component the facade's model operations gate; the system's alone (it checks no
+        principal itself), so a view of another principal is refused."""
+        if self.principal != SYSTEM:
+            self._audit("model_memory", [], outcome="denied")
+            raise PermissionDenied(
+                f"{self.principal} may not use the model memory component; use the facade"
+            )
+        return self._models()
+
+    def _models(self) -> ModelMemory:
         runtime = self.model_runtime
-        with self._lazy:
-            if self._model_memory is None:
+        parts = self._parts
+        with parts.lock:
+            if parts.memory is None:
                 from .model.memory import ModelMemory
 
-                self._model_memory = ModelMemory(
+                parts.memory = ModelMemory(
                     self.vault,
                     runtime,
                     blobs=self.config.data_dir / "blobs",
                     default_vault=self.config.vault,
                 )
-            return self._model_memory
+            return parts.memory
 
     def _model_gate(
         self, op: str, user_id: str, vault: str | None, action: Action
@@ -1089,7 +1119,7 @@ class MemOS:
         """Activation memory: the KV cache of these plaintext memories, stored as a versioned
         activation cube (`vault`, `name`, `system_prompt`, `parameter` optional)."""
         self._model_kw("build_activation", user_id, Action.write, kw)
-        return self.model_memory.build_activation(cube_ids, user_id=user_id, **kw)
+        return self._models().build_activation(cube_ids, user_id=user_id, **kw)
 
     def distil(
         self, cube_ids: Sequence[str | MemCube] | None = None, *, user_id: str, **kw: Any
@@ -1100,7 +1130,7 @@ class MemOS:
         kw.pop("principal", None)  # a view's principal is its own, never an argument
         self._model_kw("distil", user_id, Action.write, kw)
         kw["readable"] = self.readable
-        return self.model_memory.distil(cube_ids, user_id=user_id, **kw)
+        return self._models().distil(cube_ids, user_id=user_id, **kw)
 
     def generate(self, prompt: Any, *, user_id: str, **kw: Any) -> Generation:
         """Answer with the local model using `memories` (as text), `activation` (a KV cache
@@ -1108,22 +1138,22 @@ class MemOS:
         `plan` from `mem.scheduler.plan(...)`. Every memory it reads (a plan's too) must be
         readable by this principal, in a scope it may read."""
         self._model_kw("generate", user_id, Action.read, kw)
-        return self.model_memory.generate(prompt, user_id=user_id, **kw)
+        return self._models().generate(prompt, user_id=user_id, **kw)
 
     def generate_stream(self, prompt: Any, *, user_id: str, **kw: Any) -> Iterator[str]:
         """`generate`, as text pieces as they are produced (checked when called)."""
         self._model_kw("generate_stream", user_id, Action.read, kw)
-        return self.model_memory.stream(prompt, user_id=user_id, **kw)
+        return self._models().stream(prompt, user_id=user_id, **kw)
 
     def load_parameter(self, cube_id: str, *, user_id: str | None = None) -> str:
         """Load a parameter cube's adapter into the model process; returns its model name."""
-        return self.model_memory.load_parameter(
+        return self._models().load_parameter(
             cube_id, user_id=user_id, check=self._cube_gate("load_parameter")
         )
 
     def unload_parameter(self, cube_id: str, *, user_id: str | None = None) -> bool:
         """Unload a parameter cube's adapter; requests then get the base model's outputs."""
-        return self.model_memory.unload_parameter(
+        return self._models().unload_parameter(
             cube_id, user_id=user_id, check=self._cube_gate("unload_parameter")
         )
 
@@ -1149,12 +1179,13 @@ class MemOS:
             raise PermissionDenied(
                 f"{self.principal} may not use the scheduler (the system's own worker)"
             )
-        models = self.model_memory
-        with self._lazy:
-            if self._scheduler is None:
+        models = self._models()
+        parts = self._parts
+        with parts.lock:
+            if parts.scheduler is None:
                 from .scheduler import MemScheduler
 
-                self._scheduler = MemScheduler(
+                parts.scheduler = MemScheduler(
                     self.vault.catalog,
                     models,
                     search=self.search,
@@ -1163,7 +1194,7 @@ class MemOS:
                     audit=self._system_audit,
                     vault=self.config.vault,
                 )
-            return self._scheduler
+            return parts.scheduler
 
     # async twins
     async def aadd(self, messages: Any, **kw: Any) -> list[MemCube]:
