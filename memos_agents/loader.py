@@ -124,10 +124,12 @@ def _field_path(path: Sequence[Any]) -> str:
 
 def read_mip(path: Path) -> MIPDocument:
     """Parse and validate a MIP file; errors name the offending field."""
+    try:  # a NUL or a lone surrogate in the path: ValueError / UnicodeEncodeError
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read {path!r}: {exc}") from exc
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from exc
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{path} is not JSON: {exc}") from exc
     except RecursionError as exc:

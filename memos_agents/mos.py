@@ -929,7 +929,8 @@ class MemOS:
         if not items and not cube_ids:
             raise InvalidInput("nothing to publish")
         scope = _scope(vault or self.config.vault, user_id, agent_id, session_id)
-        by = f"agent:{agent_id}" if agent_id else f"user:{user_id}"
+        # who published: this view's principal (a system call names the user or agent)
+        by = self._actor(f"agent:{agent_id}" if agent_id else f"user:{user_id}")
         ids = [check_name(i, "cube id") for i in cube_ids]
         ids += [m.id for m in items if isinstance(m, MemCube)]
         texts = [_check_text(m) for m in items if not isinstance(m, MemCube)]

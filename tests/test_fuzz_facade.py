@@ -440,17 +440,9 @@ KNOWN: dict[str, str] = {
         "raise AttributeError on .tzinfo) and k is not checked to be an int (a string raises "
         "TypeError in a slice)"
     ),
-    "export": (
-        "mos.py export / loader.py (the since/until filter, ~line 234): since and until are not "
-        "checked to be datetimes; a string or a timedelta raises a raw TypeError on comparison"
-    ),
     "grant_role": (
         "mos.py grant_role / governance.py role(): vault is not checked with check_name before "
         "the query; a list raises sqlalchemy ProgrammingError, a huge int OverflowError"
-    ),
-    "import_file": (
-        "mos.py import_file / loader.py read_mip: a source path with NUL raises ValueError "
-        "'embedded null byte', one with a lone surrogate UnicodeEncodeError"
     ),
     "unshare": (
         "mos.py unshare / governance.py unshare(): principal is not checked to be a name; a "
