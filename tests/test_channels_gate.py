@@ -44,6 +44,10 @@ def test_publishing_another_users_cube_needs_rights_in_their_scope(mem: MemOS) -
     # her own scope is hers
     sent = mallory.publish("loot", "mallory's own note", user_id="mallory")
     assert [d.cube.scope.user_id for d in sent] == ["mallory"]
+    # a writer of the vault may publish in alice's scope, but is named as who published
+    mem.grant_role("default", "user:mallory", "writer")
+    sent = mallory.publish("loot", cube_ids=[shared.id], user_id="alice")
+    assert [d.published_by for d in sent] == ["user:mallory"]
 
 
 def test_subscribers_only_receive_what_they_may_read(mem: MemOS) -> None:
