@@ -111,6 +111,14 @@ def test_redaction_is_a_property_of_every_write(mem: MemOS, tmp_path) -> None:
     item = store.get(("users", "ana"), "profile")
     assert item is not None and item.value == {"text": "now [EMAIL]"}
 
+    # a namespace or key that looks like personal data is an identifier (like the scope): kept,
+    # so the item is still found; its value is masked
+    store.put(("users", "tel 212-555-0199"), "bo@example.org", {"text": "bo@example.org"})
+    item = store.get(("users", "tel 212-555-0199"), "bo@example.org")
+    assert item is not None and item.value == {"text": "[EMAIL]"}
+    assert [i.key for i in store.search(("users", "tel 212-555-0199"))] == ["bo@example.org"]
+    store.delete(("users", "tel 212-555-0199"), "bo@example.org")
+
     imported = mem.import_file(f, vault="default", user_id="ana")
     assert [leaks(i.content) for i in imported] == [[]] and "[EMAIL]" in imported[0].content
     assert imported[0].intact and plain.content == mem.get(plain.id).content  # source kept
