@@ -102,8 +102,12 @@ def _plan(mode: Any, routes: Any) -> tuple[str, ...]:
 def _check_tags(tags: Any) -> list[str]:
     if tags is None:
         return []
-    if isinstance(tags, str) or not all(isinstance(t, str) and t.strip() for t in tags):
+    if isinstance(tags, str | bytes | dict) or not isinstance(tags, Sequence | set | frozenset):
         raise InvalidInput("tags must be a list of non-empty strings")
+    for t in tags:
+        if not isinstance(t, str) or not t.strip():
+            raise InvalidInput("tags must be a list of non-empty strings")
+        check_name(t, "tag")
     return list(dict.fromkeys(tags))
 
 
@@ -1011,8 +1015,18 @@ class MemOS:
         return self.memstore.ack(channel, subscriber, seq)
 
     def channels(self) -> list[Channel]:
+        """The channels; a principal other than system sees only those it subscribes to, and
+        only its own subscriptions in them."""
         self.gate("channels", Action.read)
-        return self.memstore.channels()
+        found = self.memstore.channels()
+        if self.principal == SYSTEM:
+            return found
+        out = []
+        for ch in found:
+            mine = [s for s in ch.subscribers if self.memstore.owner(ch.name, s) == self.principal]
+            if mine:
+                out.append(ch.model_copy(update={"subscribers": mine}))
+        return out
 
     # local model: activation (KV cache) and parameter (LoRA) memory, and the scheduler
     @property

@@ -65,6 +65,7 @@ OPERATIONS: dict[str, tuple[str, Attack]] = {
     "load_parameter": ("denied", lambda m, c: m.load_parameter(c["secret"].id)),
     "unload_parameter": ("denied", lambda m, c: m.unload_parameter(c["secret"].id)),
     "stop_model": ("denied", lambda m, c: m.stop_model()),
+    "channels": ("empty", lambda m, c: m.channels()),
     "scheduler": ("denied", lambda m, c: m.scheduler),
     "model_memory": ("denied", lambda m, c: m.model_memory),
 }
@@ -74,7 +75,7 @@ NOT_OPERATIONS = {
     "open": "makes a handle", "as_principal": "makes a view", "gate": "the gate itself",
     "readable": "a filter over cubes the caller already holds", "close": "this handle",
     "model": "connects to the model process", "chat_model": "a chat model with no memory",
-    "model_runtime": "the process connection", "channels": "channel names and counts",
+    "model_runtime": "the process connection",
 }
 
 
