@@ -338,7 +338,10 @@ def _check_content(i: int, item: MIPCube) -> None:
         except InvalidInput as exc:
             raise _refuse(i, cube.id, str(exc)) from exc
         if cube.form is Form.activation:
-            fp = ActivationMeta.from_cube(snap).fingerprint or ""
+            try:
+                fp = ActivationMeta.from_cube(snap).fingerprint or ""
+            except ValidationError as exc:
+                raise _refuse(i, cube.id, f"metadata is not activation metadata: {exc}") from exc
             if snap.content != f"kv/{fp[:40]}.safetensors":
                 raise _refuse(i, cube.id, "content is not the KV blob name of its fingerprint")
         elif not snap.content.startswith(f"lora/{cube.id}/v"):
@@ -347,9 +350,9 @@ def _check_content(i: int, item: MIPCube) -> None:
 
 def _decode(i: int, cube_id: str, blob: MIPBlob, form: Form) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
+    if form is Form.activation and list(blob.files) != [""]:
+        raise _refuse(i, cube_id, f"KV blob {blob.name!r} must be one file named ''")
     for rel, data in blob.files.items():
-        if form is Form.activation and rel != "":
-            raise _refuse(i, cube_id, f"KV blob {blob.name!r} must be one file named ''")
         parts = PurePosixPath(rel).parts
         if form is Form.parameter and (
             not rel or "\\" in rel or rel.startswith("/")

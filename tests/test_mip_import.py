@@ -320,3 +320,11 @@ def test_blobs_not_named_by_the_cube_or_not_base64_are_refused(mem: MemOS, tmp_p
     item["blobs"][0]["name"] = item["cube"]["content"]
     item["blobs"][0]["files"] = {"": "not base64!"}
     refused(mem, write(tmp_path, doc), "base64", user_id="bob")
+    for files in ({}, {"a": "AA=="}, {"": "AA==", "b": "AA=="}):
+        item["blobs"][0]["files"] = files
+        refused(mem, write(tmp_path, doc), "one file", user_id="bob")
+    item["blobs"] = []
+    for v in [item["cube"], *(v["cube"] for v in item["versions"])]:
+        v["metadata"]["sources"] = "not a list"
+    refused(mem, write(tmp_path, doc), "activation metadata", user_id="bob")
+
