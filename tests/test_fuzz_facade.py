@@ -117,6 +117,25 @@ def hostile() -> st.SearchStrategy[Any]:
     ).filter(_not_the_bystander)
 
 
+def hostile_messages() -> st.SearchStrategy[Any]:
+    """Messages of every shape the reader takes (str, dict, LangChain, lists) with one hostile
+    field: content, id, speaker / name, role, timestamp, or a metadata key or value."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    h, text = hostile(), _text()
+    fields = st.sampled_from(["content", "id", "speaker", "name", "role", "timestamp", "extra"])
+    one = st.builds(lambda f, v: {"role": "user", "content": "Alice likes tea", f: v}, fields, h)
+    meta_key = st.builds(lambda k: {"content": "Alice likes tea", k: "v"}, text)
+    langchain = st.one_of(
+        st.builds(lambda v: HumanMessage(content=v), text),
+        st.builds(lambda v: AIMessage(content=[v, {"type": "text", "text": v}]), text),
+        st.builds(lambda v: HumanMessage(content="Alice likes tea", id=v), text),
+        st.builds(lambda v: HumanMessage(content="Alice likes tea", name=v), text),
+    )
+    turn = st.one_of(one, meta_key, langchain, text)
+    return st.one_of(turn, st.lists(turn, min_size=1, max_size=3), h)
+
+
 def _not_the_bystander(v: Any) -> bool:
     """Values that legitimately name the bystander (a process-owner call may write there)."""
     if isinstance(v, str):
@@ -193,6 +212,14 @@ def snapshot(w: World) -> Any:
     return listed, graph, None if item is None else item.value
 
 
+def stored(w: World) -> Any:
+    """Cube rows, versions, vectors and graph counts of the whole data dir: a refused call
+    must leave them as they were (after the background organiser is done)."""
+    w.mem.vault.operator.flush()
+    s = w.mem.vault.catalog.stats()
+    return s["cubes"], s["versions"], w.mem.vault.index.count(), w.mem.vault.graph.counts()
+
+
 def snapshot_in_full(w: World) -> Any:
     """Also a search, get of each cube and the topic graph: checked after each call's run."""
     m = w.mem
@@ -211,6 +238,7 @@ class Call:
     positional: tuple[str, ...] = ()
     fixed: tuple[str, ...] = ()  # arguments never fuzzed
     ok: tuple[type[BaseException], ...] = (MemOSError,)
+    values: Callable[[], st.SearchStrategy[Any]] | None = None  # default: hostile()
 
 
 NOW = datetime.now(UTC)
@@ -251,6 +279,13 @@ CALLS: dict[str, Call] = {
             "metadata": {"k": "v"},
         },
         ("messages",),
+    ),
+    "add(messages)": Call(
+        lambda w: w.api.add,
+        lambda w: {"messages": "Alice likes tea", "user_id": "alice", "session_id": "s1"},
+        ("messages",),
+        fixed=("user_id", "session_id"),
+        values=lambda: hostile_messages(),
     ),
     "add_document": Call(
         lambda w: w.api.add_document,
@@ -549,10 +584,12 @@ def test_one_hostile_argument(world: World, name: str) -> None:
         kwargs[arg] = value
         world.view = view
         site = f"{name}({arg}={_short(value)}) as {view}"
+        written = stored(world)
         try:
             _invoke(call, world, kwargs)
         except call.ok:
-            pass
+            if stored(world) != written:
+                failures.append(f"{site} was refused but wrote: {written} -> {stored(world)}")
         except Exception as exc:  # anything undocumented is a finding
             failures.append(
                 f"{site} raised {type(exc).__module__}.{type(exc).__name__} at {_where(exc)}: "
@@ -570,9 +607,8 @@ def test_one_hostile_argument(world: World, name: str) -> None:
     for arg, value in EXPLICIT.get(name, []):  # the inputs that found defects, every run
         for view in ("system", "user:mallory"):
             attempt(arg, value, view)
-    given(arg=st.sampled_from(fuzzable), value=hostile(), view=st.sampled_from(VIEWS))(
-        FUZZ(attempt)
-    )()
+    values = call.values() if call.values else hostile()
+    given(arg=st.sampled_from(fuzzable), value=values, view=st.sampled_from(VIEWS))(FUZZ(attempt))()
     if snapshot_in_full(world) != in_full:
         failures.append(f"{name}: the bystander's search, get or graph changed")
     assert not failures, f"{len(failures)} undocumented outcomes:\n" + "\n".join(failures)

@@ -130,6 +130,7 @@ def world(tmp_path_factory, embedder):
 
 
 def counts(w: World) -> Any:
+    w.mem.vault.operator.flush()  # the background organiser's links are not the case's
     s = w.mem.vault.stats()  # not mem.stats(): that one audits, a write per call
     published = sum(c.published for c in w.mem.channels())
     return s["cubes"], s["versions"], s["vectors"], s["graph"], published
