@@ -20,7 +20,8 @@ a refused file writes nothing (all or nothing per file):
 - a cube keeps its id only if that id is a fresh random id (`cube.new_id`'s shape) that no
   cube of the catalog has, in any scope; any other id (one that exists, or a deterministic
   one such as a LangGraph store item's, which a later `put` would write to) is replaced by a
-  new id, the old one kept in `provenance.derived_from` (lineage);
+  new id, the old one kept in `provenance.derived_from` (lineage; `derived_from` entries that
+  name other cubes of the same file follow their new ids);
 - `created_by` of the cube and of every version snapshot, and `changed_by` of every version,
   become the importer; the file's original `created_by` is kept in
   `metadata["imported_from"]` (lineage, never ownership);
@@ -413,9 +414,11 @@ class MemLoader:
             _check_content(i, item)
         taken = self._taken(ids)
         plan = ImportPlan()
+        new_ids = {  # lineage inside the file follows its renamed cubes
+            x: x if x not in taken and _FRESH_ID.fullmatch(x) else new_id() for x in ids
+        }
         for i, item in enumerate(doc.cubes):
-            keep = item.cube.id not in taken and _FRESH_ID.fullmatch(item.cube.id) is not None
-            self._plan_one(plan, i, item, keep, principal, vault, user_id)
+            self._plan_one(plan, i, item, new_ids, principal, vault, user_id)
         self.vault.prepare([snap for c, vs in plan.items for snap in [c, *(v.cube for v in vs)]])
         return plan
 
@@ -432,13 +435,13 @@ class MemLoader:
         plan: ImportPlan,
         i: int,
         item: MIPCube,
-        keep_id: bool,
+        new_ids: dict[str, str],
         principal: str,
         vault: str | None,
         user_id: str | None,
     ) -> None:
         old = item.cube
-        cube_id = old.id if keep_id else new_id()
+        cube_id = new_ids[old.id]
         scope = Scope(
             vault=vault or old.scope.vault,
             user_id=user_id or old.scope.user_id,
@@ -458,8 +461,10 @@ class MemLoader:
                 new.content = renamed.setdefault(
                     snap.content, kv_name(ActivationMeta.from_cube(snap).fingerprint or "")
                 )
-            if not keep_id and old.id not in new.provenance.derived_from:
-                new.provenance.derived_from.append(old.id)
+            lineage = [new_ids.get(x, x) for x in snap.provenance.derived_from]
+            if cube_id != old.id and old.id not in lineage:
+                lineage.append(old.id)
+            new.provenance.derived_from = lineage
             if snap.provenance.created_by != principal:
                 new.metadata["imported_from"] = {"created_by": snap.provenance.created_by}
             new.provenance.created_by = principal

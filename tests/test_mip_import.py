@@ -328,3 +328,16 @@ def test_blobs_not_named_by_the_cube_or_not_base64_are_refused(mem: MemOS, tmp_p
         v["metadata"]["sources"] = "not a list"
     refused(mem, write(tmp_path, doc), "activation metadata", user_id="bob")
 
+
+
+def test_lineage_inside_a_file_follows_renamed_cubes(mem: MemOS, tmp_path) -> None:
+    src = mem.add("Alice likes jazz.", user_id="alice")[0]
+    cube = MemCube(form=Form.plaintext, content="Derived note.", scope=Scope(user_id="alice"),
+                   provenance=Provenance(created_by="user:alice", derived_from=[src.id]))
+    mem.vault.add([cube], created_by="user:alice")
+    f = tmp_path / "a.mip.json"
+    mem.export(f, user_id="alice")
+    moved = {c.content: c for c in mem.import_file(f, user_id="alice2")}
+    new_src = moved["Alice likes jazz."]
+    assert new_src.id != src.id and new_src.provenance.derived_from == [src.id]
+    assert moved["Derived note."].provenance.derived_from == [new_src.id, cube.id]
