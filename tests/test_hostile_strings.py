@@ -29,6 +29,14 @@ from langgraph.store.base import InvalidNamespaceError
 from memos_agents.langgraph.store import MemOSStore
 
 from memos_agents import MemOS
+from memos_agents.cube import (
+    MAX_ID_LEN,
+    Scope,
+    check_metadata,
+    check_name,
+    check_optional_text,
+    check_text,
+)
 from memos_agents.errors import InvalidInput
 
 CORPUS: dict[str, str] = {
@@ -391,3 +399,84 @@ def test_hostile_string(world: World, cid: str, field: str) -> None:
 def test_the_bystander_is_untouched_after_the_whole_corpus(world: World) -> None:
     """Runs after the cases above (file order): list, search, get and graph as at the start."""
     assert bystander_in_full(world) == world.at_start
+
+
+# --- the shared checks in cube.py, without a data dir ----------------------------------------
+
+
+@pytest.mark.parametrize("cid", sorted(CORPUS))
+def test_check_name_refuses_exactly_the_names_that_cannot_be_stored(cid: str) -> None:
+    s = CORPUS[cid]
+    if cid in NAMES:
+        with pytest.raises(InvalidInput, match="user_id"):
+            check_name(s, "user_id")
+        with pytest.raises(ValueError, match="user_id"):  # pydantic wraps it: ValidationError
+            Scope(user_id=s)
+    else:
+        assert check_name(s, "user_id") == s
+        assert Scope(user_id="u", vault=s, session_id=s, agent_id=s).vault == s
+
+
+@pytest.mark.parametrize(
+    "bad", ["\ud800", "a\udfffb", "\udc00\ud800", "ok \ud83d"], ids=["hi", "lo", "pair", "half"]
+)
+def test_lone_surrogates_are_refused_everywhere(bad: str) -> None:
+    for check in (
+        lambda: check_name(bad, "vault"),
+        lambda: check_text(bad, "content"),
+        lambda: check_optional_text(bad, "message id"),
+        lambda: check_metadata({"k": bad}),
+        lambda: check_metadata({bad: 1}),
+        lambda: check_metadata([{"deep": [bad]}]),
+    ):
+        with pytest.raises(InvalidInput, match="surrogate"):
+            check()
+    assert check_text("a real pair \U0001f375 is fine", "content")
+
+
+def test_over_long_ids_are_refused() -> None:
+    assert check_name("i" * MAX_ID_LEN, "cube id")
+    with pytest.raises(InvalidInput, match=f"longer than {MAX_ID_LEN}"):
+        check_name("i" * (MAX_ID_LEN + 1), "cube id")
+    with pytest.raises(InvalidInput, match="message id"):
+        check_optional_text("i" * (MAX_ID_LEN + 1), "message id")
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (None, "must be a string"),
+        (b"bytes", "must be a string"),
+        (3, "must be a string"),
+        ("", "empty"),
+        ("  \n", "empty"),
+        ("a\x00b", "NUL"),
+        ("x" * 11, "longer than 10"),
+    ],
+)
+def test_check_text(value: Any, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        check_text(value, "content", 10)
+
+
+def test_check_text_keeps_valid_text() -> None:
+    for cid in ("cypher", "sql", "rtl", "zero_width", "quotes", "dotdot", "emoji", "combining"):
+        assert check_text(CORPUS[cid], "content", 1000) == CORPUS[cid]
+    assert check_text("tabs\tand\nnewlines are text", "content") is not None
+    assert check_optional_text(None, "speaker") is None
+    assert check_optional_text("", "speaker") == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{1: "int key"}, {"k": object()}, {"k": b"bytes"}, {"k": {1, 2}}, [{"k": lambda: 0}]],
+    ids=["int-key", "object", "bytes", "set", "function"],
+)
+def test_check_metadata_refuses_what_json_cannot_hold(value: Any) -> None:
+    with pytest.raises(InvalidInput, match="metadata"):
+        check_metadata(value)
+
+
+def test_check_metadata_keeps_json() -> None:
+    value = {"a": [1, 2.5, None, True, {"b": "text 🎉"}], "c": float("nan"), "d": (1, "x")}
+    assert check_metadata(value) is value
