@@ -28,7 +28,12 @@ a refused file writes nothing (all or nothing per file):
 - the importing vault's redaction policy is applied to the cube and every version (the vault's
   write path, `MemVault.prepare`).
 
-The caller checks the importer may write each target scope (`MemLoader.scopes`) between
+Blobs: `MIPCube.blobs` (optional, so MIP stays 1.0) carries each blob a cube's versions name,
+as base64 per file: a KV blob is one file named `""`, a LoRA adapter folder one entry per file
+by its relative POSIX name (no `..`, no absolute names). LangGraph store items are not
+restored as store items by an import (their deterministic ids are never kept).
+
+The caller checks the importer may write each target scope (`ImportPlan.scopes`) between
 `plan` and `write`; `load` does all three.
 """
 
@@ -177,7 +182,10 @@ def _b64(data: bytes) -> str:
 def _read_blob(root: Path, form: Form, name: str) -> MIPBlob | None:
     """The files of blob `name` under `root` (None if it is not there). Symlinks are not
     followed out of the blob."""
-    path = blob_path(root, form, name)
+    try:
+        path = blob_path(root, form, name)
+    except InvalidInput:  # a link out of the blob root: not exported
+        return None
     if path.is_symlink():
         return None
     if form is Form.activation:
