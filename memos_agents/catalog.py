@@ -43,6 +43,8 @@ PENDING = "pending"
 COMMITTED = "committed"
 SCHEMA_VERSION = "1"
 
+MAX_ACTOR_LEN = 320  # who changed a cube: "user:" / "agent:" + a name of up to MAX_ID_LEN
+
 metadata = MetaData()
 
 cubes_t = Table(
@@ -75,7 +77,7 @@ versions_t = Table(
     Column("cube_id", String(64), primary_key=True),
     Column("version", Integer, primary_key=True),
     Column("op", String(32), nullable=False),
-    Column("changed_by", String(256), nullable=False),
+    Column("changed_by", String(MAX_ACTOR_LEN), nullable=False),  # "agent:" + a 256 name
     Column("changed_at", Float, nullable=False),
     Column("data", Text, nullable=False),
 )
@@ -127,7 +129,27 @@ def _db_errors(what: str) -> Iterator[None]:
         raise StoreError(f"{what}: {exc}") from exc
 
 
+MAX_CUBE_ID_LEN = 64  # the id columns' width: refused up front on every backend alike
+
+
+def _check_cube_id(cube_id: Any) -> str:
+    if not isinstance(cube_id, str) or not cube_id:
+        raise InvalidInput(f"a cube id must be a non-empty string, got {cube_id!r:.40}")
+    if len(cube_id) > MAX_CUBE_ID_LEN:
+        raise InvalidInput(f"cube id {cube_id[:40]!r}... is longer than {MAX_CUBE_ID_LEN}")
+    return cube_id
+
+
+def _check_actor(changed_by: Any) -> str:
+    if not isinstance(changed_by, str) or not changed_by or len(changed_by) > MAX_ACTOR_LEN:
+        raise InvalidInput(
+            f"changed_by must be a string of 1-{MAX_ACTOR_LEN} characters: {changed_by!r:.40}"
+        )
+    return changed_by
+
+
 def _row_values(cube: MemCube, index_state: str) -> dict[str, Any]:
+    _check_cube_id(cube.id)
     try:
         data = cube.model_dump_json()
     except PydanticSerializationError as exc:
@@ -219,6 +241,7 @@ class Catalog:
         """Insert new cubes (pending) and their first version, all or nothing."""
         if not cubes:
             return
+        _check_actor(changed_by)
         ids = [c.id for c in cubes]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -245,6 +268,7 @@ class Catalog:
 
     def write_version(self, cube: MemCube, op: str, changed_by: str, expected_version: int) -> None:
         """Store `cube` as a new version (pending re-index); fails if someone else wrote first."""
+        _check_actor(changed_by)
         values = _row_values(cube, PENDING)
         del values["id"], values["access_count"], values["last_accessed_at"]
         with self._begin() as conn:
@@ -279,7 +303,7 @@ class Catalog:
                 "cube_id": cube.id,
                 "version": v.version,
                 "op": v.op,
-                "changed_by": v.changed_by,
+                "changed_by": _check_actor(v.changed_by),
                 "changed_at": ts(v.changed_at),
                 "data": _row_values(v.cube, PENDING)["data"],
             }

@@ -187,3 +187,19 @@ def test_bad_counts_and_times_are_invalid_input(catalog_url: str) -> None:
         cat.insert([c], changed_by="t")
     assert cat.list() == []
     cat.close()
+
+
+def test_ids_and_actors_too_long_for_their_columns_are_refused_alike(catalog_url: str) -> None:
+    """PostgreSQL would refuse an id over 64 characters and SQLite keep it: the catalog refuses
+    it up front on both, and an over-long or empty actor too."""
+    cat = Catalog(catalog_url)
+    with pytest.raises(InvalidInput, match="longer than 64"):
+        cat.insert([make("long id").model_copy(update={"id": "i" * 65})], changed_by="t")
+    cat.insert([make("a long actor")], changed_by="agent:" + "a" * 256)
+    for actor in ("", "a" * 321, None):
+        with pytest.raises(InvalidInput, match="changed_by"):
+            cat.insert([make("bad actor")], changed_by=actor)  # type: ignore[arg-type]
+    ok = make("id of 64").model_copy(update={"id": "i" * 64})
+    cat.insert([ok], changed_by="t")
+    assert "i" * 64 in [c.id for c in cat.list()] and len(cat.list()) == 2
+    cat.close()
