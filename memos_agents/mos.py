@@ -481,7 +481,7 @@ class MemOS:
 
     def delete(self, cube_id: str, *, user_id: str | None = None, by: str | None = None) -> MemCube:
         """Soft delete: the cube becomes a tombstone (no longer found); `purge` erases it."""
-        cube = self.vault.get(cube_id, scope_user=user_id)
+        cube = self.vault.get(cube_id, scope_user=user_id, expired=True)
         if cube.lifecycle.state is State.deleted:
             return cube
         return self.transition(cube_id, State.deleted, user_id=user_id, by=by)
@@ -500,7 +500,7 @@ class MemOS:
             to = State(state)
         except ValueError as exc:
             raise InvalidInput(f"state must be one of {[s.value for s in State]}") from exc
-        cube = self.vault.get(cube_id, scope_user=user_id)
+        cube = self.vault.get(cube_id, scope_user=user_id, expired=True)
         self._guard(Action.delete if to is State.deleted else Action.write, [cube], to.value)
         check_transition(cube, to)
         new = next_version(cube, to)
@@ -603,7 +603,7 @@ class MemOS:
 
     def purge(self, cube_id: str, *, user_id: str | None = None) -> None:
         """Erase a cube and all its versions from the catalog, the vector index and the graph."""
-        cube = self.vault.get(cube_id, scope_user=user_id)
+        cube = self.vault.get(cube_id, scope_user=user_id, expired=True)
         self._guard(Action.purge, [cube], "purge")
         self.vault.purge(cube)
         self.governance.revoke_cube(cube.id)
@@ -706,7 +706,7 @@ class MemOS:
 
     def history(self, cube_id: str, *, user_id: str | None = None) -> list[VersionRecord]:
         """Every version of a cube, oldest first, with who changed it and when."""
-        cube = self.vault.get(cube_id, scope_user=user_id)
+        cube = self.vault.get(cube_id, scope_user=user_id, expired=True)
         self.gate("history", Action.read, cubes=[cube])
         return self.vault.catalog.history(cube_id)
 

@@ -7,6 +7,7 @@ audit entry; a principal with no role reaches nothing of another user's and chan
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from memos_agents import MemOS
 from memos_agents.cube import State
-from memos_agents.errors import Conflict, InvalidInput
+from memos_agents.errors import Conflict, InvalidInput, NotFound
 from memos_agents.governance import PermissionDenied
 
 MALLORY = "user:mallory"
@@ -187,3 +188,14 @@ def test_sweep_and_stats_are_the_systems(mem: MemOS) -> None:
     assert [c.lifecycle.state for c in mem.list(user_id="alice", include_deleted=True)] == [
         State.expired
     ]
+
+
+def test_a_cube_past_its_ttl_is_not_read_but_can_be_erased(mem: MemOS) -> None:
+    c = mem.add("a passing thought", user_id="alice", ttl=0.05)[0]
+    time.sleep(0.1)
+    with pytest.raises(NotFound, match="expired"):
+        mem.get(c.id)
+    assert [v.version for v in mem.history(c.id)] == [1]
+    mem.purge(c.id)
+    with pytest.raises(NotFound):
+        mem.history(c.id)
