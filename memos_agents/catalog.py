@@ -2,10 +2,19 @@
 
 The catalog is the source of truth. Each cube row carries an `index_state`:
 `pending` until the vector index and graph agree with the row, then `committed`.
+
+Sealed rows: with a key (the data dir's audit key, `audit.load_key`), every cube and version
+row carries `seal`, an HMAC over its id, version and stored JSON. A row whose seal is missing
+or wrong (content edited in the database, its fingerprint recomputed) is read as forged
+(`MemCube.intact` is False) and never served. A catalog from before sealing is sealed once, in
+the open that adds the column (it trusts the rows as they are then).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -26,8 +35,10 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -67,6 +78,7 @@ cubes_t = Table(
     Column("access_count", Integer, nullable=False, default=0),
     Column("last_accessed_at", Float),
     Column("data", Text, nullable=False),
+    Column("seal", String(64)),
     Index("ix_memos_cubes_scope", "vault", "user_id", "state"),
     Index("ix_memos_cubes_index_state", "index_state"),
 )
@@ -80,6 +92,7 @@ versions_t = Table(
     Column("changed_by", String(MAX_ACTOR_LEN), nullable=False),  # "agent:" + a 256 name
     Column("changed_at", Float, nullable=False),
     Column("data", Text, nullable=False),
+    Column("seal", String(64)),
 )
 
 meta_t = Table(
@@ -188,8 +201,13 @@ def _cube_from_row(row: Any) -> MemCube:
 class Catalog:
     """Cubes, versions and settings in one relational database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, key: bytes | None = None) -> None:
+        """`key`: seal rows with it (MemOS.open passes the data dir's audit key); without
+        one, rows are neither sealed nor checked."""
         self.url = url
+        self._seal_key = (
+            None if key is None else hmac.new(key, b"memos-agents cube seal", "sha256").digest()
+        )
         try:
             self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -200,9 +218,67 @@ class Catalog:
             metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot create catalog tables in {url!r}: {exc}") from exc
+        self._add_seal_column()
         if self.get_meta("schema_version") is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
         self.settings = SettingsStore(self.engine, legacy=self)  # typed settings, own table
+
+    def _seal(self, cube_id: str, version: int, data: str) -> str | None:
+        if self._seal_key is None:
+            return None
+        body = json.dumps([cube_id, version, data], ensure_ascii=False).encode()
+        return hmac.new(self._seal_key, body, hashlib.sha256).hexdigest()
+
+    def _cube(self, row: Any) -> MemCube:
+        cube = _cube_from_row(row)
+        if self._seal_key is not None and not hmac.compare_digest(
+            row.seal or "", self._seal(row.id, row.version, row.data) or ""
+        ):
+            cube.mark_forged()
+        return cube
+
+    def _version(self, row: Any) -> VersionRecord:
+        rec = _version_of(row)
+        if self._seal_key is not None and not hmac.compare_digest(
+            row.seal or "", self._seal(row.cube_id, row.version, row.data) or ""
+        ):
+            rec.cube.mark_forged()
+        return rec
+
+    def _values(self, cube: MemCube) -> dict[str, Any]:
+        row = _row_values(cube, PENDING)
+        row["seal"] = self._seal(row["id"], row["version"], row["data"])
+        return row
+
+    def _version_row(
+        self, cube_id: str, version: int, op: str, changed_by: str, at: float | None, data: str
+    ) -> dict[str, Any]:
+        return {"cube_id": cube_id, "version": version, "op": op, "changed_by": changed_by,
+                "changed_at": at, "data": data, "seal": self._seal(cube_id, version, data)}
+
+    def _add_seal_column(self) -> None:
+        """A catalog from before sealing gains the `seal` columns, and its rows are sealed
+        now (with a key): the one time rows are trusted as found."""
+        missing = [t for t in (cubes_t, versions_t)
+                   if "seal" not in {c["name"] for c in inspect(self.engine).get_columns(t.name)}]
+        if not missing:
+            return
+        with self._begin("add the seal column") as conn:
+            for t in missing:  # fixed DDL, no user text
+                conn.execute(text(f"ALTER TABLE {t.name} ADD COLUMN seal VARCHAR(64)"))
+        if self._seal_key is None:
+            return
+        with self._begin("seal existing rows") as conn:
+            for r in conn.execute(select(cubes_t.c.id, cubes_t.c.version, cubes_t.c.data)).all():
+                conn.execute(update(cubes_t).where(cubes_t.c.id == r.id)
+                             .values(seal=self._seal(r.id, r.version, r.data)))
+            cols = (versions_t.c.cube_id, versions_t.c.version, versions_t.c.data)
+            for r in conn.execute(select(*cols)).all():
+                conn.execute(
+                    update(versions_t)
+                    .where(versions_t.c.cube_id == r.cube_id, versions_t.c.version == r.version)
+                    .values(seal=self._seal(r.cube_id, r.version, r.data))
+                )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -247,16 +323,9 @@ class Catalog:
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise InvalidInput(f"cube ids given more than once in one insert: {dup}")
         now = datetime.now(UTC).timestamp()
-        rows = [_row_values(c, PENDING) for c in cubes]
+        rows = [self._values(c) for c in cubes]
         versions = [
-            {
-                "cube_id": c.id,
-                "version": c.lifecycle.version,
-                "op": "create",
-                "changed_by": changed_by,
-                "changed_at": now,
-                "data": r["data"],
-            }
+            self._version_row(c.id, c.lifecycle.version, "create", changed_by, now, r["data"])
             for c, r in zip(cubes, rows, strict=True)
         ]
         try:
@@ -269,7 +338,7 @@ class Catalog:
     def write_version(self, cube: MemCube, op: str, changed_by: str, expected_version: int) -> None:
         """Store `cube` as a new version (pending re-index); fails if someone else wrote first."""
         _check_actor(changed_by)
-        values = _row_values(cube, PENDING)
+        values = self._values(cube)
         del values["id"], values["access_count"], values["last_accessed_at"]
         with self._begin() as conn:
             done = conn.execute(
@@ -283,12 +352,8 @@ class Catalog:
                 )
             conn.execute(
                 insert(versions_t).values(
-                    cube_id=cube.id,
-                    version=cube.lifecycle.version,
-                    op=op,
-                    changed_by=changed_by,
-                    changed_at=ts(cube.lifecycle.updated_at),
-                    data=values["data"],
+                    **self._version_row(cube.id, cube.lifecycle.version, op, changed_by,
+                                        ts(cube.lifecycle.updated_at), values["data"])
                 )
             )
 
@@ -297,16 +362,10 @@ class Catalog:
         numbers = [v.version for v in versions]
         if len(set(numbers)) != len(numbers):
             raise InvalidInput(f"cube {cube.id!r}: version numbers given more than once")
-        row = _row_values(cube, PENDING)
+        row = self._values(cube)
         history = [
-            {
-                "cube_id": cube.id,
-                "version": v.version,
-                "op": v.op,
-                "changed_by": _check_actor(v.changed_by),
-                "changed_at": ts(v.changed_at),
-                "data": _row_values(v.cube, PENDING)["data"],
-            }
+            self._version_row(cube.id, v.version, v.op, _check_actor(v.changed_by),
+                              ts(v.changed_at), _row_values(v.cube, PENDING)["data"])
             for v in versions
         ]
         try:
@@ -368,7 +427,7 @@ class Catalog:
             return {}
         with self._connect() as conn:
             rows = conn.execute(select(cubes_t).where(cubes_t.c.id.in_(list(ids)))).all()
-        return {r.id: _cube_from_row(r) for r in rows}
+        return {r.id: self._cube(r) for r in rows}
 
     def past_expiry(self, now: datetime, limit: int = 10_000) -> list[MemCube]:
         """Active cubes whose TTL has run out."""
@@ -378,7 +437,7 @@ class Catalog:
                 .where(cubes_t.c.state == State.active.value, cubes_t.c.expires_at <= ts(now))
                 .limit(limit)
             ).all()
-        return [_cube_from_row(r) for r in rows]
+        return [self._cube(r) for r in rows]
 
     def vaults(self) -> list[str]:
         with self._connect() as conn:
@@ -406,14 +465,14 @@ class Catalog:
             cubes_t.c.state.in_(list(states)),
         )
         with self._connect() as conn:
-            return [_cube_from_row(r) for r in conn.execute(q)]
+            return [self._cube(r) for r in conn.execute(q)]
 
     def pending(self, limit: int = 1000) -> list[MemCube]:
         with self._connect() as conn:
             rows = conn.execute(
                 select(cubes_t).where(cubes_t.c.index_state == PENDING).limit(limit)
             ).all()
-        return [_cube_from_row(r) for r in rows]
+        return [self._cube(r) for r in rows]
 
     def list(
         self,
@@ -437,7 +496,7 @@ class Catalog:
         q = q.order_by(cubes_t.c.created_at, cubes_t.c.id)
         q = q.limit(_count(limit, "limit")).offset(_count(offset, "offset"))
         with self._connect() as conn:
-            return [_cube_from_row(r) for r in conn.execute(q).all()]
+            return [self._cube(r) for r in conn.execute(q).all()]
 
     def histories(self, vault: str, user_id: str) -> dict[str, list[VersionRecord]]:
         """Every version of every cube in one scope, grouped by cube, oldest first."""
@@ -450,7 +509,7 @@ class Catalog:
         out: dict[str, list[VersionRecord]] = {}
         with self._connect() as conn:
             for r in conn.execute(q):
-                out.setdefault(r.cube_id, []).append(_version_of(r))
+                out.setdefault(r.cube_id, []).append(self._version(r))
         return out
 
     def history(self, cube_id: str) -> list[VersionRecord]:
@@ -462,7 +521,7 @@ class Catalog:
             ).all()
         if not rows:
             raise NotFound(f"no cube with id {cube_id!r}")
-        return [_version_of(r) for r in rows]
+        return [self._version(r) for r in rows]
 
     def stats(self) -> dict[str, Any]:
         with self._connect() as conn:
@@ -520,7 +579,7 @@ class Catalog:
                 group = list(user_ids[start : start + 500])
                 rows.extend(conn.execute(q.where(cubes_t.c.user_id.in_(group))).all())
         rows.sort(key=lambda r: (-r.updated_at, r.id))
-        return [_cube_from_row(r) for r in rows[:limit]]
+        return [self._cube(r) for r in rows[:limit]]
 
     # the scheduler's and model memory's reads (active = state active; TTLs not applied)
     def _active(self, form: Form, vault: str | None, user_id: str | None) -> Select[Any]:
@@ -535,7 +594,7 @@ class Catalog:
 
     def _cubes(self, q: Select[Any]) -> list[MemCube]:
         with self._connect() as conn:
-            return [_cube_from_row(r) for r in conn.execute(q).all()]
+            return [self._cube(r) for r in conn.execute(q).all()]
 
     def active_cubes(
         self,
@@ -594,16 +653,10 @@ class Catalog:
         transaction for every cube of an imported file."""
         rows, history = [], []
         for cube, versions in items:
-            rows.append(_row_values(cube, PENDING))
+            rows.append(self._values(cube))
             history += [
-                {
-                    "cube_id": cube.id,
-                    "version": v.version,
-                    "op": v.op,
-                    "changed_by": v.changed_by,
-                    "changed_at": ts(v.changed_at),
-                    "data": v.cube.model_dump_json(),
-                }
+                self._version_row(cube.id, v.version, v.op, v.changed_by, ts(v.changed_at),
+                                  v.cube.model_dump_json())
                 for v in versions
             ]
         if not rows:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from .redaction import Redaction
 
@@ -225,6 +225,7 @@ class MemCube(BaseModel):
     governance: Governance = Field(default_factory=Governance)
     organisation: Organisation = Field(default_factory=Organisation)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    _forged: bool = PrivateAttr(default=False)
 
     def compute_fingerprint(self) -> str:
         """SHA-256 over what the cube says and where it belongs (not its bookkeeping)."""
@@ -247,7 +248,13 @@ class MemCube(BaseModel):
 
     @property
     def intact(self) -> bool:
-        return self.governance.fingerprint == self.compute_fingerprint()
+        """The content matches the fingerprint, and the catalog row carried a valid seal."""
+        return not self._forged and self.governance.fingerprint == self.compute_fingerprint()
+
+    def mark_forged(self) -> MemCube:
+        """The catalog found this row's seal missing or wrong: never serve it."""
+        self._forged = True
+        return self
 
     def is_live(self, now: datetime | None = None) -> bool:
         """Active or frozen, and not past its TTL."""

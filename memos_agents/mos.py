@@ -31,7 +31,7 @@ from .cube import (
     utcnow,
 )
 from .embeddings import INT8_MODEL, resolve_embedder
-from .errors import Conflict, InvalidInput, MemOSError
+from .errors import Conflict, IntegrityError, InvalidInput, MemOSError
 from .governance import (
     SYSTEM,
     Access,
@@ -235,6 +235,7 @@ class MemOS:
     ) -> MemOS:
         """Open (or create) the data dir. `settings` are `MemOSConfig` fields; `embedder` may be
         a model name or any LangChain `Embeddings`; `llm` any LangChain chat model (fine mode)."""
+        from .audit import load_key
         from .catalog import Catalog
         from .graph import open_graph
         from .vector.chroma import ChromaIndex
@@ -251,7 +252,7 @@ class MemOS:
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "blobs").mkdir(exist_ok=True)
-        catalog = Catalog(config.resolved_catalog_url())
+        catalog = Catalog(config.resolved_catalog_url(), key=load_key(data_dir))
         index = ChromaIndex(path=data_dir / "chroma", url=config.chroma_url)
         graph = open_graph(config.graph_url, data_dir, idle_timeout=config.graph_idle_timeout)
         spec = embedder or config.embedder
@@ -520,6 +521,8 @@ class MemOS:
         )
         if target is None or version == cube.lifecycle.version:
             raise InvalidInput(f"cube {cube_id} has no earlier version {version!r}")
+        if not target.cube.intact:
+            raise IntegrityError(f"version {version} of cube {cube_id} was altered; not restored")
         new = rolled_back(cube, target)
         self.vault.write_version(
             new, "rollback", self._actor(owner_of(cube)), cube.lifecycle.version
