@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from langgraph.store.base import InvalidNamespaceError
-from memos_agents.langgraph.store import MemOSStore
+from memos_agents.langgraph.store import MemOSStore, encode_namespace
 
 from memos_agents import MemOS
 from memos_agents.cube import (
@@ -104,12 +104,17 @@ class World:
     n: itertools.count
     at_start: Any = None
     before: Any = None
+    last_target: str = ""
+    scopes: tuple[tuple[str, str], ...] = ()
 
     def target(self) -> str:
-        return f"target{next(self.n)}"
+        self.last_target = f"target{next(self.n)}"
+        return self.last_target
 
-    def ready(self) -> None:
-        """Called by each field right before its hostile write: what a refusal must keep."""
+    def ready(self, vault: str = "default", user: str | None = None) -> None:
+        """Called by each field right before its hostile write (to `vault`, `user`: default
+        the last target): what a refusal must keep."""
+        self.scopes = ((vault, user or self.last_target), ("default", BYSTANDER))
         self.before = counts(self)
 
 
@@ -138,10 +143,21 @@ def world(tmp_path_factory, embedder):
 
 
 def counts(w: World) -> Any:
+    """Cube rows and versions (all), vectors of the target's and the bystander's scope, graph
+    facts, entities, sources and edges (all), channel publications (all)."""
     w.mem.vault.operator.flush()  # the background organiser's links are not the case's
-    s = w.mem.vault.stats()  # not mem.stats(): that one audits, a write per call
+    s = w.mem.vault.catalog.stats()
+    vectors = tuple(_vectors(w, vault, user) for vault, user in w.scopes)
     published = sum(c.published for c in w.mem.channels())
-    return s["cubes"], s["versions"], s["vectors"], s["graph"], published
+    return s["cubes"], s["versions"], vectors, w.mem.vault.graph.counts(), published
+
+
+def _vectors(w: World, vault: str, user: str) -> int:
+    try:
+        col = w.mem.vault.index._collection(vault, user, create=False)
+    except Exception:  # a name the index cannot even look up holds nothing
+        return 0
+    return 0 if col is None else col.count()
 
 
 def bystander(w: World) -> Any:
@@ -190,7 +206,7 @@ def _scoped(field: str) -> Callable[[World, str], Check]:
     def run(w: World, s: str) -> Check:
         t = s if field == "user_id" else w.target()
         kw = {} if field == "user_id" else {field: s}
-        w.ready()
+        w.ready(s if field == "vault" else "default", t)
         cube = _add(w, t, **kw)
 
         def check() -> None:
@@ -299,9 +315,17 @@ def f_subscriber(w: World, s: str) -> Check:
     return check
 
 
+def _ready_store(w: World, ns: tuple[str, ...]) -> None:
+    try:
+        user = encode_namespace(ns)
+    except Exception:  # a namespace the store cannot encode cannot have been written either
+        user = "-"
+    w.ready(w.store.vault, user)
+
+
 def f_store_ns(w: World, s: str) -> Check:
     ns = ("users", w.target(), s)
-    w.ready()
+    _ready_store(w, ns)
     w.store.put(ns, "k", {"text": "a stored note about tea"})
 
     def check() -> None:
@@ -314,7 +338,7 @@ def f_store_ns(w: World, s: str) -> Check:
 
 def f_store_key(w: World, s: str) -> Check:
     ns = ("users", w.target())
-    w.ready()
+    _ready_store(w, ns)
     w.store.put(ns, s, {"text": "a stored note about tea"})
 
     def check() -> None:
@@ -327,7 +351,7 @@ def f_store_key(w: World, s: str) -> Check:
 
 def f_store_value(w: World, s: str) -> Check:
     ns = ("users", w.target())
-    w.ready()
+    _ready_store(w, ns)
     w.store.put(ns, "k", {"text": s})
 
     def check() -> None:
@@ -399,6 +423,7 @@ def test_hostile_string(world: World, cid: str, field: str) -> None:
 def test_the_bystander_is_untouched_after_the_whole_corpus(world: World) -> None:
     """Runs after the cases above (file order): list, search, get and graph as at the start."""
     assert bystander_in_full(world) == world.at_start
+    assert _vectors(world, "default", BYSTANDER) == 2  # the per-scope vector count counts
 
 
 # --- the shared checks in cube.py, without a data dir ----------------------------------------
