@@ -49,6 +49,7 @@ from sqlalchemy.sql import Select
 from .cube import Form, MemCube, State, VersionRecord
 from .errors import Conflict, InvalidInput, MemOSError, NotFound, StoreError
 from .settings import SettingsStore
+from .tables import create_tables
 
 PENDING = "pending"
 COMMITTED = "committed"
@@ -214,10 +215,7 @@ class Catalog:
             raise StoreError(f"cannot open catalog {url!r}: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        try:
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot create catalog tables in {url!r}: {exc}") from exc
+        create_tables(metadata, self.engine, f"catalog ({url})")
         self._add_seal_column()
         if self.get_meta("schema_version") is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
@@ -263,9 +261,15 @@ class Catalog:
                    if "seal" not in {c["name"] for c in inspect(self.engine).get_columns(t.name)}]
         if not missing:
             return
-        with self._begin("add the seal column") as conn:
-            for t in missing:  # fixed DDL, no user text
-                conn.execute(text(f"ALTER TABLE {t.name} ADD COLUMN seal VARCHAR(64)"))
+        try:
+            with self.engine.begin() as conn:
+                for t in missing:  # fixed DDL, no user text
+                    conn.execute(text(f"ALTER TABLE {t.name} ADD COLUMN seal VARCHAR(64)"))
+        except SQLAlchemyError as exc:  # another process opening this catalog added it first
+            cols = {c["name"] for c in inspect(self.engine).get_columns(cubes_t.name)}
+            if "seal" not in cols:
+                raise StoreError(f"cannot add the seal column to {self.url!r}: {exc}") from exc
+            return
         if self._seal_key is None:
             return
         with self._begin("seal existing rows") as conn:

@@ -32,9 +32,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, ProgrammingError, SQLAlchemyError
-from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .audit import (
     GENESIS,
@@ -48,7 +47,8 @@ from .audit import (
 )
 from .catalog import Catalog
 from .cube import MemCube, Visibility, check_name
-from .errors import InvalidInput, MemOSError, StoreError
+from .errors import InvalidInput, MemOSError
+from .tables import create_tables
 
 __all__ = [
     "GENESIS",
@@ -142,7 +142,7 @@ class MemGovernance:
         """`key` keys the audit chain; without it `audit.load_key` finds it (`MEMOS_AUDIT_KEY`,
         else `<data_dir>/audit.key`; a SQLite catalog's dir stands in for a missing data_dir)."""
         self.engine = catalog.engine
-        _create_tables(self.engine)
+        create_tables(gov_metadata, self.engine, "governance")
         if key is None:
             key = load_key(data_dir if data_dir is not None else _sqlite_dir(catalog.url))
         self.audit_chain = AuditLog(self.engine, key)
@@ -317,20 +317,6 @@ class MemGovernance:
         """(intact, seq of the first entry that does not verify, or the seq after the last
         entry when the fault is in the whole: entries missing at the end, a bad anchor)."""
         return self.audit_chain.verify().as_tuple()
-
-
-def _create_tables(engine: Engine) -> None:
-    """The roles and grants tables; processes opening a new PostgreSQL catalog at once race
-    to create them, and the losers find them there on the next try."""
-    for attempt in range(3):
-        try:
-            gov_metadata.create_all(engine)
-            return
-        except (ProgrammingError, DBIntegrityError) as exc:
-            if attempt == 2:
-                raise StoreError(f"cannot create the governance tables: {exc}") from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot create the governance tables: {exc}") from exc
 
 
 def _sqlite_dir(url: str) -> Path | None:

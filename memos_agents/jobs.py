@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import NotFound
+from .tables import create_tables
 
 JobKind = Literal["promote", "distil", "archive", "demote"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -136,7 +137,7 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        jobs_t.metadata.create_all(engine)
+        create_tables(jobs_t.metadata, engine, "job")
 
     def submit(
         self,

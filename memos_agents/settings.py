@@ -26,9 +26,9 @@ from sqlalchemy import JSON, Column, Float, MetaData, String, Table, delete, ins
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StoreError
+from .tables import create_tables
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -66,10 +66,7 @@ class SettingsStore:
     def __init__(self, engine: Engine, legacy: LegacyMeta | None = None) -> None:
         self.engine = engine
         self.legacy = legacy
-        try:
-            settings_metadata.create_all(engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot create the settings table: {exc}") from exc
+        create_tables(settings_metadata, engine, "settings")
 
     def get(self, model: type[T], scope: str = "", *, legacy_key: str | None = None) -> T | None:
         """The setting of this kind for `scope`, or None; with `legacy_key`, a value found only

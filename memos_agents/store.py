@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from .catalog import Catalog
 from .cube import MemCube, Visibility, check_name
 from .errors import InvalidInput, NotFound, ScopeViolation
+from .tables import create_tables
 
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
@@ -122,7 +123,7 @@ class MemStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.engine = catalog.engine
-        store_metadata.create_all(self.engine)
+        create_tables(store_metadata, self.engine, "channel")
 
     def create_channel(self, name: str, created_by: str, description: str = "") -> Channel:
         check_channel(name)

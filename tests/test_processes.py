@@ -135,3 +135,59 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(deployment) -> None:
         assert _bystander(fresh) == before
     finally:
         fresh.close()
+
+
+OPENER = r"""
+import pathlib, sys, time
+from memos_agents import MemOS
+d, url = pathlib.Path(sys.argv[1]), sys.argv[2]
+(d.parent / f"ready-{d.name}").touch()
+while not (d.parent / "go").exists():
+    time.sleep(0.005)
+mem = MemOS.open(d, catalog_url=url, graph_idle_timeout=30)
+mem.add(f"opened by {d.name}", user_id=d.name)
+mem.close()
+"""
+
+
+def test_processes_opening_a_new_postgresql_catalog_at_once(tmp_path: Path, monkeypatch) -> None:
+    """Three data dirs sharing one new PostgreSQL catalog (and so one audit key), opened at
+    the same moment: every table is created once, no open fails."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from tests.conftest import PG_URL, _pg_available
+
+    if not _pg_available():
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    eng = sa.create_engine(PG_URL)
+    with eng.begin() as c:
+        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MEMOS_AUDIT_KEY": "a shared key for three dirs"}
+    dirs = [tmp_path / f"dir{i}" for i in range(3)]
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(d), url], cwd=ROOT, env=env,
+                                  stderr=(tmp_path / f"{d.name}.err").open("w")) for d in dirs]
+        while not all((tmp_path / f"ready-{d.name}").exists() for d in dirs):
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.02)
+        (tmp_path / "go").touch()
+        for d, p in zip(dirs, procs, strict=True):
+            assert p.wait(timeout=300) == 0, (tmp_path / f"{d.name}.err").read_text()
+        monkeypatch.setenv("MEMOS_AUDIT_KEY", env["MEMOS_AUDIT_KEY"])
+        mem = MemOS.open(dirs[0], catalog_url=url)
+        try:
+            assert mem.verify_audit() == (True, None)
+            assert sorted(c.content for d in dirs for c in mem.list(user_id=d.name)) == [
+                f"opened by {d.name}" for d in dirs]
+        finally:
+            mem.close()
+    finally:
+        for d in dirs:
+            stop_server(d / "graph")
+        with eng.begin() as c:
+            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        eng.dispose()
