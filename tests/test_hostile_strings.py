@@ -423,7 +423,8 @@ def test_hostile_string(world: World, cid: str, field: str) -> None:
 def test_the_bystander_is_untouched_after_the_whole_corpus(world: World) -> None:
     """Runs after the cases above (file order): list, search, get and graph as at the start."""
     assert bystander_in_full(world) == world.at_start
-    assert _vectors(world, "default", BYSTANDER) == 2  # the per-scope vector count counts
+    bobs = len(world.mem.list(user_id=BYSTANDER))
+    assert _vectors(world, "default", BYSTANDER) == bobs == 3  # the scope count counts
 
 
 # --- the shared checks in cube.py, without a data dir ----------------------------------------
