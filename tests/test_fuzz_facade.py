@@ -493,7 +493,9 @@ KNOWN: dict[str, str] = {
     ),
     "grant_role": (
         "mos.py grant_role / governance.py role(): vault is not checked with check_name before "
-        "the query; a list or dict raises sqlalchemy ProgrammingError, 10**30 OverflowError"
+        "the query; a list or dict raises sqlalchemy ProgrammingError, 10**30 OverflowError; "
+        "as a non-system principal a datetime vault reaches audit.py _mac (json.dumps of the raw "
+        "argument) and raises TypeError"
     ),
     "unshare": (
         "mos.py unshare / governance.py unshare(): principal is not checked to be a name; a "
