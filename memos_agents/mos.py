@@ -26,6 +26,7 @@ from .cube import (
     State,
     VersionRecord,
     Visibility,
+    check_metadata,
     check_name,
     check_text,
     utcnow,
@@ -115,13 +116,30 @@ def _expiry(ttl: float | timedelta | None, expires_at: datetime | None) -> datet
     if ttl is not None and expires_at is not None:
         raise InvalidInput("give ttl or expires_at, not both")
     if ttl is None:
-        if expires_at is not None and expires_at.tzinfo is None:
-            raise InvalidInput("expires_at must be timezone-aware")
+        if expires_at is not None:
+            _check_time(expires_at, "expires_at")
         return expires_at
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if not isinstance(seconds, int | float) or seconds <= 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
         raise InvalidInput("ttl must be a positive number of seconds or a timedelta")
-    return utcnow() + timedelta(seconds=seconds)
+    try:
+        return utcnow() + timedelta(seconds=seconds)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"ttl of {seconds} seconds is out of range") from exc
+
+
+def _check_time(when: Any, what: str) -> datetime:
+    if not isinstance(when, datetime):
+        raise InvalidInput(f"{what} must be a datetime, got {type(when).__name__}")
+    if when.tzinfo is None:
+        raise InvalidInput(f"{what} must be timezone-aware")
+    return when
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be an integer from 1 to {MAX_K}")
+    return k
 
 
 @dataclass
@@ -367,6 +385,7 @@ class MemOS:
             ) from exc
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput("metadata must be a dict")
+        check_metadata(metadata)
         self.gate("add", Action.write, scope=scope, check_only=True)
         # the vault's write path redacts every stored field (MemVault.prepare)
         creator = self._actor(
@@ -438,6 +457,8 @@ class MemOS:
         With `expected_version` (the version you read), Conflict if the cube changed since:
         a read-modify-write never loses an update."""
         _check_text(content)
+        if valid_from is not None:
+            _check_time(valid_from, "valid_from")
         if expected_version is not None and (
             isinstance(expected_version, bool) or not isinstance(expected_version, int)
         ):
@@ -583,8 +604,8 @@ class MemOS:
     ) -> list[MemCube]:
         """What was true for this user at `when` (bi-temporal: each version holds from its
         valid_from until the next one's). With `query`, the `k` most similar, best first."""
-        if when.tzinfo is None:
-            raise InvalidInput("as_of needs a timezone-aware datetime")
+        _check_time(when, "when")
+        _check_k(k)
         scope = _scope(vault or self.config.vault, user_id)
         held = [
             c
@@ -683,8 +704,12 @@ class MemOS:
         explain: bool,
     ) -> tuple[list[SearchHit], Any]:
         _check_text(query, "query")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise InvalidInput(f"k must be an integer from 1 to {MAX_K}")
+        _check_k(k)
+        if min_score is not None and (
+            isinstance(min_score, bool) or not isinstance(min_score, int | float)
+            or not -1.0 <= min_score <= 1.0
+        ):
+            raise InvalidInput("min_score must be a number from -1 to 1 (a cosine)")
         if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= 50:
             raise InvalidInput("window must be an integer from 0 to 50")
         if as_of is not None and (not isinstance(as_of, datetime) or as_of.tzinfo is None):
@@ -785,12 +810,14 @@ class MemOS:
         self._audit("grant_role", [], vault=vault, detail=f"{principal}={role}")
 
     def revoke_role(self, vault: str, principal: str) -> bool:
+        check_principal(principal)
         self._check_admin(vault, "revoke_role")
         done = self.governance.revoke_role(vault, principal)
         self._audit("revoke_role", [], vault=vault, detail=principal)
         return done
 
     def _check_admin(self, vault: str, op: str = "admin") -> None:
+        check_name(vault, "vault")
         role = self.governance.role(vault, self.principal)
         if self.principal != SYSTEM and role not in (Role.admin, Role.owner):
             self._audit(op, [], outcome="denied", vault=vault)
@@ -798,21 +825,22 @@ class MemOS:
 
     def share(self, cube_id: str, principal: str, access: Access | str = Access.read) -> None:
         """Share one cube with another principal, read-only or read-write (revocable)."""
+        check_principal(principal)
+        try:
+            access = Access(access)
+        except ValueError as exc:
+            raise InvalidInput("access must be 'read' or 'write'") from exc
         cube = self.vault.get(cube_id)
-        self._guard(
-            Action.admin if self.principal != owner_of(cube) else Action.read, [cube], "share"
-        )
+        self.gate("share", Action.admin if self.principal != owner_of(cube) else Action.read,
+                  cubes=[cube], detail=f"{principal}:{access.value}")
         self.governance.share(cube.id, principal, access, by=self.principal)
-        self._audit("share", [cube], detail=f"{principal}:{access}")
 
     def unshare(self, cube_id: str, principal: str) -> bool:
+        check_principal(principal)
         cube = self.vault.get(cube_id)
-        self._guard(
-            Action.admin if self.principal != owner_of(cube) else Action.read, [cube], "unshare"
-        )
-        done = self.governance.unshare(cube.id, principal)
-        self._audit("unshare", [cube], detail=principal)
-        return done
+        self.gate("unshare", Action.admin if self.principal != owner_of(cube) else Action.read,
+                  cubes=[cube], detail=principal)
+        return self.governance.unshare(cube.id, principal)
 
     def audit_log(self, cube_id: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         """The audit entries (about `cube_id`), oldest first; a principal other than system
@@ -1107,12 +1135,20 @@ class MemOS:
         start: bool = True,
         threads: int | None = None,
         kv_budget_mb: int = 1024,
+        api_key: str | None = None,
     ) -> ModelClient:
-        """The local model process: the one at `url` (or `MEMOS_MODEL_URL`; ours or vLLM), else
-        the one running for this data dir, else a child process started now (the packaged
-        SmolLM2 unless `model` names another; it stops when this process ends)."""
+        """The local model process: the one at `url` (or `MEMOS_MODEL_URL`; ours or vLLM, with
+        `api_key` or `MEMOS_MODEL_API_KEY` as its bearer token), else the one running for this
+        data dir (with the token kept in `<data dir>/model/token`), else a child process started
+        now (the packaged SmolLM2 unless `model` names another; it stops when this process
+        ends)."""
         return self.model_runtime.connect(
-            url, model=model, start=start, threads=threads, kv_budget_mb=kv_budget_mb
+            url,
+            model=model,
+            start=start,
+            threads=threads,
+            kv_budget_mb=kv_budget_mb,
+            api_key=api_key,
         )
 
     def stop_model(self) -> bool:
@@ -1129,7 +1165,9 @@ class MemOS:
         from .model.chat import MemOSChatModel
 
         client = self.model()
-        return MemOSChatModel(base_url=client.url, model=kw.pop("model", None), **kw)
+        return MemOSChatModel(
+            base_url=client.url, api_key=client.api_key, model=kw.pop("model", None), **kw
+        )
 
     def build_activation(
         self, cube_ids: Sequence[str | MemCube], *, user_id: str, **kw: Any

@@ -470,42 +470,9 @@ CALLS: dict[str, Call] = {
     ),
 }
 
-# Calls whose fuzz still finds undocumented exceptions in files this test's owner does not
-# own (mos.py, vault.py, store.py, loader.py, governance.py, adapters/). Strict: when the
-# defect is fixed the case passes and the mark must go.
-_MIN_SCORE = (
-    "mos.py search/explain: min_score is not checked to be a number; a string reaches "
-    "retrieval/router.py _hit and raises a raw TypeError ('<' between float and str)"
-)
-KNOWN: dict[str, str] = {
-    "add": (
-        "mos.py _expiry: expires_at is not checked to be a datetime (a string raises "
-        "AttributeError on .tzinfo); mos.py _store: metadata keys are not checked (an int key "
-        "raises a pydantic ValidationError; cube.check_metadata does this check)"
-    ),
-    "add_document": "mos.py _expiry: ttl=10**30 raises a raw OverflowError from timedelta",
-    "search": _MIN_SCORE,
-    "explain": _MIN_SCORE,
-    "as_of": (
-        "mos.py as_of: `when` is not checked to be a datetime (None or a string raise "
-        "AttributeError on .tzinfo) and k is not checked to be an int (a string raises "
-        "TypeError in a slice)"
-    ),
-    "grant_role": (
-        "mos.py grant_role / governance.py role(): vault is not checked with check_name before "
-        "the query; a list or dict raises sqlalchemy ProgrammingError, 10**30 OverflowError; "
-        "as a non-system principal a datetime vault reaches audit.py _mac (json.dumps of the raw "
-        "argument) and raises TypeError"
-    ),
-    "unshare": (
-        "mos.py unshare / governance.py unshare(): principal is not checked to be a name; a "
-        "list raises sqlalchemy ProgrammingError, a timedelta TypeError in audit.py _mac"
-    ),
-    "store.put": (
-        "adapters/langgraph/store.py MemOSStore.cube_id: a namespace label with a lone "
-        "surrogate raises a raw UnicodeEncodeError (labels not checked for surrogates)"
-    ),
-}
+# Calls whose fuzz still finds undocumented exceptions, with the defect (strict: when it is
+# fixed the case passes and the mark must go). None left.
+KNOWN: dict[str, str] = {}
 
 
 # Inputs that found defects (fixed or not): tried on every run, before the random examples, as

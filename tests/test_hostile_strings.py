@@ -85,13 +85,7 @@ EITHER: dict[str, set[str]] = {
 
 # Cases that fail because of files this test's owner does not own (mos.py, vault.py,
 # store.py, adapters/): strict, so the mark must go when the defect is fixed.
-KNOWN: dict[tuple[str, str], str] = {
-    ("surrogate", "store_ns"): (
-        "adapters/langgraph/store.py MemOSStore.cube_id: a namespace label with a lone "
-        "surrogate reaches .encode() and raises a raw UnicodeEncodeError (no check of the "
-        "labels for lone surrogates / NUL before the id is derived)"
-    ),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 BYSTANDER = "bob"
 

@@ -134,9 +134,10 @@ def _labels(namespace: Any) -> Namespace:
             )
         if not label:
             raise InvalidNamespaceError(f"Namespace labels cannot be empty strings: {namespace}")
-        if "." in label or "\x00" in label:
+        if "." in label or "\x00" in label or any("\ud800" <= c <= "\udfff" for c in label):
             raise InvalidNamespaceError(
-                f"Invalid namespace label {label!r} in {namespace}: no periods or NUL bytes"
+                f"Invalid namespace label {label!r} in {namespace}: no periods, NUL bytes or "
+                "lone surrogates"
             )
     return tuple(namespace)
 
@@ -341,7 +342,7 @@ class MemOSStore(BaseStore):
 
     def cube_id(self, namespace: tuple[str, ...], key: str) -> str:
         """The id of the MemCube that holds (namespace, key) in this store's vault."""
-        body = json.dumps([self.vault, list(namespace), key], ensure_ascii=False)
+        body = json.dumps([self.vault, list(_labels(namespace)), _key(key)], ensure_ascii=False)
         return hashlib.sha256(body.encode()).hexdigest()[:32]
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
