@@ -73,16 +73,34 @@ def model_host(tmp_path_factory, model_cache, embedder):
             os.environ["MEMOS_MODEL_CACHE"] = old
 
 
+def _share_blobs(data_dir: Path, host: MemOS) -> None:
+    """Make `data_dir`'s blob folder a link to the host's: the model process reads and writes
+    files only under the blob root of the data dir it was started for."""
+    blobs = data_dir / "blobs"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if blobs.is_dir() and not blobs.is_symlink():
+        blobs.rmdir()
+    blobs.symlink_to(host.config.data_dir / "blobs", target_is_directory=True)
+
+
+def _auth(host: MemOS) -> dict[str, str]:
+    return {"Authorization": f"Bearer {runtime(host).client.api_key}"}
+
+
 @pytest.fixture
 def lm(mem, model_host):
-    """The per-test MemOS, pointed at the session's model process by URL."""
-    mem.model(runtime(model_host).client.url)
+    """The per-test MemOS, pointed at the session's model process by URL and token (its blob
+    folder is the host's)."""
+    client = runtime(model_host).client
+    _share_blobs(mem.config.data_dir, model_host)
+    mem.model(client.url, api_key=client.api_key)
     return mem
 
 
 def test_openai_api_streaming_and_langchain(model_host, lm):
     url = runtime(model_host).client.url
-    models = httpx.get(f"{url}/v1/models").json()["data"]
+    assert httpx.get(f"{url}/v1/models").status_code == 401  # no token: refused
+    models = httpx.get(f"{url}/v1/models", headers=_auth(model_host)).json()["data"]
     assert models[0]["id"] == "SmolLM2-135M-Instruct" and models[0]["parent"] is None
     body = {
         "model": models[0]["id"],
@@ -90,12 +108,15 @@ def test_openai_api_streaming_and_langchain(model_host, lm):
         "max_tokens": 12,
         "temperature": 0,
     }
-    plain = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
+    plain = httpx.post(
+        f"{url}/v1/chat/completions", json=body, headers=_auth(model_host), timeout=120
+    ).json()
     text = plain["choices"][0]["message"]["content"]
     assert text and plain["usage"]["completion_tokens"] <= 12
     assert plain["choices"][0]["finish_reason"] in {"stop", "length"}
 
     llm = lm.chat_model(max_tokens=12)
+    assert llm.api_key is not None  # the process's token travels with the chat model
     streamed = list(llm.stream("Name a colour."))
     assert "".join(c.content for c in streamed) == text  # greedy: same with or without SSE
     assert llm.invoke("Name a colour.").content == text
@@ -104,7 +125,9 @@ def test_openai_api_streaming_and_langchain(model_host, lm):
         lm.generate_stream("Name a colour.", user_id="alice", system_prompt="", max_tokens=12)
     )
     assert reply.text == "".join(pieces) and reply.ttft_s is not None and reply.ttft_s > 0
-    missing = httpx.post(f"{url}/v1/chat/completions", json={**body, "model": "nope"})
+    missing = httpx.post(
+        f"{url}/v1/chat/completions", json={**body, "model": "nope"}, headers=_auth(model_host)
+    )
     assert missing.status_code == 404
 
     # a second MemOS on the host's data dir finds the running process instead of starting one
@@ -276,9 +299,11 @@ def test_model_cli(model_host, tmp_path):
 
     from memos_agents.cli import app
 
-    runner = CliRunner()
-    url = runtime(model_host).client.url
+    client = runtime(model_host).client
+    runner = CliRunner(env={"MEMOS_MODEL_API_KEY": client.api_key})
+    url = client.url
     d = ["--dir", str(tmp_path / "memos")]
+    _share_blobs(tmp_path / "memos", model_host)
 
     def run(*args: str) -> str:
         result = runner.invoke(app, list(args), catch_exceptions=False)

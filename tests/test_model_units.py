@@ -94,6 +94,7 @@ def test_streamed_chunks_and_sdk_errors_map_to_ours():
         ActivationRefused,
         Completion,
         ModelError,
+        ModelUnauthorized,
         ModelUnavailable,
         absorb_chunk,
         model_error,
@@ -134,6 +135,10 @@ def test_streamed_chunks_and_sdk_errors_map_to_ours():
     assert str(err) == "model process: fingerprint differs"
     midway = model_error(openai.APIError("boom", request, body={"message": "boom"}), "u")
     assert type(midway) is ModelError and "boom" in str(midway)
+    denied = {"message": "missing or wrong bearer token", "type": "authentication_error"}
+    resp = httpx.Response(401, json={"error": denied}, request=request)
+    err = model_error(openai.AuthenticationError("x", response=resp, body=denied), "u")
+    assert type(err) is ModelUnauthorized and err.status == 401 and "bearer token" in str(err)
     gone = model_error(openai.APIConnectionError(request=request), "http://127.0.0.1:1")
     assert isinstance(gone, ModelUnavailable) and "no model process answers" in str(gone)
 

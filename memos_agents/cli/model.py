@@ -17,6 +17,15 @@ UrlOpt = Annotated[
     str | None,
     typer.Option("--url", envvar="MEMOS_MODEL_URL", help="a running model server (ours or vLLM)"),
 ]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="MEMOS_MODEL_API_KEY",
+        help="bearer token of the server at --url (ours: <its data dir>/model/token)",
+        show_default=False,
+    ),
+]
 CubesOpt = Annotated[list[str] | None, typer.Option("--cube", "-c", help="cube id (repeatable)")]
 
 
@@ -35,30 +44,46 @@ def serve(
     log_level: str = "warning",
 ) -> None:
     """Serve a causal LM on loopback with the OpenAI API and vLLM's LoRA endpoints, in the
-    foreground. MemOS processes on the same data dir find it."""
+    foreground. MemOS processes on the same data dir find it. Every request needs the bearer
+    token written to <data dir>/model/token (mode 0600, new at each start); request paths
+    must lie under <data dir>/blobs."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if model is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..model.client import TOKEN_FILE, ModelProcess, read_token, write_token
     from ..model.memory import MODEL_CACHE_ENV
     from ..model.server import serve as run
 
     cache = Path(os.environ.get(MODEL_CACHE_ENV) or data_dir / "models")
-    run(
-        model,
-        host=host,
-        port=port,
-        cache_dir=cache,
-        dtype=dtype,
-        device=device,
-        threads=threads,
-        kv_budget_mb=kv_budget_mb,
-        state_file=data_dir / "model" / "server.json",
-        log_level=log_level,
-    )
+    state_dir = data_dir / "model"
+    running = ModelProcess.find(state_dir)
+    if running is not None:  # its token must stay valid for the processes using it
+        err.print(f"a model process already serves {data_dir} at {running.url}", markup=False)
+        raise typer.Exit(1)
+    token = write_token(state_dir)
+    err.print(f"bearer token in {state_dir / TOKEN_FILE}", markup=False)
+    try:
+        run(
+            model,
+            host=host,
+            port=port,
+            cache_dir=cache,
+            dtype=dtype,
+            device=device,
+            threads=threads,
+            kv_budget_mb=kv_budget_mb,
+            state_file=state_dir / "server.json",
+            log_level=log_level,
+            token=token,
+            blob_root=data_dir / "blobs",
+        )
+    finally:
+        if read_token(state_dir) == token:  # a token outlives no process
+            (state_dir / TOKEN_FILE).unlink(missing_ok=True)
 
 
 @app.command()
-def status(data_dir: DirOpt = Path(".memos"), url: UrlOpt = None) -> None:
+def status(data_dir: DirOpt = Path(".memos"), url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """What the model process of this data dir (or at --url) serves, and its KV pool."""
     from ..model.client import ModelClient, ModelProcess
 
@@ -67,8 +92,8 @@ def status(data_dir: DirOpt = Path(".memos"), url: UrlOpt = None) -> None:
         if proc is None:
             console.print("no model process is running for this data dir")
             raise typer.Exit(1)
-        url = proc.url
-    client = ModelClient(url)
+        url, api_key = proc.url, proc.token
+    client = ModelClient(url, api_key=api_key)
     try:
         dump({"url": client.url, **client.info(), "models": client.models()})
     finally:
@@ -94,6 +119,7 @@ def build(
     name: str | None = None,
     vault: VaultOpt = None,
     url: UrlOpt = None,
+    api_key: KeyOpt = None,
     data_dir: DirOpt = Path(".memos"),
 ) -> None:
     """Build activation memory (a KV cache) of these plaintext memories."""
@@ -102,7 +128,7 @@ def build(
     if not cube:
         raise typer.BadParameter("give at least one --cube")
     with opened(data_dir) as mem:
-        mem.model(url)
+        mem.model(url, api_key=api_key)
         act = mem.build_activation(cube, user_id=user, vault=vault, name=name)
         meta = ActivationMeta.from_cube(act)
         dump(
@@ -126,6 +152,7 @@ def distil(
     rank: int = 8,
     vault: VaultOpt = None,
     url: UrlOpt = None,
+    api_key: KeyOpt = None,
     data_dir: DirOpt = Path(".memos"),
 ) -> None:
     """Distil plaintext memories (ids or a tag) into a LoRA adapter (parameter memory)."""
@@ -144,7 +171,7 @@ def distil(
             console=err,
         ) as bar,
     ):
-        mem.model(url)
+        mem.model(url, api_key=api_key)
         task = bar.add_task(f"distil {name or tag or ''}".strip(), total=steps, loss="-")
 
         def progress(event: dict[str, Any]) -> None:
@@ -184,11 +211,12 @@ def generate(
     temperature: float = 0.0,
     vault: VaultOpt = None,
     url: UrlOpt = None,
+    api_key: KeyOpt = None,
     data_dir: DirOpt = Path(".memos"),
 ) -> None:
     """Answer PROMPT with the local model and the memories given (streamed)."""
     with opened(data_dir) as mem:
-        mem.model(url)
+        mem.model(url, api_key=api_key)
         the_plan = mem.scheduler.plan(prompt, user_id=user, vault=vault) if plan else None
         if the_plan is not None:
             err.print(the_plan.explain(), markup=False)

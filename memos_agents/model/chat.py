@@ -29,7 +29,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, SecretStr
 
 from .client import API_KEY, model_error, usage_dict
 
@@ -93,9 +93,12 @@ def _usage(usage: dict[str, Any] | None) -> UsageMetadata | None:
 
 
 class MemOSChatModel(BaseChatModel):
-    """Chat completions from `base_url` (`http://127.0.0.1:PORT`, with or without `/v1`)."""
+    """Chat completions from `base_url` (`http://127.0.0.1:PORT`, with or without `/v1`);
+    `api_key` is sent as `Authorization: Bearer` (the token of our model process, which
+    `mem.chat_model()` fills in, or a vLLM key; never shown in a repr)."""
 
     base_url: str
+    api_key: SecretStr | None = Field(default=None, repr=False)
     model: str | None = None
     temperature: float = 0.0
     max_tokens: int = 512
@@ -121,7 +124,7 @@ class MemOSChatModel(BaseChatModel):
     def _sdk_options(self) -> dict[str, Any]:
         return {
             "base_url": f"{self._root}/v1",
-            "api_key": API_KEY,
+            "api_key": self.api_key.get_secret_value() if self.api_key else API_KEY,
             "timeout": self.timeout,
             "max_retries": 0,
         }

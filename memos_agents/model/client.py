@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,7 +27,10 @@ import psutil
 from ..errors import MemOSError
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
-API_KEY = "EMPTY"  # the openai SDK needs one; a local model process (or vLLM) ignores it
+API_KEY = "EMPTY"  # what the openai SDK sends when a server takes no key (vLLM by default)
+API_KEY_ENV = "MEMOS_MODEL_API_KEY"  # the key of a server given by URL (MEMOS_MODEL_URL)
+TOKEN_ENV = "MEMOS_MODEL_TOKEN"  # how a started process gets its token (never argv)
+TOKEN_FILE = "token"  # beside server.json in the state dir, mode 0600
 START_TIMEOUT = float(os.environ.get("MEMOS_MODEL_START_TIMEOUT", "900"))
 
 
@@ -45,6 +49,40 @@ class ActivationRefused(ModelError):
 
 class ModelUnavailable(ModelError):
     """No model process answers at the URL, or one could not be started."""
+
+
+class ModelUnauthorized(ModelError):
+    """The model process refused the request's bearer token (none, or not its own)."""
+
+
+def write_token(state_dir: Path) -> str:
+    """A fresh random token for a model process of `state_dir`, written to
+    `<state_dir>/token` with mode 0600 (replaced atomically, never readable by others)."""
+    token = secrets.token_urlsafe(32)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # the state dir (token, log) is its owner's alone
+        os.chmod(state_dir, 0o700)
+    target = state_dir / TOKEN_FILE
+    tmp = state_dir / f".{TOKEN_FILE}.tmp{os.getpid()}-{time.monotonic_ns()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, token.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    return token
+
+
+def read_token(state_dir: Path) -> str | None:
+    """The token of the model process of `state_dir` (None if there is none)."""
+    try:
+        fd = os.open(state_dir / TOKEN_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        token = fh.read(4096).decode(errors="replace").strip()
+    return token or None
 
 
 @dataclass
@@ -83,12 +121,16 @@ def model_error(exc: Exception, url: str) -> ModelError:
     err = body if isinstance(body, dict) else {}
     message = err.get("message") or (body if isinstance(body, str) and body else None)
     kind = err.get("type")
-    cls = ActivationRefused if kind == "activation_refused" else ModelError
-    return cls(
-        f"model process: {message or getattr(exc, 'message', exc)}",
-        status=getattr(exc, "status_code", None),
-        kind=kind,
+    status = getattr(exc, "status_code", None)
+    return _error_class(kind, status)(
+        f"model process: {message or getattr(exc, 'message', exc)}", status=status, kind=kind
     )
+
+
+def _error_class(kind: str | None, status: int | None) -> type[ModelError]:
+    if status == 401:
+        return ModelUnauthorized
+    return ActivationRefused if kind == "activation_refused" else ModelError
 
 
 def usage_dict(usage: Any) -> dict[str, Any]:
@@ -120,20 +162,29 @@ def _raise_for(resp: httpx.Response) -> None:
         message, kind = err.get("message") or resp.text, err.get("type")
     except ValueError:
         message, kind = resp.text, None
-    cls = ActivationRefused if kind == "activation_refused" else ModelError
+    cls = _error_class(kind, resp.status_code)
     raise cls(f"model process: {message}", status=resp.status_code, kind=kind)
 
 
 class ModelClient:
     """HTTP client of one model process. `is_memos` tells whether it is ours (KV blobs, score,
-    distil) or a plain OpenAI-compatible server."""
+    distil) or a plain OpenAI-compatible server. `api_key` is sent as
+    `Authorization: Bearer <api_key>` on every request (our process's token, or a vLLM key)."""
 
-    def __init__(self, url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+    ) -> None:
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
         self.timeout = timeout
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.api_key = api_key or None
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
         self._sdk: Any = None
         self._info: dict[str, Any] | None = None
 
@@ -144,10 +195,20 @@ class ModelClient:
 
     # discovery
     def health(self, timeout: float = 2.0) -> bool:
+        """Whether the server answers `/v1/models` to this client (its key included)."""
         try:
             return self.http.get("/v1/models", timeout=timeout).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def ping(self, timeout: float = 10.0) -> None:
+        """Raise unless the server answers `/v1/models` to this client: ModelUnavailable if
+        nothing answers, ModelUnauthorized if it refuses the key, ModelError otherwise."""
+        try:
+            resp = self.http.get("/v1/models", timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise ModelUnavailable(f"no model process answers at {self.url}: {exc}") from exc
+        _raise_for(resp)
 
     def info(self, refresh: bool = False) -> dict[str, Any]:
         """Model identity (`/v1/memos/info`); for a server that is not ours, what `/v1/models`
@@ -269,7 +330,7 @@ class ModelClient:
 
             self._sdk = openai.OpenAI(
                 base_url=f"{self.url}/v1",
-                api_key=API_KEY,
+                api_key=self.api_key or API_KEY,
                 timeout=sdk_timeout(self.timeout),
                 max_retries=0,
             )
@@ -405,8 +466,10 @@ class ModelProcess:
         popen: subprocess.Popen[bytes] | None = None,
         state_file: Path | None = None,
         log_file: Path | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = url
+        self.token = token
         self.pid = pid
         self.popen = popen
         self.state_file = state_file
@@ -432,10 +495,14 @@ class ModelProcess:
         device: str = "cpu",
         timeout: float = START_TIMEOUT,
         attach: bool = True,
+        blob_root: Path | None = None,
     ) -> ModelProcess:
         """Start `python -m memos_agents.model.server` and wait until it answers. With `attach`
-        the child stops by itself when this process dies."""
+        the child stops by itself when this process dies. It gets a fresh token (in its
+        environment, and in `<state_dir>/token`, mode 0600) and `blob_root`, the only folder
+        its requests may name paths in (`<data dir>/blobs`; None: no path is accepted)."""
         state_dir.mkdir(parents=True, exist_ok=True)
+        token = write_token(state_dir)
         ready = state_dir / f"ready-{os.getpid()}-{time.monotonic_ns()}.json"
         log_file = state_dir / "server.log"
         args = [
@@ -465,7 +532,14 @@ class ModelProcess:
             args += ["--threads", str(threads)]
         if attach:
             args += ["--parent-pid", str(os.getpid())]
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+        if blob_root is not None:
+            args += ["--blob-root", str(blob_root)]
+        env = {
+            **os.environ,
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "TOKENIZERS_PARALLELISM": "false",
+            TOKEN_ENV: token,
+        }
         if model is None:  # the packaged model never needs the hub
             env.setdefault("HF_HUB_OFFLINE", "1")
         with open(log_file, "ab") as out:
@@ -490,32 +564,40 @@ class ModelProcess:
             time.sleep(0.1)
         info = json.loads(ready.read_text())
         ready.unlink(missing_ok=True)
-        return cls(info["url"], popen.pid, popen, state_dir / "server.json", log_file)
+        return cls(info["url"], popen.pid, popen, state_dir / "server.json", log_file, token)
 
     @classmethod
     def find(cls, state_dir: Path) -> ModelProcess | None:
-        """The model process recorded in `state_dir`, if it is still running and answers."""
+        """The model process recorded in `state_dir`, if it is still running and answers to
+        the token kept there."""
         try:
             state = json.loads((state_dir / "server.json").read_text())
         except (OSError, ValueError):
             return None
         if not psutil.pid_exists(int(state["pid"])):
             return None
-        client = ModelClient(state["url"], timeout=5.0)
+        token = read_token(state_dir)
+        client = ModelClient(state["url"], api_key=token, timeout=5.0)
         try:
             ok = client.health()
         finally:
             client.close()
         if not ok:
             return None
-        return cls(state["url"], int(state["pid"]), state_file=state_dir / "server.json")
+        return cls(
+            state["url"], int(state["pid"]), state_file=state_dir / "server.json", token=token
+        )
+
+    def client(self, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> ModelClient:
+        """A client of this process, with its token."""
+        return ModelClient(self.url, api_key=self.token, timeout=timeout)
 
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop cleanly (shutdown request, then SIGTERM, then SIGKILL). True if it was running."""
         if not self.alive():
             self._forget()
             return False
-        client = ModelClient(self.url, timeout=5.0)
+        client = self.client(timeout=5.0)
         try:
             client.shutdown()
         finally:
@@ -547,6 +629,9 @@ class ModelProcess:
     def _forget(self) -> None:
         if self.state_file is None:
             return
+        state_dir = self.state_file.parent
+        if self.token is not None and read_token(state_dir) == self.token:
+            (state_dir / TOKEN_FILE).unlink(missing_ok=True)  # a token outlives no process
         try:
             state = json.loads(self.state_file.read_text())
         except (OSError, ValueError):

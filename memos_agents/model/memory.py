@@ -43,7 +43,14 @@ from ..cube import (
 )
 from ..errors import ConfigError, InvalidInput, MemOSError, NotFound
 from ..lifecycle import next_version
-from .client import ActivationRefused, Completion, ModelClient, ModelError, ModelProcess
+from .client import (
+    API_KEY_ENV,
+    ActivationRefused,
+    Completion,
+    ModelClient,
+    ModelError,
+    ModelProcess,
+)
 from .protocol import (
     activation_fingerprint,
     memory_block,
@@ -131,20 +138,15 @@ class ModelRuntime:
         threads: int | None = None,
         kv_budget_mb: int = 1024,
         timeout: float | None = None,
+        api_key: str | None = None,
     ) -> ModelClient:
+        """A client of the server at `url` (or `MEMOS_MODEL_URL`, with `api_key` or
+        `MEMOS_MODEL_API_KEY`), else of this data dir's process (found or started, with its
+        token)."""
         with self._lock:
             url = url or os.environ.get(MODEL_URL_ENV)
             if url:
-                if self.client is None or self.client.url != url.rstrip("/").removesuffix("/v1"):
-                    self._drop_client()
-                    client = ModelClient(url)
-                    if not client.health(timeout=10.0):
-                        client.close()
-                        from .client import ModelUnavailable
-
-                        raise ModelUnavailable(f"no model process answers at {url}")
-                    self.client = client
-                return self.client
+                return self._connect_url(url, api_key)
             if self.client is not None and self.client.health():
                 return self.client
             self._drop_client()
@@ -168,12 +170,13 @@ class ModelRuntime:
                         model=model,
                         threads=threads,
                         kv_budget_mb=kv_budget_mb,
+                        blob_root=self.data_dir / "blobs",
                         **kw,
                     )
                     self.process = found
                     with _STARTED_LOCK:
                         _STARTED[found.pid] = found
-            self.client = ModelClient(found.url)
+            self.client = found.client()
             if model is not None and self.process is not found:
                 served = self.client.model_name
                 if Path(model).name not in {served} and model.lower() not in served.lower():
@@ -182,6 +185,24 @@ class ModelRuntime:
                         "stop it first (`memos-agents model stop`)"
                     )
             return self.client
+
+    def _connect_url(self, url: str, api_key: str | None) -> ModelClient:
+        """The client of the server at `url`: the current one if it is that server's (and no
+        other key is given), else a new one that must answer (ModelUnauthorized if it refuses
+        the key)."""
+        root = url.rstrip("/").removesuffix("/v1")
+        current = self.client
+        if current is not None and current.url == root and api_key in (None, current.api_key):
+            return current
+        self._drop_client()
+        client = ModelClient(url, api_key=api_key or os.environ.get(API_KEY_ENV) or None)
+        try:
+            client.ping(timeout=10.0)
+        except BaseException:
+            client.close()
+            raise
+        self.client = client
+        return client
 
     def _drop_client(self) -> None:
         if self.client is not None:

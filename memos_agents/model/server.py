@@ -18,6 +18,15 @@ on vLLM's prefix caching):
   progress), `POST /v1/memos/shutdown`
 
 Run it with `memos-agents model serve` or `python -m memos_agents.model.server`.
+
+Trust boundary: every request but `GET /health` needs `Authorization: Bearer <token>` (401
+otherwise). A process MemOS starts gets a fresh random token in `MEMOS_MODEL_TOKEN` (never in
+argv) and keeps it in `<state dir>/token` (mode 0600); `memos-agents model serve` writes one
+there too. Started by hand, the server refuses to start without `MEMOS_MODEL_TOKEN` unless
+`--no-auth` is given (loopback only). Every path a request names (`lora_path`, the KV `path`
+and `memos_activation.blob`, the distil `path`) must resolve inside the blob root
+(`--blob-root`, `<data dir>/blobs`; a relative path is taken relative to it), else 400 and
+nothing is read or written; without a blob root those requests are refused.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle thread
 
 import argparse
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 import socket
@@ -43,9 +54,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from ..errors import ConfigError
 from .protocol import RequestError
 
 log = logging.getLogger("memos_agents.model.server")
+
+TOKEN_ENV = "MEMOS_MODEL_TOKEN"  # the bearer token a started process gets (never argv)
+OPEN_PATHS = frozenset({"/health"})  # answered without a token: {"status": "ok"}, nothing else
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
@@ -73,6 +88,59 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 async def _refused(_req: Request, exc: Exception) -> Any:
     assert isinstance(exc, RequestError)
     return _error(exc.status, exc.message, exc.kind)
+
+
+def _bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (None for anything else)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def token_ok(header: str | None, token: str) -> bool:
+    """Whether `header` carries exactly `token` (compared in constant time)."""
+    given = _bearer(header)
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _guard(token: str) -> Any:
+    """HTTP middleware: 401 for a request without the bearer token (except `OPEN_PATHS`)."""
+
+    async def guard(request: Request, call_next: Any) -> Any:
+        if request.url.path in OPEN_PATHS or token_ok(request.headers.get("authorization"), token):
+            return await call_next(request)
+        resp = _error(
+            401,
+            "missing or wrong bearer token: send Authorization: Bearer <token> (the token of a "
+            "process MemOS started is in <data dir>/model/token)",
+            "authentication_error",
+        )
+        resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    return guard
+
+
+def confined(root: Path | None, path: object, what: str) -> str:
+    """`path` resolved (symlinks followed) if it lies inside the blob root `root`, else a 400
+    RequestError: nothing outside the root is ever read or written. A relative path is taken
+    relative to the root."""
+    if root is None:
+        raise RequestError(
+            400,
+            f"{what}: this model process has no blob root (--blob-root); it reads and "
+            "writes no files",
+        )
+    if not isinstance(path, str) or not path:
+        raise RequestError(400, f"{what} must be a non-empty string")
+    try:
+        resolved = (root / path).resolve()  # an absolute `path` replaces the root
+    except (OSError, ValueError) as exc:
+        raise RequestError(400, f"{what} {path!r} is not a usable path: {exc}") from exc
+    if resolved == root or not resolved.is_relative_to(root):
+        raise RequestError(400, f"{what} {path!r} resolves outside the blob root {root}")
+    return str(resolved)
 
 
 def _job(engine: Any, fn: Any, arg: Any, cancel: threading.Event) -> asyncio.Queue[Any]:
@@ -163,10 +231,11 @@ async def _ndjson(queue: asyncio.Queue[Any], cancel: threading.Event) -> AsyncIt
 class _Routes:
     """The HTTP handlers over one engine."""
 
-    def __init__(self, engine: Any, on_shutdown: Any = None) -> None:
+    def __init__(self, engine: Any, on_shutdown: Any = None, blob_root: Path | None = None) -> None:
         self.engine = engine
         self.served = engine.source.name
         self.on_shutdown = on_shutdown
+        self.blob_root = blob_root
 
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.wrap_future(self.engine.submit(fn, *args))
@@ -177,7 +246,7 @@ class _Routes:
         return None if model == self.served else str(model)
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.served}
+        return {"status": "ok"}  # answered without a token: says nothing else
 
     async def info(self) -> dict[str, Any]:
         return self.engine.info()
@@ -220,6 +289,10 @@ class _Routes:
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestError(400, "max_tokens must be a positive integer")
         temperature = body.get("temperature")
+        activation = body.get("memos_activation")
+        if isinstance(activation, dict) and "blob" in activation:
+            blob = confined(self.blob_root, activation["blob"], "memos_activation.blob")
+            activation = {**activation, "blob": blob}
         return GenRequest(
             messages=_messages(body),
             max_tokens=max_tokens,
@@ -228,7 +301,7 @@ class _Routes:
             seed=body.get("seed"),
             stop=[str(s) for s in stop],
             adapter=self.adapter_of(body),
-            activation=body.get("memos_activation"),
+            activation=activation,
         )
 
     async def chat(self, request: Request) -> Any:
@@ -277,6 +350,7 @@ class _Routes:
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
             raise RequestError(400, "lora_name and lora_path are required")
+        path = confined(self.blob_root, path, "lora_path")
         await self.run(self.engine.load_adapter, name, path)
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
@@ -293,6 +367,7 @@ class _Routes:
         fp, path = body.get("fingerprint"), body.get("path")
         if not isinstance(fp, str) or not isinstance(path, str):
             raise RequestError(400, "fingerprint and path are required")
+        path = confined(self.blob_root, path, "path")
         return await self.run(
             self.engine.build_kv,
             _messages(body),
@@ -317,6 +392,7 @@ class _Routes:
         body = await request.json()
         if not isinstance(body.get("name"), str) or not isinstance(body.get("path"), str):
             raise RequestError(400, "name and path are required")
+        body = {**body, "path": confined(self.blob_root, body["path"], "path")}
         cancel = threading.Event()
         queue = _job(self.engine, self.engine.distil, body, cancel)
         return StreamingResponse(_ndjson(queue, cancel), media_type="application/x-ndjson")
@@ -327,7 +403,21 @@ class _Routes:
         return {"status": "stopping"}
 
 
-def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> Any:
+def create_app(
+    engine: Any,
+    on_shutdown: Any = None,
+    on_ready: Any = None,
+    *,
+    token: str | None,
+    blob_root: Path | None = None,
+) -> Any:
+    """The app over `engine`. `token`: the bearer token every request but `/health` needs
+    (None: no authentication, only for a server started by hand with `--no-auth`);
+    `blob_root`: the folder every path in a request must resolve inside (None: requests that
+    name a path are refused)."""
+    if token is not None and not token:
+        raise ConfigError("the model process token is empty")
+
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         if on_ready is not None:
@@ -336,7 +426,10 @@ def create_app(engine: Any, on_shutdown: Any = None, on_ready: Any = None) -> An
 
     app = FastAPI(title="memos-agents model process", version="1", lifespan=lifespan)
     app.add_exception_handler(RequestError, _refused)
-    routes = _Routes(engine, on_shutdown)
+    if token is not None:
+        app.middleware("http")(_guard(token))
+    root = Path(blob_root).resolve() if blob_root is not None else None
+    routes = _Routes(engine, on_shutdown, root)
     for method, path, handler in (
         ("GET", "/health", routes.health),
         ("GET", "/v1/memos/info", routes.info),
@@ -378,9 +471,14 @@ def serve(
     state_file: Path | None = None,
     parent_pid: int | None = None,
     log_level: str = "warning",
+    token: str | None,
+    blob_root: Path | None = None,
 ) -> None:
     """Load the model, bind, write `ready_file` ({"url", "pid", ...}) and serve until stopped.
-    `state_file` (`<data dir>/model/server.json`) is how MemOS processes find this one."""
+    `state_file` (`<data dir>/model/server.json`) is how MemOS processes find this one.
+    `token`: the bearer token every request needs (None only for `--no-auth`); `blob_root`:
+    where every path a request names must lie (see `create_app`)."""
+    _check_serving(host, token, blob_root)
     import torch
     import transformers
     import uvicorn
@@ -427,7 +525,7 @@ def serve(
                 os.replace(tmp, target)
         print(f"memos-agents model process serving {source.name} at {url}", flush=True)
 
-    app = create_app(engine, on_shutdown=stop, on_ready=ready)
+    app = create_app(engine, on_shutdown=stop, on_ready=ready, token=token, blob_root=blob_root)
     config = uvicorn.Config(
         app, host=host, port=bound, log_level=log_level, timeout_graceful_shutdown=5
     )
@@ -447,8 +545,30 @@ def serve(
                 pass
 
 
+def _check_serving(host: str, token: str | None, blob_root: Path | None) -> None:
+    """Refuse to serve without a token off loopback; make the blob root."""
+    if token is None and not _loopback(host):
+        raise ConfigError(f"refusing to serve without a token on {host} (not loopback)")
+    if blob_root is not None:
+        Path(blob_root).mkdir(parents=True, exist_ok=True)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m memos_agents.model.server")
+    """`python -m memos_agents.model.server`: the token comes from `MEMOS_MODEL_TOKEN` (removed
+    from the environment once read); without one it refuses to start unless `--no-auth`."""
+    p = argparse.ArgumentParser(
+        prog="python -m memos_agents.model.server",
+        epilog=f"Every request needs Authorization: Bearer ${TOKEN_ENV}.",
+    )
     p.add_argument("--model", default=None, help="model id, folder or .gguf (default: SmolLM2)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -461,7 +581,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--state-file", type=Path, default=None)
     p.add_argument("--parent-pid", type=int, default=None)
     p.add_argument("--log-level", default="warning")
+    p.add_argument(
+        "--blob-root",
+        type=Path,
+        default=None,
+        help="the only folder request paths may name (KV blobs, adapters); without it, "
+        "requests that name a path are refused",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help=f"serve without a token (loopback only; default: refuse to start without {TOKEN_ENV})",
+    )
     a = p.parse_args(argv)
+    token = os.environ.pop(TOKEN_ENV, None) or None
+    if token is None and not a.no_auth:
+        p.error(f"no token: set {TOKEN_ENV} (a random secret), or pass --no-auth explicitly")
+    if token is not None and a.no_auth:
+        p.error(f"--no-auth with {TOKEN_ENV} set: choose one")
+    if a.no_auth and not _loopback(a.host):
+        p.error(f"--no-auth is refused on a host that is not loopback ({a.host})")
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr)
     serve(
         a.model,
@@ -476,6 +615,8 @@ def main(argv: list[str] | None = None) -> None:
         state_file=a.state_file,
         parent_pid=a.parent_pid,
         log_level=a.log_level,
+        token=token,
+        blob_root=a.blob_root,
     )
 
 
