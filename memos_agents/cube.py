@@ -97,12 +97,7 @@ def check_text(value: Any, what: str = "content", max_len: int | None = None) ->
         raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise InvalidInput(f"{what} must not be empty")
-    if max_len is not None and len(value) > max_len:
-        raise InvalidInput(f"{what} is longer than {max_len} characters")
-    if "\x00" in value:
-        raise InvalidInput(f"{what} contains a NUL character")
-    if _has_surrogate(value):
-        raise InvalidInput(f"{what} contains a lone surrogate (U+D800..U+DFFF)")
+    check_optional_text(value, what, max_len)
     return value
 
 
