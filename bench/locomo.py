@@ -191,7 +191,10 @@ def shown_path(path: Path) -> str:
 
 
 def commit() -> str:
-    """The checked-out commit, with "+dirty" when memos_agents/ or bench/ has local changes."""
+    """The checked-out commit, noting local changes to memos_agents/ or this script; for a run
+    from an exported tree (`git archive HEAD`), what LOCOMO_COMMIT says."""
+    if os.environ.get("LOCOMO_COMMIT"):
+        return os.environ["LOCOMO_COMMIT"]
     try:
         head = subprocess.run(["git", "-C", str(REPO), "log", "--oneline", "-1"],
                               capture_output=True, text=True, check=True).stdout.strip()
