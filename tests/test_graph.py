@@ -124,6 +124,34 @@ def test_facts_mentioning_ranks_by_matched_entities(store: GraphStore, tag: str)
         store.facts_mentioning(v, "u1", ["miso"], limit=0)
 
 
+def test_fact_links_and_node_facts_are_the_walks_subgraph(store: GraphStore, tag: str) -> None:
+    """The walk route's two reads: a fact's entities and concepts, and a node's facts; both
+    stay in one scope, read only active facts, and honour their LIMIT."""
+    v = f"{tag}v"
+    store.upsert_facts(
+        [
+            fact("f1", v, entities=("Miso",), concepts=["sunset painting"]),
+            fact("f2", v, entities=("Miso", "Kyoto")),
+            fact("f3", v, concepts=["Paintings"]),
+            fact("f4", v, entities=("Miso",), state="superseded"),
+            fact("g1", v, "u2", ("Miso",)),
+        ]
+    )
+    links = store.fact_links(v, "u1", ["f1", "f2", "g1", "nope"])
+    assert sorted(links) == [("f1", "concept", "sunset paint"), ("f1", "entity", "miso"),
+                             ("f2", "entity", "kyoto"), ("f2", "entity", "miso")]
+    assert store.fact_links(v, "u2", ["f1"]) == [] and store.fact_links(v, "u1", []) == []
+    assert len(store.fact_links(v, "u1", ["f1", "f2"], limit=1)) == 1
+    got = store.node_facts(v, "u1", [" MISO"], ["paintings", "sunset painting"])
+    assert sorted(got) == [("concept", "paint", "f3"), ("concept", "sunset paint", "f1"),
+                           ("entity", "miso", "f1"), ("entity", "miso", "f2")]
+    assert store.node_facts(v, "u2", ["miso"], []) == [("entity", "miso", "g1")]
+    assert len(store.node_facts(v, "u1", ["miso"], [], limit=1)) == 1
+    assert store.node_facts(v, "u1", [], []) == []
+    with pytest.raises(InvalidInput):
+        store.node_facts(v, "u1", ["miso"], [], limit=0)
+
+
 def test_reupsert_replaces_edges(store: GraphStore, tag: str) -> None:
     v = f"{tag}v"
     store.upsert_facts([fact("f1", v, entities=("Miso", "Tofu"), source_refs=["msg-1"])])

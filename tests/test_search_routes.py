@@ -12,7 +12,9 @@ import pytest
 from memos_agents import MemOS
 from memos_agents.cube import Scope
 from memos_agents.errors import InvalidInput
-from memos_agents.retrieval import PRESETS, ROUTES, RoutedHit, SearchResult
+from memos_agents.retrieval import PRESETS, ROUTES, RetrievalConfig, RoutedHit, SearchResult
+from memos_agents.retrieval.models import Stage
+from memos_agents.retrieval.routes import Found, Walk, seed_facts
 
 T0 = datetime(2023, 5, 8, 13, 0, tzinfo=UTC)
 
@@ -58,7 +60,9 @@ def test_routes_select_by_name_and_dense_mode_is_the_dense_route(mem: MemOS) -> 
     assert scored(mem.vault.search(q, Scope(user_id="ana"), 4)) == scored(dense)
     assert all(h.routes == ["dense"] and h.score == h.dense for h in dense)  # cosines
     hybrid = mem.search(q, user_id="ana", k=4)
-    assert scored(mem.search(q, user_id="ana", k=4, routes=list(ROUTES))) == scored(hybrid)
+    assert scored(mem.search(q, user_id="ana", k=4, routes=list(PRESETS["hybrid"]))) == \
+        scored(hybrid)
+    assert "walk" in ROUTES and "walk" not in PRESETS["hybrid"]  # opt-in
     kw = mem.explain(q, user_id="ana", k=4, routes=["keyword"])
     assert [s.name for s in kw.explain.stages] == ["keyword", "filter", "fuse", "materialise"]
     assert all(set(h.routes) <= {"keyword", "context", "window"} for h in kw.hits)
@@ -120,3 +124,71 @@ def test_one_llm_reaches_reader_operator_and_query_intent(data_dir, embedder) ->
         m.add("I adopted a parrot.", user_id="ana")
         res = m.explain("what did I adopt?", user_id="ana", k=1)
         assert res.explain.intent.source == "llm" and "Kiwi" in res.explain.intent.entities
+
+
+def _camping(mem: MemOS) -> None:
+    mem.add([turn("Ana", "We camped by Lake Tahoe with the Hendersons last summer.", 1),
+             turn("Bo", "The Hendersons brought their beagle Biscuit along.", 2),
+             turn("Ana", "I glazed three bowls for the market.", 3),
+             *[turn("Ana", f"The weather was grey on day {i}.", i) for i in range(4, 12)]],
+            user_id="ana", session_id="s1")
+
+
+def test_walk_route_reaches_a_fact_through_a_name_the_best_hit_shares(mem: MemOS) -> None:
+    """The walk starts from the best candidate of the routes before it and the query's own
+    names and concepts; it scores facts those lead to (not the seeds), and explain carries
+    the path: seed fact -> shared entity -> fact."""
+    _camping(mem)
+    mem.vault.router.config = RetrievalConfig(walk_seeds=1)
+    q = "Where did Ana go camping?"
+    res = mem.explain(q, user_id="ana", k=11, routes=["dense", "keyword", "walk"])
+    names = [s.name for s in res.explain.stages]
+    assert names == ["dense", "keyword", "walk", "filter", "fuse", "materialise"]
+    walk = res.explain.stages[2]
+    by_text = {c.content: c.id for c in mem.list(user_id="ana", limit=100)}
+    seed = by_text["We camped by Lake Tahoe with the Hendersons last summer."]
+    target = by_text["The Hendersons brought their beagle Biscuit along."]
+    assert walk.detail["seeds"] == [seed]
+    assert walk.candidates[0].id == target and seed not in [c.id for c in walk.candidates]
+    assert walk.detail["paths"][target] == [seed, "entity:hendersons", target]
+    hit = next(h for h in res.hits if h.cube.id == target)
+    assert "walk" in hit.routes
+    assert "walk" not in [s.name for s in mem.explain(q, user_id="ana", k=3).explain.stages]
+    alone = mem.explain(q, user_id="ana", k=3, routes=["walk"])  # no seeds: the query's nodes
+    assert [s.name for s in alone.explain.stages] == ["walk", "materialise"]
+    assert all(h.routes == ["walk"] for h in alone.hits)
+
+
+def test_walk_spreads_mass_split_over_edges_and_damped() -> None:
+    """Seed fact a -> node x (on a, b) and node y (on a, b, c, d): a splits its mass over its
+    two nodes, each node over its facts, so b gets 1/2 * 1/2 over x and 1/2 * 1/4 over y, c
+    and d 1/2 * 1/4; damping once per step."""
+    w = Walk()
+    for fid, nodes in {"a": "xy", "b": "xy", "c": "y", "d": "y"}.items():
+        for n in nodes:
+            w.link(fid, ("concept", n))
+    got = w.spread({"a": 1.0}, {}, steps=2, damping=0.5)
+    assert got["b"] == pytest.approx(0.25 * (0.5 * 0.5 + 0.5 * 0.25))
+    assert got["c"] == pytest.approx(0.25 * 0.5 * 0.25) == pytest.approx(got["d"])
+    assert got["a"] == pytest.approx(got["b"])  # a's mass back to itself (the route drops it)
+    assert w.path("b", {"a": 1.0}, {}) == ["a", "concept:x", "b"]
+    start = w.spread({}, {("concept", "y"): 1.0}, steps=1, damping=1.0)
+    assert start == pytest.approx({f: 0.25 for f in "abcd"})
+    assert Walk().spread({"a": 1.0}, {}, steps=2, damping=0.5) == {}
+
+
+def test_seed_facts_are_the_best_of_every_list_by_reciprocal_rank() -> None:
+    """An id on two routes' lists outranks one first on a single list; ids the scope index
+    does not hold are not seeds; the weights sum to 1."""
+
+    from types import SimpleNamespace
+
+    idx = SimpleNamespace(pos={"a": 0, "b": 1, "c": 2},
+                          docs=[SimpleNamespace(id=c) for c in "abc"])
+    st = Stage(name="x", took_ms=0.0)
+    dense = Found(route="dense", stage=st, by_id={"a": 0.9, "b": 0.8, "gone": 0.95})
+    kw = Found(route="keyword", stage=st, top={"keyword": [(2, 3.0), (1, 2.0), (0, 0.0)]})
+    got = seed_facts([dense, kw], idx, 2)  # type: ignore[arg-type]
+    assert [c for c, _ in got] == ["b", "a"]
+    assert sum(w for _, w in got) == pytest.approx(1.0)
+    assert seed_facts([], idx, 3) == []  # type: ignore[arg-type]

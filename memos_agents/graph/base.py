@@ -117,6 +117,21 @@ class GraphStore(Protocol):
         """Entities co-mentioned with `entity` in scope, with co-mention counts."""
         ...
 
+    def fact_links(
+        self, vault: str, user_id: str, fact_ids: Sequence[str], limit: int = 1000
+    ) -> list[tuple[str, str, str]]:
+        """The entities and concepts these facts of one scope link to: (fact id, "entity" |
+        "concept", norm), at most `limit` rows."""
+        ...
+
+    def node_facts(
+        self, vault: str, user_id: str, entities: Sequence[str], concepts: Sequence[str],
+        limit: int = 1000,
+    ) -> list[tuple[str, str, str]]:
+        """Active facts in scope mentioning these entities / about these concepts (norms):
+        (kind, norm, fact id), at most `limit` rows of each kind."""
+        ...
+
     def place_facts(self, facts: Sequence[FactNode]) -> None:
         """Link facts already written (fresh, without concepts / topic) to both."""
         ...

@@ -328,6 +328,35 @@ ORDER BY n DESC, t DESC, fid
 LIMIT $limit
 """
 
+FACT_LINKS = """
+UNWIND $ids AS fid
+MATCH (f:Fact {id: fid})
+WHERE f.vault = $vault AND f.user_id = $user_id
+WITH f
+MATCH (f)-[r]->(n)
+WHERE type(r) IN ['MENTIONS', 'ABOUT']
+RETURN f.id, type(r), n.norm
+LIMIT $limit
+"""
+
+NODE_FACTS = """
+UNWIND $entities AS k
+MATCH (e:Entity {key: k})
+WITH e
+MATCH (e)<-[:MENTIONS]-(f:Fact)
+WHERE f.vault = $vault AND f.user_id = $user_id AND coalesce(f.state, 'active') = 'active'
+RETURN 'entity' AS kind, e.norm AS norm, f.id AS fid
+LIMIT $limit
+UNION ALL
+UNWIND $concepts AS k
+MATCH (c:Concept {key: k})
+WITH c
+MATCH (c)<-[:ABOUT]-(f:Fact)
+WHERE f.vault = $vault AND f.user_id = $user_id AND coalesce(f.state, 'active') = 'active'
+RETURN 'concept' AS kind, c.norm AS norm, f.id AS fid
+LIMIT $limit
+"""
+
 ENTITIES_OF = """
 UNWIND $ids AS fid
 MATCH (f:Fact {id: fid})
@@ -613,6 +642,39 @@ class CypherGraphStore(ABC):
             "limit": limit,
         }
         return [(r[0], int(r[1])) for r in self._read(RELATED_ENTITIES, params)]
+
+    def fact_links(
+        self, vault: str, user_id: str, fact_ids: Sequence[str], limit: int = 1000
+    ) -> list[tuple[str, str, str]]:
+        """The entities and concepts these facts of one scope link to: (fact id, "entity" |
+        "concept", norm), at most `limit` rows."""
+        _check_scope(vault, user_id)
+        _check_limit(limit)
+        ids = list(dict.fromkeys(fact_ids))
+        if not ids:
+            return []
+        params = {"ids": ids, "vault": vault, "user_id": user_id, "limit": limit}
+        rows = self._read(FACT_LINKS, params)
+        kinds = {"MENTIONS": "entity", "ABOUT": "concept"}
+        return [(r[0], kinds[r[1]], r[2]) for r in rows if r[1] in kinds and r[2]]
+
+    def node_facts(
+        self, vault: str, user_id: str, entities: Sequence[str], concepts: Sequence[str],
+        limit: int = 1000,
+    ) -> list[tuple[str, str, str]]:
+        """The active facts in scope that mention these entities or are about these concepts
+        (norms): ("entity" | "concept", norm, fact id), at most `limit` rows of each kind."""
+        _check_scope(vault, user_id)
+        _check_limit(limit)
+        ents = [scoped_key(vault, user_id, n) for n in dict.fromkeys(map(norm_entity, entities))
+                if n]
+        cons = [concept_node_key(vault, user_id, n)
+                for n in dict.fromkeys(map(concept_norm, concepts)) if n]
+        if not ents and not cons:
+            return []
+        params = {"entities": ents, "concepts": cons, "vault": vault, "user_id": user_id,
+                  "limit": limit}
+        return [(r[0], r[1], r[2]) for r in self._read(NODE_FACTS, params)]
 
     # the organisation layer: concepts, topics, typed relations, lineage
 

@@ -9,12 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidInput
 
-ROUTES: tuple[str, ...] = ("dense", "keyword", "graph")
+ROUTES: tuple[str, ...] = ("dense", "keyword", "graph", "walk")
 """Every route, by name: `dense` (the scope's Chroma collection), `keyword` (BM25 over each turn,
-and over each turn with its session neighbours), `graph` (entities and concepts -> facts)."""
+and over each turn with its session neighbours), `graph` (entities and concepts -> facts),
+`walk` (a walk over the graph from the query's names and concepts and the other routes' best
+facts; not in `hybrid`)."""
 
 PRESETS: dict[str, tuple[str, ...]] = {
-    "hybrid": ROUTES,
+    "hybrid": ("dense", "keyword", "graph"),
     "dense": ("dense",),
 }
 """Named route sets: `hybrid` (every route, fused) and `dense` (cosine similarity alone)."""
@@ -49,6 +51,7 @@ class RetrievalConfig(BaseModel):
     w_context: float = 1.0
     w_window: float = 0.5
     w_graph: float = 0.6
+    w_walk: float = 0.6
     w_prev_dense: float = 0.3
     neighbour: float = 0.7
     w_entity: float = 0.5
@@ -66,8 +69,14 @@ class RetrievalConfig(BaseModel):
     explain_top: int = Field(default=20, ge=1, description="candidates shown per stage")
     graph_fanout: int = Field(default=500, ge=1,
                               description="graph routes skip names / concepts on more facts")
+    walk_seeds: int = Field(default=10, ge=0,
+                            description="walk: the other routes' best facts it starts from")
+    walk_hops: int = Field(default=1, ge=1, le=3, description="walk: fact -> node -> fact hops")
+    walk_fanout: int = Field(default=64, ge=1,
+                             description="walk: names / concepts on more facts are not walked")
+    walk_damping: float = Field(default=0.85, gt=0, le=1, description="walk: mass kept a step")
 
     def signal_weights(self) -> dict[str, float]:
         """The weight of each route signal in fusion."""
         return {"dense": self.w_dense, "keyword": self.w_keyword, "context": self.w_context,
-                "window": self.w_window, "graph": self.w_graph}
+                "window": self.w_window, "graph": self.w_graph, "walk": self.w_walk}

@@ -1,6 +1,7 @@
 """The router: the scope indexes of one vault and the search pipeline.
 
-    routes       each selected route finds candidates (`routes.py`)
+    routes       each selected route finds candidates (`routes.py`); a `seeded` route (walk)
+                 runs after the others, from their best candidates (`seed_facts`)
     pool         their candidates and the session neighbours of those; then the filter (scope,
                  state, TTL, `as_of`, tags, agent) and the query's time range (hard or soft)
     fuse         the routes' signals and the terms, fused (`fusion.py`)
@@ -35,7 +36,16 @@ from .config import ROUTES, RetrievalConfig, resolve_routes
 from .filters import current, filter_rows, resolve_time, scope_mismatch, time_mode, to_dt
 from .index import INDEXED, LIVE, Doc, ScopeIndex, doc_of
 from .models import FusedScore, RoutedHit, SearchExplain, Stage, elapsed_ms
-from .routes import DenseRoute, Found, GraphRoute, KeywordRoute, Query, Route
+from .routes import (
+    DenseRoute,
+    Found,
+    GraphRoute,
+    KeywordRoute,
+    Query,
+    Route,
+    WalkRoute,
+    seed_facts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +97,7 @@ class Router:
             "dense": DenseRoute(index, embedder),
             "keyword": KeywordRoute(),
             "graph": GraphRoute(graph),
+            "walk": WalkRoute(graph),
         }
         self.settle = settle  # (vault, user): wait for the scope's pending organisation
         self._scopes: dict[tuple[str, str], ScopeIndex] = {}
@@ -193,9 +204,13 @@ class Router:
     def _fused(self, q: Query, plan: Sequence[Route], run: Run) -> Ranking:
         """Every route of the plan, the pool, the filter and the fusion."""
         idx = self.scope_index(q.scope.vault, q.scope.user_id)
-        outside = [r.find(q, None) for r in plan if not r.needs_index]
+        first = [r for r in plan if not r.seeded]
+        outside = [r.find(q, None) for r in first if not r.needs_index]
         with idx.lock:
-            found = [*outside, *(r.find(q, idx) for r in plan if r.needs_index)]
+            found = [*outside, *(r.find(q, idx) for r in first if r.needs_index)]
+            if len(first) < len(plan):  # seeded routes: from the best of the others
+                q.seeds = seed_facts(found, idx, q.cfg.walk_seeds)
+                found += [r.find(q, idx) for r in plan if r.seeded]
             found.sort(key=lambda f: ROUTES.index(f.route))
             run.stages.extend(f.stage for f in found)
             t0 = time.perf_counter()

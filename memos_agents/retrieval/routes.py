@@ -5,6 +5,9 @@
              neighbours (context: `context_turns` either side, window: `window_turns`)
     graph    entities -> facts that mention them; concepts -> facts about them, and one hop
              over RELATED / BROADER concepts
+    walk     (opt-in, `seeded`: runs after the others) spreading activation from the query's
+             entities / concepts and the other routes' best facts, fact -> entity / concept ->
+             fact; scores the facts it reaches beyond those seeds, with the path in `explain`
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Query:
     n: int  # candidates per route
     tags: Sequence[str] | None = None
     as_of: datetime | None = None
+    seeds: list[tuple[str, float]] = field(default_factory=list)  # for `seeded` routes
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Route(Protocol):
     needs_index: bool  # reads the scope index (BM25, entity names)
     needs_intent: bool  # reads more of the intent than its content
     needs_organised: bool  # reads what the operator organises after a write (concept links)
+    seeded: bool  # runs after the other routes, from their best candidates (`Query.seeds`)
 
     def find(self, q: Query, idx: ScopeIndex | None) -> Found: ...
 
@@ -116,6 +121,7 @@ class DenseRoute:
     needs_index = False
     needs_intent = False
     needs_organised = False
+    seeded = False
 
     def __init__(self, index: VectorIndex, embedder: Embedder) -> None:
         self.index, self.embedder = index, embedder
@@ -147,6 +153,7 @@ class KeywordRoute:
     needs_index = True
     needs_intent = True
     needs_organised = False
+    seeded = False
 
     def find(self, q: Query, idx: ScopeIndex | None) -> Found:
         assert idx is not None
@@ -178,6 +185,7 @@ class GraphRoute:
     needs_index = True
     needs_intent = True
     needs_organised = True
+    seeded = False
 
     def __init__(self, graph: GraphStore) -> None:
         self.graph = graph
@@ -186,7 +194,7 @@ class GraphRoute:
         assert idx is not None
         t0 = time.perf_counter()
         scores: dict[str, float] = {}
-        words = [w.lower().strip("?.,!") for w in (q.intent.content or q.intent.query).split()]
+        words = query_words(q)
         entities, broad = self._entities(idx, q, words)
         detail: dict[str, Any] = {"entities": entities, "too_common": broad}
         s, v, n = q.scope.vault, q.scope.user_id, q.n
@@ -203,21 +211,12 @@ class GraphRoute:
 
     def _entities(self, idx: ScopeIndex, q: Query, words: list[str]) -> tuple[list[str], list[str]]:
         """The scope's entities the query names: (narrow enough to ask about, too common)."""
-        names = [norm_entity(e) for e in q.intent.entities]
-        entities = list(dict.fromkeys(idx.known_entities([*names, *_grams(words)])))
-        common = q.cfg.graph_fanout
-        broad = [e for e in entities if idx.entity_names[e] > common]
-        return [e for e in entities if idx.entity_names[e] <= common], broad
+        return query_entities(idx, q, words, q.cfg.graph_fanout)
 
     def _concepts(self, idx: ScopeIndex, q: Query, words: list[str],
                   named: set[str]) -> tuple[list[str], list[str]]:
         """The query's concepts that are not names: (narrow enough to ask about, too wide)."""
-        stems = [concept_key(c) for c in q.intent.concepts]
-        toks = [t for t in (concept_key(w) for w in words) if t]
-        named = {norm_entity(e) for e in named}
-        concepts = [c for c in dict.fromkeys([*stems, *_grams(toks)]) if c and c not in named]
-        wide = [c for c in concepts if _too_wide(idx, c, q.cfg.graph_fanout)]
-        return [c for c in concepts if c not in wide], wide
+        return query_concepts(idx, q, words, named, q.cfg.graph_fanout)
 
     def _about(self, idx: ScopeIndex, q: Query, concepts: list[str],
                scores: dict[str, float], detail: dict[str, Any]) -> None:
@@ -236,6 +235,196 @@ class GraphRoute:
                 scores[fid] = scores.get(fid, 0.0) + 0.5 * m
 
 
+def query_words(q: Query) -> list[str]:
+    return [w.lower().strip("?.,!") for w in (q.intent.content or q.intent.query).split()]
+
+
+def query_entities(idx: ScopeIndex, q: Query, words: list[str],
+                   bound: int) -> tuple[list[str], list[str]]:
+    """The scope's entities the query names: (on at most `bound` facts, on more)."""
+    names = [norm_entity(e) for e in q.intent.entities]
+    entities = list(dict.fromkeys(idx.known_entities([*names, *_grams(words)])))
+    broad = [e for e in entities if idx.entity_names[e] > bound]
+    return [e for e in entities if idx.entity_names[e] <= bound], broad
+
+
+def query_concepts(idx: ScopeIndex, q: Query, words: list[str], named: set[str],
+                   bound: int) -> tuple[list[str], list[str]]:
+    """The query's concepts that are not names: (on at most `bound` facts, on more)."""
+    stems = [concept_key(c) for c in q.intent.concepts]
+    toks = [t for t in (concept_key(w) for w in words) if t]
+    named = {norm_entity(e) for e in named}
+    concepts = [c for c in dict.fromkeys([*stems, *_grams(toks)]) if c and c not in named]
+    wide = [c for c in concepts if _too_wide(idx, c, bound)]
+    return [c for c in concepts if c not in wide], wide
+
+
+def _shares(start: dict[Node, float], restart: dict[str, float]
+            ) -> tuple[dict[Node, float], dict[str, float]]:
+    """The walk's starting mass, 1 in all: the query's nodes and the seed facts half each
+    when it has both."""
+    half = 0.5 if start and restart else 1.0
+    total = sum(start.values()) or 1.0
+    rtotal = sum(restart.values()) or 1.0
+    return ({nd: half * w / total for nd, w in start.items()},
+            {f: half * w / rtotal for f, w in restart.items()})
+
+
 def _too_wide(idx: ScopeIndex, concept: str, bound: int) -> bool:
     df = idx.doc_freq()
     return min((df.get(w, 0) for w in concept.split()), default=0) > bound
+
+
+def seed_facts(found: Sequence[Found], idx: ScopeIndex, n: int,
+               rrf_k: int = 60) -> list[tuple[str, float]]:
+    """The `n` best candidates of routes that already ran, by reciprocal rank over each of
+    their lists (the first `n` of each), with weights that sum to 1."""
+    score: dict[str, float] = {}
+    for f in found:
+        lists = ([[c for c, _ in f.ranked()]] if f.by_id else
+                 [[idx.docs[i].id for i, s in lst if s > 0] for lst in f.top.values()])
+        for lst in lists:
+            for r, cid in enumerate([c for c in lst if c in idx.pos][:n]):
+                score[cid] = score.get(cid, 0.0) + 1.0 / (rrf_k + 1 + r)
+    best = sorted(score.items(), key=lambda x: -x[1])[:n]
+    total = sum(s for _, s in best) or 1.0
+    return [(c, s / total) for c, s in best]
+
+
+Node = tuple[str, str]  # ("entity" | "concept", norm)
+
+
+@dataclass
+class Walk:
+    """The subgraph a walk fetched: facts and the entity / concept nodes they link to."""
+
+    fact_nodes: dict[str, set[Node]] = field(default_factory=dict)
+    node_facts: dict[Node, set[str]] = field(default_factory=dict)
+    expanded: set[str] = field(default_factory=set)  # facts whose links were fetched
+    fetched: set[Node] = field(default_factory=set)  # nodes whose facts were fetched
+
+    def link(self, fid: str, node: Node) -> None:
+        self.fact_nodes.setdefault(fid, set()).add(node)
+        self.node_facts.setdefault(node, set()).add(fid)
+
+    def spread(self, restart: dict[str, float], start: dict[Node, float], steps: int,
+               damping: float) -> dict[str, float]:
+        """Spreading activation: mass from the seed facts (`restart`) and the query's nodes
+        (`start`) flows along edges split evenly over each vertex's edges, times `damping` a
+        step, for `steps` steps; each fact's score is the mass that reached it (its own seed
+        mass not counted)."""
+        facts = sorted(self.fact_nodes.keys() | restart.keys())
+        nodes = sorted(self.node_facts.keys() | start.keys())
+        fat = {f: i for i, f in enumerate(facts)}
+        nat = {nd: len(facts) + j for j, nd in enumerate(nodes)}
+        edges = [(fat[f], nat[nd]) for nd, fs in self.node_facts.items() for f in fs]
+        if not edges:
+            return {}
+        size = len(facts) + len(nodes)
+        a = np.zeros(size)
+        for f, w in restart.items():
+            a[fat[f]] += w
+        for nd, w in start.items():
+            a[nat[nd]] += w
+        one = np.asarray(edges, dtype=np.int64)
+        u = np.concatenate([one[:, 0], one[:, 1]])  # both directions
+        v = np.concatenate([one[:, 1], one[:, 0]])
+        share = 1.0 / np.bincount(u, minlength=size)[u]
+        total = np.zeros(size)
+        for _ in range(steps):
+            a = damping * np.bincount(v, weights=a[u] * share, minlength=size)
+            total += a
+        return {f: float(total[i]) for i, f in enumerate(facts) if total[i] > 0}
+
+    def path(self, fid: str, restart: dict[str, float], start: dict[Node, float]) -> list[str]:
+        """The likeliest way the walk came to `fid`: [seed, node, fact]."""
+        best: tuple[float, list[str]] = (0.0, [])
+        for nd in self.fact_nodes.get(fid, ()):
+            via = f"{nd[0]}:{nd[1]}"
+            share = 1.0 / max(len(self.node_facts.get(nd, ())), 1)
+            if start.get(nd, 0.0) * share > best[0]:
+                best = (start[nd] * share, [f"query {via}", fid])
+            for s in self.node_facts.get(nd, ()):
+                w = restart.get(s, 0.0) * share / max(len(self.fact_nodes.get(s, ())), 1)
+                if s != fid and w > best[0]:
+                    best = (w, [s, via, fid])
+        return best[1]
+
+
+class WalkRoute:
+    """A walk over the graph from the query's entities and concepts and from the best
+    candidates of the routes that ran before it (`seeded`): fact -> entity / concept -> fact,
+    `walk_hops` times, each vertex's mass split over its edges (so a node on many facts passes
+    little to each), damped a step. It finds facts that share no word with the question but
+    share names and concepts with what answers it. Nodes on more than `walk_fanout` facts are
+    not walked through, which bounds the subgraph (two Cypher reads a hop, each with a LIMIT)."""
+
+    name = "walk"
+    signals = ("walk",)
+    needs_index = True
+    needs_intent = True
+    needs_organised = True
+    seeded = True
+
+    def __init__(self, graph: GraphStore) -> None:
+        self.graph = graph
+
+    def find(self, q: Query, idx: ScopeIndex | None) -> Found:
+        assert idx is not None
+        t0 = time.perf_counter()
+        cfg = q.cfg
+        words = query_words(q)
+        entities, broad = query_entities(idx, q, words, cfg.walk_fanout)
+        concepts, _ = query_concepts(idx, q, words, {*entities, *broad}, cfg.walk_fanout)
+        start: dict[Node, float] = {("entity", e): 1.0 for e in entities}
+        start.update({("concept", c): 0.5 for c in concepts})
+        restart = dict(q.seeds)
+        walk = Walk()
+        self._fetch(q, idx, walk, list(restart), list(start))
+        start, restart = _shares({nd: w for nd, w in start.items() if nd in walk.node_facts},
+                                 restart)
+        mass = walk.spread(restart, start, 2, cfg.walk_damping)
+        for hop in range(1, cfg.walk_hops):
+            frontier = [f for f, _ in sorted(mass.items(), key=lambda x: -x[1])
+                        if f not in walk.expanded][: cfg.walk_seeds]
+            self._fetch(q, idx, walk, frontier, [])
+            mass = walk.spread(restart, start, 2 * (hop + 1), cfg.walk_damping)
+        # what the walk adds: facts the other routes did not already put first
+        found = sorted(((f, m) for f, m in mass.items() if f not in restart),
+                       key=lambda x: -x[1])[: q.n]
+        detail: dict[str, Any] = {
+            "seeds": [c for c, _ in q.seeds], "entities": entities, "concepts": concepts[:20],
+            "facts": len(walk.fact_nodes), "nodes": len(walk.node_facts),
+            "paths": {f: walk.path(f, restart, start) for f, _ in found[: cfg.explain_top]},
+        }
+        return Found(route=self.name, by_id=dict(found),
+                     stage=stage_of(self.name, t0, found, cfg.explain_top, detail))
+
+    def _fetch(self, q: Query, idx: ScopeIndex, walk: Walk, frontier: list[str],
+               nodes: list[Node]) -> None:
+        """The links of the `frontier` facts, then the facts of every node not yet fetched
+        that is narrow enough (on at most `walk_fanout` facts)."""
+        s, v, bound = q.scope.vault, q.scope.user_id, q.cfg.walk_fanout
+
+        def narrow(nd: Node) -> bool:
+            kind, norm = nd
+            if kind == "entity":
+                return idx.entity_names.get(norm, 0) <= bound
+            return not _too_wide(idx, norm, bound)
+
+        todo = [f for f in frontier if f not in walk.expanded]
+        if todo:
+            for fid, kind, norm in self.graph.fact_links(s, v, todo, limit=64 * len(todo)):
+                if narrow((kind, norm)):
+                    walk.link(fid, (kind, norm))
+            walk.expanded.update(todo)
+        new = {nd for f in todo for nd in walk.fact_nodes.get(f, ())}
+        new |= {nd for nd in nodes if narrow(nd)}
+        new -= walk.fetched
+        walk.fetched |= new
+        ents = [n for k, n in new if k == "entity"]
+        cons = [n for k, n in new if k == "concept"]
+        if ents or cons:
+            limit = bound * max(len(ents), len(cons))
+            for kind, norm, fid in self.graph.node_facts(s, v, ents, cons, limit=limit):
+                walk.link(fid, (kind, norm))
