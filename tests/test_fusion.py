@@ -83,3 +83,26 @@ def test_fuse_time_that_holds_everything_or_nothing_does_not_weigh_in() -> None:
 def test_fuse_of_an_empty_pool() -> None:
     fused, parts = fusion.fuse(0, {}, W, Terms(), NO_TERMS)
     assert len(fused) == 0 and parts == {}
+
+
+def test_graph_neighbour_term_takes_the_best_other_row_times_rarity() -> None:
+    base = np.array([0.9, 0.2, 0.5, 0.1])
+    shared = fusion.Shared(groups=[np.array([0, 1]), np.array([1, 2, 3])],
+                           rarity=np.array([1.0, 0.5]), names=["entity:a", "concept:b c"])
+    term, via, src = fusion.graph_neighbour_term(base, shared, 0.5)
+    # row 0: from row 1 via a (0.2); row 1: from 0 via a (0.9) beats 0.5 * 0.5 via b
+    # row 2: best other on b is row 1 (0.2) * 0.5; row 3: row 2 (0.5) * 0.5
+    assert term == pytest.approx([0.5 * 0.2, 0.5 * 0.9, 0.5 * 0.1, 0.5 * 0.25])
+    assert via.tolist() == [0, 0, 1, 1] and src.tolist() == [1, 0, 1, 2]
+
+
+def test_fuse_adds_the_graph_neighbour_term_only_when_weighted() -> None:
+    signals = {"dense": np.array([0.0, 1.0, 0.5])}
+    shared = fusion.Shared(groups=[np.array([0, 1])], rarity=np.array([1.0]), names=["x"])
+    terms = Terms(shared=shared)
+    fused, parts = fusion.fuse(3, signals, W, terms, {**NO_TERMS, "graph_neighbour": 0.5})
+    assert parts["graph_neighbour"] == pytest.approx([0.5, 0.0, 0.0])
+    assert fused == pytest.approx([0.5, 1.0, 0.5])
+    assert shared.via is not None and shared.via.tolist() == [0, -1, -1]  # a 0 gain: none
+    _, parts = fusion.fuse(3, signals, W, Terms(shared=shared), NO_TERMS)
+    assert "graph_neighbour" not in parts  # no weight: off (NO_TERMS has none)

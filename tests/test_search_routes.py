@@ -192,3 +192,30 @@ def test_seed_facts_are_the_best_of_every_list_by_reciprocal_rank() -> None:
     assert [c for c, _ in got] == ["b", "a"]
     assert sum(w for _, w in got) == pytest.approx(1.0)
     assert seed_facts([], idx, 3) == []  # type: ignore[arg-type]
+
+
+def test_graph_neighbour_term_lifts_a_fact_sharing_a_rare_name_with_the_best(mem: MemOS) -> None:
+    """Opt-in (`w_graph_neighbour`): a candidate gains from the best candidate it shares a rare
+    entity with; explain shows the part and the node and fact it came by; the links are read
+    once and kept in the scope index; off by default, and off without the graph route."""
+    _camping(mem)
+    q = "Where did Ana go camping?"
+    by_text = {c.content: c.id for c in mem.list(user_id="ana", limit=100)}
+    best = by_text["We camped by Lake Tahoe with the Hendersons last summer."]
+    target = by_text["The Hendersons brought their beagle Biscuit along."]
+    off = mem.explain(q, user_id="ana", k=11)
+    assert all("graph_neighbour" not in f.parts for f in off.explain.fused)
+    assert "graph_neighbour" not in off.explain.stages[-2].detail
+    mem.vault.router.config = RetrievalConfig(w_graph_neighbour=0.5)
+    res = mem.explain(q, user_id="ana", k=11)
+    fuse = next(s for s in res.explain.stages if s.name == "fuse")
+    assert fuse.detail["graph_neighbour"]["via"][target] == ["entity:hendersons", best]
+    part = {f.id: f.parts for f in res.explain.fused}[target]["graph_neighbour"]
+    base = {f.id: f for f in off.explain.fused}
+    assert part > 0 and res.explain.fused[0].id == best
+    rank_on = [f.id for f in res.explain.fused].index(target)
+    assert rank_on <= [f.id for f in base.values()].index(target)
+    idx = mem.vault.router.loaded("default", "ana")
+    assert idx is not None and ("entity", "hendersons") in idx.links[target]
+    bare = mem.explain(q, user_id="ana", k=11, routes=["dense", "keyword"])
+    assert all("graph_neighbour" not in f.parts for f in bare.explain.fused)

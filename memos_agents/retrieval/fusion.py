@@ -4,7 +4,9 @@
               graph (matches); weighted: each scaled to [0, 1] over the pool (dense from its
               minimum, the others from 0) and averaged by weight; rrf: weighted reciprocal ranks
     terms     added to that base: prev_dense (the previous turn's dense part), neighbour (the
-              best base score of a turn's session neighbours), entity, time, recency, importance
+              best base score of a turn's session neighbours), graph_neighbour (the best base
+              score of a candidate it shares a rare entity / concept with, times that node's
+              rarity), entity, time, recency, importance
 
 Nothing here knows docs, scopes or stores; `Router` builds the arrays.
 """
@@ -31,6 +33,19 @@ class Terms:
     anchored: bool = False  # the time range is "before / after <event>"
     times: np.ndarray | None = None  # valid_from per row
     importance: np.ndarray | None = None
+    shared: Shared | None = None  # rare graph nodes shared by candidates (`graph_neighbour`)
+
+
+@dataclass
+class Shared:
+    """Graph nodes each linked to two or more pool rows: each node's rows and its rarity in
+    (0, 1] (1 / (facts on it - 1): a node on just two facts links them fully)."""
+
+    groups: list[np.ndarray]
+    rarity: np.ndarray
+    names: list[str]
+    via: np.ndarray | None = None  # filled by fusion: per row, the node its gain came by
+    src: np.ndarray | None = None  # and the row it came from (-1: none)
 
 
 def locate(rows: np.ndarray, targets: np.ndarray) -> Located:
@@ -94,6 +109,27 @@ def neighbour_term(base: np.ndarray, prev: Located, nxt: Located, w: float) -> n
     return w * np.where(np.isneginf(nb), 0.0, nb)
 
 
+def graph_neighbour_term(base: np.ndarray, shared: Shared, w: float
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`w` times, per row, the best of rarity(node) * base score of another row on that node,
+    over the nodes the row is on (0 without any); with the node (index into `shared`) and the
+    row each best came from (-1: none)."""
+    m = len(base)
+    best = np.zeros(m)
+    via = np.full(m, -1, dtype=np.int64)
+    src = np.full(m, -1, dtype=np.int64)
+    for g, rows in enumerate(shared.groups):
+        order = np.argsort(-base[rows], kind="stable")
+        first, second = rows[order[0]], rows[order[1]]
+        other = np.where(rows == first, second, first)  # each row's best other row
+        gain = shared.rarity[g] * base[other]
+        better = gain > best[rows]
+        best[rows[better]] = gain[better]
+        via[rows[better]] = g
+        src[rows[better]] = other[better]
+    return w * best, via, src
+
+
 def entity_match(speakers: Sequence[str | None], entities: Sequence[frozenset[str]],
                  names: Sequence[str]) -> np.ndarray:
     """Per row: the mean over `names` of 1 (the row's speaker), 0.5 (mentioned), else 0."""
@@ -116,6 +152,11 @@ def _add_terms(fused: np.ndarray, base: np.ndarray, parts: dict[str, np.ndarray]
     if w["neighbour"] and m > 1 and terms.prev is not None and terms.next is not None:
         parts["neighbour"] = neighbour_term(base, terms.prev, terms.next, w["neighbour"])
         fused += parts["neighbour"]
+    if w.get("graph_neighbour") and m > 1 and terms.shared is not None and terms.shared.groups:
+        sh = terms.shared
+        parts["graph_neighbour"], sh.via, sh.src = graph_neighbour_term(base, sh,
+                                                                        w["graph_neighbour"])
+        fused += parts["graph_neighbour"]
     ent = terms.entity
     if ent is not None and w["entity"] and ent.max() > ent.min():
         parts["entity"] = w["entity"] * ent
@@ -144,7 +185,8 @@ def fuse(
     rrf_k: int = 60,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The fused score of each of the `m` pool rows, and each signal's and term's part of it.
-    `term_weights`: prev_dense, neighbour, entity, time, recency, importance."""
+    `term_weights`: prev_dense, neighbour, entity, time, recency, importance, and optionally
+    graph_neighbour."""
     if m == 0:
         return np.zeros(0), {}
     if method == "rrf":

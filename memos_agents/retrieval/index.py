@@ -80,6 +80,8 @@ class ScopeIndex:
         self.seq_pos: dict[int, int] = {}
         self.by_hash: dict[int, list[int]] = {}
         self.entity_names: Counter[str] = Counter()
+        # each fact's graph links, ("entity" | "concept", norm), fetched on first need
+        self.links: dict[str, tuple[tuple[str, str], ...]] = {}
         self.lock = threading.RLock()
         self.signature: tuple[int, float] | None = None
         self.checked_at = 0.0
@@ -105,6 +107,7 @@ class ScopeIndex:
             self.docs, self.pos, self.sessions, self.by_hash = [], {}, {}, {}
             self.seq_pos = {}
             self.entity_names = Counter()
+            self.links = {}
             self._segments, self._main_n = None, 0
             for d in sorted(docs, key=lambda d: (d.created_at, d.id)):
                 self._append(d)
@@ -131,6 +134,7 @@ class ScopeIndex:
         """Apply the vault's own writes (new cubes, new versions, state changes)."""
         with self.lock:
             for d in docs:
+                self.links.pop(d.id, None)
                 i = self.pos.get(d.id)
                 if i is None:
                     if d.state in INDEXED:
@@ -155,6 +159,7 @@ class ScopeIndex:
     def remove(self, ids: Sequence[str]) -> None:
         with self.lock:
             for cid in ids:
+                self.links.pop(cid, None)
                 i = self.pos.pop(cid, None)
                 if i is not None:
                     self.docs[i].alive = False

@@ -4,7 +4,9 @@
                  runs after the others, from their best candidates (`seed_facts`)
     pool         their candidates and the session neighbours of those; then the filter (scope,
                  state, TTL, `as_of`, tags, agent) and the query's time range (hard or soft)
-    fuse         the routes' signals and the terms, fused (`fusion.py`)
+    fuse         the routes' signals and the terms, fused (`fusion.py`); the opt-in graph
+                 neighbour term (`w_graph_neighbour`) reads the pool's entity / concept links
+                 (one bounded Cypher read of the facts not yet in the scope index's `links`)
     rerank       optional: any callable (query, texts) -> scores, e.g. a cross-encoder
     materialise  the cubes, checked once more (live, scope, `min_score` on the cosine, intact)
 
@@ -92,6 +94,7 @@ class Router:
         settle: Callable[[str, str], None] | None = None,
     ) -> None:
         self.catalog = catalog
+        self.graph = graph
         self.config = config or RetrievalConfig()
         self.routes: dict[str, Route] = {
             "dense": DenseRoute(index, embedder),
@@ -225,12 +228,15 @@ class Router:
                                     detail={"pool": len(pool), "dropped": dict(run.dropped),
                                             "time_filter": tf_mode}))
             t0 = time.perf_counter()
-            scores, parts = self._fuse(idx, q, order, found, in_range)
+            scores, parts, shared = self._fuse(idx, q, order, found, in_range)
             ranked = sorted(range(len(order)), key=lambda j: -scores[j])
-            run.stages.append(Stage(name="fuse", took_ms=elapsed_ms(t0), total=len(order),
-                                    detail={"fusion": q.cfg.fusion}))
             ids = [idx.docs[order[j]].id for j in ranked]
             head = ranked[: max(q.k * 3, q.cfg.explain_top)]
+            detail: dict[str, object] = {"fusion": q.cfg.fusion}
+            if shared is not None:
+                detail["graph_neighbour"] = _shared_detail(idx, order, head, shared)
+            run.stages.append(Stage(name="fuse", took_ms=elapsed_ms(t0), total=len(order),
+                                    detail=detail))
             routes_of: dict[str, list[str]] = {}
             for f in found:
                 for cid, name in f.labels(idx):
@@ -263,7 +269,8 @@ class Router:
         return order, in_range, time_range, mode
 
     def _fuse(self, idx: ScopeIndex, q: Query, order: list[int], found: Sequence[Found],
-              in_range: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+              in_range: np.ndarray
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], fusion.Shared | None]:
         cfg, intent, m = q.cfg, q.intent, len(order)
         ids = [idx.docs[i].id for i in order]
         signals: dict[str, np.ndarray] = {}
@@ -286,11 +293,48 @@ class Router:
             terms.times = np.array([d.valid_from for d in docs])
         if m and cfg.w_importance:
             terms.importance = np.array([d.importance for d in docs])
+        if m > 1 and cfg.w_graph_neighbour and any(f.route == "graph" for f in found):
+            terms.shared = self._shared(idx, q, ids)
         term_weights = {"prev_dense": cfg.w_prev_dense, "neighbour": cfg.neighbour,
                         "entity": cfg.w_entity, "time": cfg.w_time, "recency": w_rec,
-                        "importance": cfg.w_importance}
-        return fusion.fuse(m, signals, cfg.signal_weights(), terms, term_weights,
-                           method=cfg.fusion, rrf_k=cfg.rrf_k)
+                        "importance": cfg.w_importance, "graph_neighbour": cfg.w_graph_neighbour}
+        scores, parts = fusion.fuse(m, signals, cfg.signal_weights(), terms, term_weights,
+                                    method=cfg.fusion, rrf_k=cfg.rrf_k)
+        return scores, parts, terms.shared
+
+    def _shared(self, idx: ScopeIndex, q: Query, ids: Sequence[str]) -> fusion.Shared:
+        """The rare entities / concepts two or more of the pool's facts (`ids`) link to: the
+        links of facts not yet in `idx.links` are read in one bounded Cypher read and kept
+        there (until the fact changes); a node's facts are counted over the whole scope
+        (entities: the index's count; concepts: the facts holding their rarest word, an upper
+        bound); nodes on more than `graph_neighbour_fanout` facts, and one-word concepts unless
+        `graph_neighbour_words`, are left out."""
+        cfg = q.cfg
+        missing = [c for c in ids if c not in idx.links]
+        if missing:
+            got: dict[str, list[tuple[str, str]]] = {c: [] for c in missing}
+            for fid, kind, norm in self.graph.fact_links(q.scope.vault, q.scope.user_id,
+                                                         missing, limit=64 * len(missing)):
+                got.setdefault(fid, []).append((kind, norm))
+            idx.links.update((c, tuple(v)) for c, v in got.items())
+        at: dict[tuple[str, str], list[int]] = {}
+        for j, c in enumerate(ids):
+            for nd in idx.links.get(c, ()):
+                at.setdefault(nd, []).append(j)
+        df = idx.doc_freq()
+        groups, rarity, names = [], [], []
+        for (kind, norm), rows in at.items():
+            if len(rows) < 2 or (kind == "concept" and " " not in norm
+                                 and not cfg.graph_neighbour_words):
+                continue
+            seen = (idx.entity_names.get(norm, 0) if kind == "entity"
+                    else min((df.get(w, 0) for w in norm.split()), default=0))
+            facts = max(seen, len(rows))
+            if facts <= cfg.graph_neighbour_fanout:
+                groups.append(np.asarray(rows, dtype=np.int64))
+                rarity.append(1.0 / (facts - 1))
+                names.append(f"{kind}:{norm}")
+        return fusion.Shared(groups=groups, rarity=np.asarray(rarity), names=names)
 
     def _rerank(self, q: Query, ranking: Ranking, run: Run) -> None:
         assert self.reranker is not None
@@ -402,6 +446,20 @@ class Router:
             took_ms=elapsed_ms(t_start),
         )
 
+
+
+def _shared_detail(idx: ScopeIndex, order: Sequence[int], head: Sequence[int],
+                   shared: fusion.Shared) -> dict[str, object]:
+    """What the graph neighbour term did, for `explain`: how many shared nodes it had, and for
+    the head rows that gained, the node and the fact the gain came by."""
+    via: dict[str, list[str]] = {}
+    if shared.via is not None and shared.src is not None:
+        for j in head:
+            g = int(shared.via[j])
+            if g >= 0:
+                via[idx.docs[order[j]].id] = [shared.names[g],
+                                              idx.docs[order[int(shared.src[j])]].id]
+    return {"nodes": len(shared.groups), "via": via}
 
 
 def _fuses(plan: Sequence[Route]) -> bool:
