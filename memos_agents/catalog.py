@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -218,7 +218,8 @@ class Catalog:
         create_tables(metadata, self.engine, f"catalog ({url})")
         self._add_seal_column()
         if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
+            with suppress(Conflict):  # another process opening a new catalog wrote it first
+                self.set_meta("schema_version", SCHEMA_VERSION)
         self.settings = SettingsStore(self.engine, legacy=self)  # typed settings, own table
 
     def _seal(self, cube_id: str, version: int, data: str) -> str | None:
