@@ -206,14 +206,6 @@ class MemOS:
         if not check_only:
             self._audit(op, cubes, vault=vault, detail=detail)
 
-    def _guard(self, action: Action, cubes: Sequence[MemCube], op: str) -> None:
-        """Check only (the audit entry follows the operation): PermissionDenied, audited."""
-        try:
-            self.governance.check(self.principal, action, cubes)
-        except PermissionDenied:
-            self._audit(op, cubes, outcome="denied")
-            raise
-
     def _audit(
         self,
         op: str,
@@ -464,7 +456,7 @@ class MemOS:
         ):
             raise InvalidInput("expected_version must be an integer version number")
         cube = self.vault.get(cube_id, scope_user=user_id)
-        self._guard(Action.write, [cube], "update")
+        self.gate("update", Action.write, cubes=[cube], check_only=True)
         if expected_version is not None and expected_version != cube.lifecycle.version:
             raise Conflict(
                 f"cube {cube_id} is at version {cube.lifecycle.version}, not {expected_version}"
@@ -497,8 +489,8 @@ class MemOS:
             provenance=cube.provenance.model_copy(update={"source_kind": SourceKind.api}),
             valid_from=valid_from or now,
         )
-        self.vault.write_version(new, "update", by or self._actor(owner_of(cube)), old_version)
         self._audit("update", [new])
+        self.vault.write_version(new, "update", by or self._actor(owner_of(cube)), old_version)
         return new
 
     def delete(self, cube_id: str, *, user_id: str | None = None, by: str | None = None) -> MemCube:
@@ -523,18 +515,19 @@ class MemOS:
         except ValueError as exc:
             raise InvalidInput(f"state must be one of {[s.value for s in State]}") from exc
         cube = self.vault.get(cube_id, scope_user=user_id, expired=True)
-        self._guard(Action.delete if to is State.deleted else Action.write, [cube], to.value)
+        self.gate(to.value, Action.delete if to is State.deleted else Action.write, cubes=[cube],
+                  check_only=True)
         check_transition(cube, to)
         new = next_version(cube, to)
         op = OPS[to]
-        self.vault.write_version(new, op, by or self._actor(owner_of(cube)), cube.lifecycle.version)
         self._audit(op, [new])
+        self.vault.write_version(new, op, by or self._actor(owner_of(cube)), cube.lifecycle.version)
         return new
 
     def rollback(self, cube_id: str, version: int, *, user_id: str | None = None) -> MemCube:
         """Make an earlier version current again, as a new version (nothing is rewritten)."""
         cube = self.vault.get(cube_id, scope_user=user_id)
-        self._guard(Action.write, [cube], "rollback")
+        self.gate("rollback", Action.write, cubes=[cube], check_only=True)
         if cube.lifecycle.state is State.deleted:
             raise InvalidInput(f"cube {cube_id} is deleted; restore it before rolling back")
         target = next(
@@ -545,10 +538,10 @@ class MemOS:
         if not target.cube.intact:
             raise IntegrityError(f"version {version} of cube {cube_id} was altered; not restored")
         new = rolled_back(cube, target)
+        self._audit("rollback", [new], detail=f"to v{version}")
         self.vault.write_version(
             new, "rollback", self._actor(owner_of(cube)), cube.lifecycle.version
         )
-        self._audit("rollback", [new], detail=f"to v{version}")
         return new
 
     def set_retention(self, vault: str, policy: RetentionPolicy | None) -> None:
@@ -628,10 +621,9 @@ class MemOS:
     def purge(self, cube_id: str, *, user_id: str | None = None) -> None:
         """Erase a cube and all its versions from the catalog, the vector index and the graph."""
         cube = self.vault.get(cube_id, scope_user=user_id, expired=True)
-        self._guard(Action.purge, [cube], "purge")
+        self.gate("purge", Action.purge, cubes=[cube])
         self.vault.purge(cube)
         self.governance.revoke_cube(cube.id)
-        self._audit("purge", [cube])
 
     # reads
     def search(
