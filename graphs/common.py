@@ -1,10 +1,15 @@
-"""Pieces the ready-made graphs share: the chat model default and one agent step."""
+"""Pieces the ready-made graphs share: the server's MemOS, the chat model default and one
+agent step. The graphs import it as `memos_agents.graphs.common` (never relatively), so the
+LangGraph server, which loads each graph file by path, shares one module and one MemOS."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, SystemMessage
@@ -12,6 +17,33 @@ from langchain_core.runnables import RunnableConfig
 from memos_agents.langgraph.nodes import format_memories
 
 from memos_agents.mos import MemOS
+
+T = TypeVar("T")
+
+
+def built_once(build: Callable[[], T]) -> Callable[[], T]:
+    """`build` run on the first call only, under a lock, so threads racing on the first call
+    share one result; later calls return it."""
+    lock = threading.Lock()
+    built: list[T] = []
+
+    @functools.wraps(build)
+    def once() -> T:
+        with lock:
+            if not built:
+                built.append(build())
+            return built[0]
+
+    return once
+
+
+@built_once
+def server_memos() -> MemOS:
+    """The one MemOS of this process for the graphs and the store that `langgraph.json` names:
+    the data dir of `MEMOS_DATA_DIR` (default ./.memos), closed when the process exits."""
+    mem = MemOS.open()
+    atexit.register(mem.close)
+    return mem
 
 
 def default_chat_model(mem: MemOS) -> BaseChatModel:

@@ -10,16 +10,15 @@ recall the other's notes; only what the researcher publishes reaches the writer.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, MessagesState, StateGraph
+from memos_agents.graphs.common import agent_step, built_once, default_chat_model, server_memos
 from memos_agents.langgraph.nodes import publish_node, recall_node, remember_node, subscribe_node
 
 from memos_agents.mos import MemOS
-
-from .common import agent_step, default_chat_model
 
 RESEARCHER_PROMPT = "You are a researcher. State the key findings for the task, one per line."
 WRITER_PROMPT = "You are a writer. Write a short answer to the task from the findings you received."
@@ -86,8 +85,15 @@ def build_team(
     return b.compile(checkpointer=checkpointer, name="team")
 
 
-def make_graph(config: RunnableConfig | None = None) -> Any:
-    """Entry point for `langgraph.json`: MemOS at `MEMOS_DATA_DIR` (default ./.memos), the chat
+@built_once
+def served_graph() -> Any:
+    """The graph the server runs, built once per process: over `server_memos()`, with the chat
     model of `MEMOS_CHAT_MODEL` or else the local model process."""
-    mem = MemOS.open()
+    mem = server_memos()
     return build_team(mem, default_chat_model(mem))
+
+
+async def make_graph() -> Any:
+    """Entry point for `langgraph.json`; the server calls it for every request, so the (blocking)
+    first build runs in a worker thread, off the event loop."""
+    return await asyncio.to_thread(served_graph)
