@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 from pathlib import Path
 
 import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
+from memos_agents.graphs import common
 from memos_agents.graphs.memory_agent import build_memory_agent
 from memos_agents.graphs.team import build_team
 from memos_agents.langgraph import MemOSMiddleware, memory_tools, recall_node
@@ -113,6 +116,19 @@ def test_langgraph_json_names_both_graphs() -> None:
     for target in spec["graphs"].values():
         path, _, func = target.partition(":")
         assert (ROOT / path).is_file() and f"def {func}(" in (ROOT / path).read_text()
+
+
+@pytest.mark.parametrize("file", ["memory_agent.py", "team.py", "store.py"])
+def test_graph_files_load_by_path_as_the_server_loads_them(file: str) -> None:
+    """The LangGraph server execs each file of langgraph.json as a module of its own name; the
+    files still share `memos_agents.graphs.common`, so one server process has one MemOS."""
+    spec = importlib.util.spec_from_file_location(f"graphs__{file[:-3]}", ROOT / "graphs" / file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entry = module.make_store if file == "store.py" else module.make_graph
+    assert inspect.iscoroutinefunction(entry)  # built off the server's event loop
+    assert module.server_memos is common.server_memos
 
 
 def test_schedule_node_plans_memory_forms(mem: MemOS) -> None:
