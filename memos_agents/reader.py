@@ -43,6 +43,7 @@ _NOT_ENTITIES = frozenset(
     definitely absolutely totally right true sounds glad happy hope let let's did do does is
     are was were have has had can could would should will shall may might must not don't
     can't won't
+    summarize summarise list compare tell describe explain show give recall remind
     """.split()
 )
 _NUMBER_RE = re.compile(r"\d")
@@ -646,6 +647,17 @@ _KIND_RULES: list[tuple[re.Pattern[str], str]] = [
                 re.I), "yes_no"),
     (re.compile(r"^\s*(what|which)\b", re.I), "thing"),
 ]
+Operation = Literal["lookup", "list", "compare", "summarize"]
+_OPERATION_RULES: list[tuple[re.Pattern[str], Operation]] = [
+    (re.compile(r"^\s*(summari[sz]e|recap|describe|give (me )?(an? )?(summary|overview|recap)"
+                r"|tell me (everything|all|about))\b|\bwhat (has|have) \w+( \w+)? been up to\b",
+                re.I), "summarize"),
+    (re.compile(r"\bcompare\b|\bboth\b|\bin common\b|\bdiffer(ence|ent)?\b|\bversus\b"
+                r"|\bhow (has|have|did) .{1,40} change", re.I), "compare"),
+    (re.compile(r"^\s*(list|name)\b|\ball (the|of)\b|\b(what|which) (kinds?|types?|sorts?) of\b"
+                r"|\bin what ways\b|^\s*(what|which) \w+(s|es|ies)\b (has|have|does|do|did|are)"
+                r"\b|^\s*(where|who) (has|have)\b", re.I), "list"),
+]
 _RECENT_RE = re.compile(r"\b(recent(ly)?|latest|last time|lately|currently|now|these days)\b",
                         re.I)
 
@@ -660,8 +672,19 @@ class MemoryIntent(BaseModel):
     concepts: list[str] = Field(default_factory=list, description="keyphrases")
     time: TimeRange | None = None
     answer_kind: AnswerKind = "any"
+    operation: Operation = Field(
+        default="lookup", description="what is done with the answer: one fact (lookup), every "
+        "instance (list), instances across sessions side by side (compare), an overview")
     wants_recent: bool = False
     source: Literal["rules", "llm"] = "rules"
+
+
+def read_operation(query: str) -> Operation:
+    """What the query asks memory to do: list, compare, summarize, else look one thing up."""
+    for pat, op in _OPERATION_RULES:
+        if pat.search(query):
+            return op
+    return "lookup"
 
 
 class _LLMIntent(BaseModel):
@@ -670,12 +693,14 @@ class _LLMIntent(BaseModel):
     time_start: str | None = Field(default=None, description="ISO date, or null")
     time_end: str | None = Field(default=None, description="ISO date (exclusive), or null")
     answer_kind: str = "any"
+    operation: str = "lookup"
 
 
 INTENT_PROMPT = """Read this question to a memory store. Reply with JSON only:
 {{"entities": [names of people, places, things], "concepts": [2-4 short topic keyphrases],
 "time_start": ISO date or null, "time_end": ISO date or null,
-"answer_kind": one of time|person|place|number|reason|manner|yes_no|thing|any}}.
+"answer_kind": one of time|person|place|number|reason|manner|yes_no|thing|any,
+"operation": one of lookup|list|compare|summarize}}.
 Today is {today}.
 Question: {query}
 """
@@ -705,6 +730,7 @@ def read_intent(query: str, now: datetime | None = None, llm: Any = None) -> Mem
         concepts=extract_concepts(content),
         time=time,
         answer_kind=kind,  # type: ignore[arg-type]
+        operation=read_operation(query),
         wants_recent=bool(_RECENT_RE.search(query)),
     )
     if llm is None:
@@ -727,4 +753,6 @@ def read_intent(query: str, now: datetime | None = None, llm: Any = None) -> Mem
     kinds = AnswerKind.__args__  # type: ignore[attr-defined]
     if data.answer_kind in kinds and intent.answer_kind == "any":
         intent.answer_kind = data.answer_kind  # type: ignore[assignment]
+    if data.operation in Operation.__args__ and intent.operation == "lookup":  # type: ignore[attr-defined]
+        intent.operation = data.operation  # type: ignore[assignment]
     return intent

@@ -106,3 +106,13 @@ def test_fuse_adds_the_graph_neighbour_term_only_when_weighted() -> None:
     assert shared.via is not None and shared.via.tolist() == [0, -1, -1]  # a 0 gain: none
     _, parts = fusion.fuse(3, signals, W, Terms(shared=shared), NO_TERMS)
     assert "graph_neighbour" not in parts  # no weight: off (NO_TERMS has none)
+
+
+def test_fuse_time_stated_only_when_some_rows_say_when() -> None:
+    signals = {"dense": np.array([0.5, 0.5, 0.1])}
+    tw = {**NO_TERMS, "time_stated": 0.05}
+    fused, parts = fusion.fuse(3, signals, W, Terms(dated=np.array([False, True, False])), tw)
+    assert parts["time_stated"] == pytest.approx([0.0, 0.05, 0.0]) and fused[1] > fused[0]
+    for dated in ([True, True, True], [False, False, False]):
+        _, parts = fusion.fuse(3, signals, W, Terms(dated=np.array(dated)), tw)
+        assert "time_stated" not in parts

@@ -14,6 +14,7 @@ from memos_agents.cube import Scope, SearchHit, State
 from memos_agents.errors import InvalidInput
 from memos_agents.reader import parse_time_range, read_intent
 from memos_agents.retrieval import RoutedHit, SearchResult
+from memos_agents.text import states_time
 
 LOCOMO = Path(__file__).resolve().parents[1] / "bench" / "data" / "locomo" / "locomo_dev.json"
 T0 = datetime(2023, 5, 8, 13, 0, tzinfo=UTC)
@@ -233,6 +234,36 @@ def test_intent_reading() -> None:
     assert parse_time_range("3 days ago", now).contains(datetime(2023, 6, 17, 9, tzinfo=UTC))
     b = parse_time_range("before the trip to Japan", now)
     assert b.anchor == "the trip to Japan" and b.direction == "before"
+
+
+def test_intent_reads_the_operation_asked_for() -> None:
+    cases = {
+        "Summarize what Melanie did with her kids": "summarize",
+        "Describe Gina's store": "summarize",
+        "What has Jon been up to lately?": "summarize",
+        "List the books Melanie has read": "list",
+        "What books has Melanie read?": "list",
+        "What kinds of art does Caroline make?": "list",
+        "Where has Melanie camped?": "list",
+        "What subject have Caroline and Melanie both painted?": "compare",
+        "How has Jon's business changed since March?": "compare",
+        "What is Caroline's identity?": "lookup",
+        "When did Jon open his studio?": "lookup",
+    }
+    for q, op in cases.items():
+        assert read_intent(q).operation == op, q
+    # the verb of a request is not a name
+    assert read_intent("Summarize what Melanie did with her kids").entities == ["Melanie"]
+    assert read_intent("Describe Gina's store").entities == ["Gina"]
+    assert read_intent("Compare how Caroline felt in May and in August").entities == ["Caroline"]
+
+
+def test_states_time() -> None:
+    for text in ("I went there yesterday", "two weeks ago we met", "in May 2023",
+                 "last Saturday was fun", "we moved in 2019", "since May"):
+        assert states_time(text), text
+    for text in ("I love pottery", "the kids made bowls", "may I come along?"):
+        assert not states_time(text), text
 
 
 def test_intent_from_a_chat_model_is_merged() -> None:

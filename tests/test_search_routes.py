@@ -219,3 +219,21 @@ def test_graph_neighbour_term_lifts_a_fact_sharing_a_rare_name_with_the_best(mem
     assert idx is not None and ("entity", "hendersons") in idx.links[target]
     bare = mem.explain(q, user_id="ana", k=11, routes=["dense", "keyword"])
     assert all("graph_neighbour" not in f.parts for f in bare.explain.fused)
+
+
+def test_a_question_asking_when_prefers_the_fact_that_says_when(mem: MemOS) -> None:
+    """`w_time_stated`: only a question asking when gives the facts whose text says when a part
+    of their score; explain shows it; the same words asked as "what" give none."""
+    mem.add([turn("Ana", "We went to the pottery fair with my sister.", 1),
+             turn("Ana", "We went to the pottery fair two weeks ago.", 2),
+             *[turn("Bo", f"The weather was grey on day {i}.", i) for i in range(3, 9)]],
+            user_id="ana", session_id="s1")
+    by_text = {c.content: c.id for c in mem.list(user_id="ana", limit=100)}
+    dated = by_text["We went to the pottery fair two weeks ago."]
+    res = mem.explain("When did Ana go to the pottery fair?", user_id="ana", k=5)
+    parts = {f.id: f.parts for f in res.explain.fused}
+    assert parts[dated]["time_stated"] == pytest.approx(RetrievalConfig().w_time_stated)
+    assert parts[by_text["We went to the pottery fair with my sister."]]["time_stated"] == 0
+    assert res.hits[0].cube.id == dated
+    what = mem.explain("What did Ana do at the pottery fair?", user_id="ana", k=5)
+    assert all(not f.parts.get("time_stated") for f in what.explain.fused)

@@ -34,6 +34,7 @@ class Terms:
     times: np.ndarray | None = None  # valid_from per row
     importance: np.ndarray | None = None
     shared: Shared | None = None  # rare graph nodes shared by candidates (`graph_neighbour`)
+    dated: np.ndarray | None = None  # the row says when; set when the query asks when
 
 
 @dataclass
@@ -167,6 +168,10 @@ def _add_terms(fused: np.ndarray, base: np.ndarray, parts: dict[str, np.ndarray]
         wt = w["time"] * (2.0 if terms.anchored else 1.0)
         parts["time"] = wt * in_range.astype(np.float64)
         fused += parts["time"]
+    dated = terms.dated
+    if dated is not None and w.get("time_stated") and dated.any() and not dated.all():
+        parts["time_stated"] = w["time_stated"] * dated.astype(np.float64)
+        fused += parts["time_stated"]
     if w["recency"] and terms.times is not None:
         parts["recency"] = recency_term(terms.times, w["recency"])
         fused += parts["recency"]

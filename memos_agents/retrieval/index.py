@@ -15,7 +15,7 @@ import numpy as np
 from ..cube import MemCube, State
 from ..graph.base import norm_entity
 from ..lifecycle import LIVE as LIVE_STATES
-from ..text import keyword_tokens
+from ..text import keyword_tokens, states_time
 from .bm25 import BM25Segment, BM25Tail
 from .config import RetrievalConfig
 
@@ -41,6 +41,7 @@ class Doc:
     tokens: tuple[str, ...]
     content_hash: int
     alive: bool = True
+    dated: bool = False  # the text says when (see `text.states_time`)
 
 
 def doc_of(cube: MemCube) -> Doc:
@@ -61,6 +62,7 @@ def doc_of(cube: MemCube) -> Doc:
         keyed="key" in cube.metadata,
         tokens=tuple(keyword_tokens(text)),
         content_hash=hash((speaker or "", " ".join(cube.content.split()).casefold())),
+        dated=states_time(cube.content),
     )
 
 

@@ -291,13 +291,16 @@ class Router:
         w_rec = cfg.w_recency_asked if intent.wants_recent else cfg.w_recency
         if m and w_rec:
             terms.times = np.array([d.valid_from for d in docs])
+        if m and cfg.w_time_stated and intent.answer_kind == "time":
+            terms.dated = np.array([d.dated for d in docs], dtype=bool)
         if m and cfg.w_importance:
             terms.importance = np.array([d.importance for d in docs])
         if m > 1 and cfg.w_graph_neighbour and any(f.route == "graph" for f in found):
             terms.shared = self._shared(idx, q, ids)
         term_weights = {"prev_dense": cfg.w_prev_dense, "neighbour": cfg.neighbour,
                         "entity": cfg.w_entity, "time": cfg.w_time, "recency": w_rec,
-                        "importance": cfg.w_importance, "graph_neighbour": cfg.w_graph_neighbour}
+                        "importance": cfg.w_importance, "graph_neighbour": cfg.w_graph_neighbour,
+                        "time_stated": cfg.w_time_stated}
         scores, parts = fusion.fuse(m, signals, cfg.signal_weights(), terms, term_weights,
                                     method=cfg.fusion, rrf_k=cfg.rrf_k)
         return scores, parts, terms.shared
