@@ -237,3 +237,19 @@ def test_a_question_asking_when_prefers_the_fact_that_says_when(mem: MemOS) -> N
     assert res.hits[0].cube.id == dated
     what = mem.explain("What did Ana do at the pottery fair?", user_id="ana", k=5)
     assert all(not f.parts.get("time_stated") for f in what.explain.fused)
+
+
+def test_hits_show_the_graph_path_that_found_them(mem: MemOS) -> None:
+    """`graph_path`: the entity / concept nodes of the query a graph-found fact holds, then the
+    fact; empty for a hit the graph did not find."""
+    _kiln(mem)
+    hits = mem.search("What did Ana glaze for the market?", user_id="ana", k=5)
+    by_text = {h.cube.content: h for h in hits}
+    bowls = by_text["I glazed three bowls for the market."]
+    assert "graph" in bowls.routes
+    assert bowls.graph_path[0] == "entity:ana" and bowls.graph_path[-1] == bowls.cube.id
+    assert any(p.startswith("concept:") and "market" in p for p in bowls.graph_path)
+    assert all(h.graph_path == [] for h in hits if "graph" not in h.routes)
+    plain = mem.search("What did Ana glaze for the market?", user_id="ana", k=5,
+                       routes=["dense", "keyword"])
+    assert all(h.graph_path == [] for h in plain)

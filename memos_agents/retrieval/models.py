@@ -59,6 +59,9 @@ class RoutedHit(SearchHit):
     fused: float = 0.0
     dense: float | None = None
     routes: list[str] = Field(default_factory=list)
+    graph_path: list[str] = Field(
+        default_factory=list, description="how the graph reached it: the query's entity / "
+        "concept nodes (`entity:<name>`, `concept:<key>`), then facts (ids) the walk passed")
     context: list[MemCube] = Field(default_factory=list)
 
 

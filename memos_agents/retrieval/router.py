@@ -371,6 +371,10 @@ class Router:
                     hits.append(hit)
                     if len(hits) == q.k:
                         break
+        if ranking.idx is not None:
+            paths = graph_paths(ranking.idx, run.stages, ranking.routes_of)
+            for h in hits:
+                h.graph_path = paths(h.cube.id)
         if window > 0 and hits:
             idx = ranking.idx or self.scope_index(q.scope.vault, q.scope.user_id)
             self._attach_context(idx, hits, window)
@@ -463,6 +467,31 @@ def _shared_detail(idx: ScopeIndex, order: Sequence[int], head: Sequence[int],
                 via[idx.docs[order[j]].id] = [shared.names[g],
                                               idx.docs[order[int(shared.src[j])]].id]
     return {"nodes": len(shared.groups), "via": via}
+
+
+def graph_paths(idx: ScopeIndex, stages: Sequence[Stage],
+                routes_of: dict[str, list[str]]) -> Callable[[str], list[str]]:
+    """Per cube id, the graph path that found it: the walk's path, else the nodes the graph
+    route asked about that the fact holds (its entities; the two longest concepts whose words
+    it has)."""
+    graph = next((s.detail for s in stages if s.name == "graph"), {})
+    walk = next((s.detail for s in stages if s.name == "walk"), {})
+    asked = [*graph.get("concepts", []), *graph.get("hop_used", [])]
+
+    def path(cid: str) -> list[str]:
+        if cid in walk.get("paths", {}):
+            return list(walk["paths"][cid])
+        row = idx.pos.get(cid)
+        if row is None or "graph" not in routes_of.get(cid, ()):
+            return []
+        doc = idx.docs[row]
+        nodes = [f"entity:{e}" for e in graph.get("entities", []) if e in doc.entities]
+        toks = set(doc.tokens)
+        held = sorted((c for c in asked if set(c.split()) <= toks), key=lambda c: -len(c))
+        nodes += [f"concept:{c}" for c in held[:2]]
+        return [*nodes, cid] if nodes else []
+
+    return path
 
 
 def _fuses(plan: Sequence[Route]) -> bool:
