@@ -57,12 +57,14 @@ def ask_structured(
     *,
     shape: Callable[[Any], Any] | None = None,
     starts: str = "{",
+    bounded: type[T] | None = None,
 ) -> T:
-    """`schema` from `llm`: its structured output where it has one, else the first JSON value of
-    its reply (opening with a character of `starts`). `shape` adapts parsed data before
+    """`schema` from `llm`: its structured output where it has one (asked for with `bounded`, a
+    subclass of `schema` with tighter bounds, when given), else the first JSON value of its
+    reply (opening with a character of `starts`). `shape` adapts parsed data before
     validation. Any failure is an ExtractionError."""
     try:
-        structured = llm.with_structured_output(schema)
+        structured = llm.with_structured_output(bounded or schema)
     except (NotImplementedError, AttributeError):
         structured = None
     try:

@@ -258,3 +258,54 @@ def test_pool_evicts_least_recently_used_within_its_byte_budget():
     big = KVEntry("big", _cache(64), [], {}, cache_nbytes(_cache(64)))
     assert not pool.put(big)  # larger than the whole budget: used once, never held
     assert pool.stats()["entries"] == 3
+
+
+def test_response_format_becomes_the_schema_the_engine_decodes_under():
+    pytest.importorskip("fastapi")
+    from memos_agents.model.protocol import RequestError
+    from memos_agents.model.server import json_schema_of
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    assert json_schema_of(None) is None and json_schema_of({"type": "text"}) is None
+    assert json_schema_of({"type": "json_object"}) == {"type": "object"}
+    rf = {"type": "json_schema", "json_schema": {"name": "A", "schema": schema, "strict": True}}
+    assert json_schema_of(rf) == schema
+    for bad in ({"type": "json_schema"}, {"type": "xml"}, "json"):
+        with pytest.raises(RequestError) as err:
+            json_schema_of(bad)
+        assert err.value.status == 400
+
+
+def test_structured_output_of_the_chat_model_parses_or_says_why():
+    from langchain_core.messages import AIMessage
+    from pydantic import BaseModel
+
+    from memos_agents.errors import ExtractionError
+    from memos_agents.model.chat import MemOSChatModel, parse_structured, response_format
+
+    class Pet(BaseModel):
+        name: str
+
+    rf = response_format(Pet)
+    assert rf["type"] == "json_schema" and rf["json_schema"]["name"] == "Pet"
+    assert rf["json_schema"]["schema"]["required"] == ["name"]
+    assert response_format({"title": "X", "type": "object"})["json_schema"]["name"] == "X"
+    done = {"finish_reason": "stop"}
+    assert parse_structured(Pet, AIMessage('{"name": "Miso"}', response_metadata=done)) == Pet(
+        name="Miso"
+    )
+    assert parse_structured({"type": "object"}, AIMessage('{"a": 1}', response_metadata=done)) == {
+        "a": 1
+    }
+    cut = AIMessage('{"name": "Mi', response_metadata={"finish_reason": "length"})
+    with pytest.raises(ExtractionError, match="max_tokens"):
+        parse_structured(Pet, cut)
+    with pytest.raises(ExtractionError, match="not JSON"):
+        parse_structured(Pet, AIMessage("Miso", response_metadata=done))
+    with pytest.raises(ExtractionError, match="does not fit Pet"):
+        parse_structured(Pet, AIMessage('{"age": 3}', response_metadata=done))
+    llm = MemOSChatModel(base_url="http://127.0.0.1:9/v1", model="m")
+    body = llm.with_structured_output(Pet).first.kwargs  # type: ignore[attr-defined]
+    assert body == {"response_format": rf}
+    with pytest.raises(ValueError, match="unsupported"):
+        llm.with_structured_output(Pet, tools=[])

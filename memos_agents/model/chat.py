@@ -7,12 +7,17 @@
 `extra_body` is merged into every request (for example `{"memos_activation": {...}}`). The
 transport is the openai SDK (sync and async clients on `base_url` + `/v1`); whatever is not a
 standard chat-completion parameter travels in the SDK's `extra_body`.
+
+`with_structured_output(schema)` sends the schema as OpenAI's `response_format` (json_schema):
+our model process decodes under it, so the reply always parses; vLLM does the same.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from operator import itemgetter
 from typing import Any
 
 import openai
@@ -29,8 +34,11 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import Field, PrivateAttr, SecretStr
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 
+from ..errors import ExtractionError
+from ..llm import validate
 from .client import API_KEY, model_error, usage_dict
 
 # what `chat.completions.create` takes by name; anything else goes in its `extra_body`
@@ -43,6 +51,7 @@ _SDK_PARAMS = (
     "seed",
     "stream",
     "stream_options",
+    "response_format",
 )
 
 
@@ -90,6 +99,35 @@ def _usage(usage: dict[str, Any] | None) -> UsageMetadata | None:
             "cache_read": int((usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
         },
     )
+
+
+def response_format(schema: dict[str, Any] | type[BaseModel]) -> dict[str, Any]:
+    """OpenAI's `response_format` for `schema` (a pydantic model or a JSON schema dict)."""
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        name, body = schema.__name__, schema.model_json_schema()
+    elif isinstance(schema, dict):
+        name, body = str(schema.get("title") or "output"), schema
+    else:
+        raise TypeError(f"schema must be a pydantic model or a JSON schema dict, not {schema!r}")
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": body}}
+
+
+def parse_structured(schema: dict[str, Any] | type[BaseModel], message: BaseMessage) -> Any:
+    """A schema-constrained reply as `schema` (a pydantic object, or a dict for a JSON schema);
+    ExtractionError for a reply cut at max_tokens or one that does not parse."""
+    text = _text(message.content)
+    if message.response_metadata.get("finish_reason") == "length":
+        raise ExtractionError(
+            "the structured reply reached max_tokens before its JSON was complete (raise "
+            f"max_tokens): {text[-120:]!r}"
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ExtractionError(f"the structured reply is not JSON: {exc}: {text[:120]!r}") from exc
+    if isinstance(schema, type):
+        return validate(schema, data)
+    return data
 
 
 class MemOSChatModel(BaseChatModel):
@@ -173,6 +211,32 @@ class MemOSChatModel(BaseChatModel):
         body = self._body(messages, stop, stream, **kwargs)
         named = {k: body.pop(k) for k in _SDK_PARAMS if k in body}
         return {**named, "extra_body": body}
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[Any, Any]:
+        """Replies decoded under `schema` (a pydantic model or a JSON schema dict) and parsed
+        into it: a pydantic object, or a dict. `include_raw` returns {"raw", "parsed",
+        "parsing_error"} instead. A reply cut at max_tokens is an ExtractionError."""
+        kwargs.pop("method", None)  # one method: json_schema
+        kwargs.pop("strict", None)  # decoding always follows the schema
+        if kwargs:
+            raise ValueError(f"unsupported arguments: {sorted(kwargs)}")
+        llm = self.bind(response_format=response_format(schema))
+        parser = RunnableLambda(lambda msg: parse_structured(schema, msg), name="parse_structured")
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks(
+            [failed], exception_key="parsing_error"
+        )
 
     @staticmethod
     def _result(data: Any) -> ChatResult:

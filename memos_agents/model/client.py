@@ -254,10 +254,12 @@ class ModelClient:
         stop: list[str] | None = None,
         seed: int | None = None,
         activation: dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None,
         on_token: Callable[[str], None] | None = None,
     ) -> Completion:
         """A chat completion, always streamed so `ttft_s` is measured; `on_token` sees each
-        piece of text as it arrives."""
+        piece of text as it arrives. `response_format` is OpenAI's (`{"type": "json_schema",
+        "json_schema": {"name", "schema"}}` constrains the reply to the schema)."""
         parts: list[str] = []
         result = Completion(text="", finish_reason=None)
         for event in self.stream(
@@ -268,6 +270,7 @@ class ModelClient:
             stop=stop,
             seed=seed,
             activation=activation,
+            response_format=response_format,
             _result=result,
         ):
             parts.append(event)
@@ -286,6 +289,7 @@ class ModelClient:
         stop: list[str] | None = None,
         seed: int | None = None,
         activation: dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None,
         _result: Completion | None = None,
     ) -> Iterator[str]:
         """The text of a streamed chat completion, piece by piece (through the openai SDK);
@@ -299,6 +303,8 @@ class ModelClient:
             options["seed"] = seed
         if activation is not None:
             options["extra_body"] = {"memos_activation": activation}
+        if response_format is not None:
+            options["response_format"] = response_format
         result = _result if _result is not None else Completion(text="", finish_reason=None)
         name = model or self.model_name
         sent = time.perf_counter()

@@ -5,7 +5,9 @@ training and generation never interleave. Generation is transformers' `generate`
 temperature / top-p sampling) over a `DynamicCache`; with activation memory it starts from a fork
 of the stored cache, so only the tokens after the cached prefix are computed. A stopping
 criterion sees every new token first: it turns tokens into text deltas, cuts at stop strings and
-stops on cancellation.
+stops on cancellation. A request with a JSON schema is decoded under lm-format-enforcer's token
+filter: only tokens that keep the reply a prefix of a JSON value fitting the schema are allowed,
+and once the value is complete only EOS.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from .kv import BlobRefused, KVEntry, KVPool, cache_nbytes, fork, load_blob, save_blob
 from .protocol import ADAPTER_FORMAT, Emit, RequestError, sha256_text
@@ -42,6 +51,7 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     adapter: str | None = None
     activation: dict[str, Any] | None = None  # {"blob": path, "fingerprint": fp}
+    json_schema: dict[str, Any] | None = None  # the reply is a JSON value fitting it
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -104,6 +114,59 @@ class _TextOut(StoppingCriteria):
         return self.finish == "stop"
 
 
+def json_token_data(tok: Any, eos_ids: set[int]) -> Any:
+    """lm-format-enforcer's view of a vocabulary: each regular token's text (with the leading
+    space it has after another token) and whether it starts a word. Built here rather than with
+    `lmformatenforcer.integrations.transformers`, which does not import under transformers 5
+    (`transformers.tokenization_utils.PreTrainedTokenizerBase` is gone)."""
+    from lmformatenforcer import TokenEnforcerTokenizerData
+
+    special = set(tok.all_special_ids)
+    zero = tok.encode("0", add_special_tokens=False)[-1]
+    regular = []
+    for i in range(len(tok)):
+        if i in special:
+            continue
+        after_zero = tok.decode([zero, i])[1:]
+        regular.append((i, after_zero, len(after_zero) > len(tok.decode([i]))))
+
+    def decode(ids: list[int]) -> str:
+        return str(tok.decode(ids)).rstrip("\ufffd")
+
+    return TokenEnforcerTokenizerData(regular, decode, sorted(eos_ids), False, len(tok))
+
+
+class _SchemaLogits(LogitsProcessor):
+    """Masks every token that would take the reply off the JSON schema (greedy decoding then
+    picks the likeliest allowed token); once the JSON value is complete, only EOS is left. The
+    reply is compact: at most one whitespace character in a row."""
+
+    def __init__(self, token_data: Any, schema: dict[str, Any], prompt_len: int) -> None:
+        from lmformatenforcer import CharacterLevelParserConfig, JsonSchemaParser, TokenEnforcer
+
+        try:
+            parser = JsonSchemaParser(schema)
+        except Exception as exc:  # lm-format-enforcer reads the schema with pydantic
+            raise RequestError(400, f"unsupported JSON schema: {exc}") from exc
+        self.enforcer = TokenEnforcer(token_data, parser)
+        parser.config = CharacterLevelParserConfig(  # replaces the defaults TokenEnforcer set
+            alphabet=parser.config.alphabet,
+            max_consecutive_whitespaces=1,
+            force_json_field_order=True,
+        )
+        self.eos = list(token_data.eos_token_id)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        produced = input_ids[0, self.prompt_len :].tolist()
+        allowed = self.enforcer.get_allowed_tokens(produced).allowed_tokens
+        if any(e in allowed for e in self.eos):  # the value is complete
+            allowed = self.eos
+        mask = torch.full_like(scores, float("-inf"))
+        mask[:, allowed] = 0.0
+        return scores + mask
+
+
 @contextmanager
 def _seeded(seed: int | None, device: str) -> Iterator[None]:
     """A seeded request samples from its own random state and leaves the process's alone."""
@@ -151,6 +214,7 @@ class Engine:
             pad_token_id=self.pad_id,
         )
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self._token_data: Any = None  # for JSON-schema requests, built on the first one
         self.started_at = time.time()
 
     # identity
@@ -336,6 +400,7 @@ class Engine:
                     past_key_values=cache,
                     generation_config=self._config(req),
                     stopping_criteria=StoppingCriteriaList([text]),
+                    logits_processor=self._logits(req, len(ids)),
                 )
         timings["first_token_s"] = (text.first_token_at or time.perf_counter()) - started
         usage = {
@@ -367,6 +432,14 @@ class Engine:
                     cache.crop(m - len(entry.prefix_ids))
                 return cache, m
         return DynamicCache(config=self.model.config), 0
+
+    def _logits(self, req: GenRequest, prompt_len: int) -> LogitsProcessorList | None:
+        """The JSON-schema token filter of a request that has a schema (None otherwise)."""
+        if req.json_schema is None:
+            return None
+        if self._token_data is None:
+            self._token_data = json_token_data(self.tok, self.eos_ids)
+        return LogitsProcessorList([_SchemaLogits(self._token_data, req.json_schema, prompt_len)])
 
     def _config(self, req: GenRequest) -> GenerationConfig:
         """Exactly the request's decoding: greedy at temperature 0, else temperature and top-p

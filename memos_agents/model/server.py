@@ -4,7 +4,9 @@ Standard endpoints (the subset of the OpenAI API and vLLM's LoRA endpoints that 
 the same client works against a vLLM server):
 
 - `GET  /v1/models`
-- `POST /v1/chat/completions` (`stream: true` answers server-sent events)
+- `POST /v1/chat/completions` (`stream: true` answers server-sent events;
+  `response_format: {"type": "json_schema", "json_schema": {"schema": ...}}` or
+  `{"type": "json_object"}` constrains the reply to JSON, as OpenAI and vLLM do)
 - `POST /v1/load_lora_adapter` `{"lora_name", "lora_path"}`, `POST /v1/unload_lora_adapter`;
   a request picks an adapter by naming it in `model`.
 
@@ -83,6 +85,24 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         out.append({"role": str(m["role"]), "content": "" if content is None else str(content)})
     return out
+
+
+def json_schema_of(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema an OpenAI `response_format` asks the reply to fit (None: free text)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(schema, dict):
+            return schema
+        raise RequestError(400, "response_format.json_schema.schema must be a JSON schema object")
+    raise RequestError(400, "response_format.type must be text, json_object or json_schema")
 
 
 async def _refused(_req: Request, exc: Exception) -> Any:
@@ -302,6 +322,7 @@ class _Routes:
             stop=[str(s) for s in stop],
             adapter=self.adapter_of(body),
             activation=activation,
+            json_schema=json_schema_of(body.get("response_format")),
         )
 
     async def chat(self, request: Request) -> Any:
