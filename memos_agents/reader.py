@@ -10,7 +10,7 @@ import contextlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -311,35 +311,57 @@ class MemReader:
             raise InvalidInput("fine mode needs a chat model: MemOS.open(..., llm=<chat model>)")
         convo = "\n".join(f"{i}: {m.speaker or m.role}: {m.content}" for i, m in enumerate(msgs))
         prompt = FINE_PROMPT.format(conversation=convo)
-        facts = self._ask(prompt)
+        facts = self._ask(prompt, len(msgs))
         when = max((m.timestamp for m in msgs if m.timestamp), default=None)
         drafts = []
         for f in facts.facts:
-            if not f.text.strip():
+            text = re.sub(r"^\s*\d+\s*[:.]\s*", "", f.text).strip()  # "3: ": a prompt index
+            if not text:
                 continue
             _check_fact(f)
             turns = [i for i in f.source_turns if 0 <= i < len(msgs)]
             refs = [msgs[i].id for i in turns if msgs[i].id]
-            entities = f.entities or extract_entities(f.text)
+            said = " ".join([text, *(msgs[i].content for i in turns)]).casefold()
+            named = [e for e in dict.fromkeys(f.entities) if e.strip() and e.casefold() in said]
             drafts.append(
                 MemoryDraft(
-                    text=f.text.strip(),
+                    text=text,
                     source_kind=SourceKind.extraction,
                     source_refs=refs,
                     speaker=msgs[turns[0]].speaker if turns else None,
                     valid_from=max(
                         (msgs[i].timestamp for i in turns if msgs[i].timestamp), default=when
                     ),
-                    entities=entities,
-                    tags=f.tags,
+                    entities=named or extract_entities(text),  # only names that were said
+                    tags=[t for t in dict.fromkeys(f.tags) if any(c.isalnum() for c in t)],
                     importance=f.importance,
                     metadata={"source_turns": turns},
                 )
             )
         return drafts
 
-    def _ask(self, prompt: str) -> ExtractedFacts:
-        return ask_structured(self.llm, prompt, ExtractedFacts, shape=_facts_shape, starts="{[")
+    def _ask(self, prompt: str, turns: int) -> ExtractedFacts:
+        """The chat model's facts: its structured output, asked for under a schema bounded to
+        this conversation (every field present, turn indices that exist, short texts, a few
+        names and tags), else the first JSON value of its reply."""
+        about = {k: f.description for k, f in ExtractedFact.model_fields.items()}
+        name = Annotated[str, Field(min_length=1, max_length=40)]
+
+        class Fact(ExtractedFact):
+            text: str = Field(min_length=1, max_length=200, description=about["text"])
+            source_turns: list[Literal[tuple(range(turns))]] = Field(  # type: ignore[valid-type]
+                min_length=1, max_length=3, description=about["source_turns"]
+            )
+            entities: list[name] = Field(max_length=3, description=about["entities"])
+            tags: list[name] = Field(max_length=3, description=about["tags"])
+            importance: Literal[0.1, 0.3, 0.5, 0.7, 0.9] = Field(description=about["importance"])
+
+        class Facts(ExtractedFacts):  # at most about 150 tokens a fact
+            facts: list[Fact] = Field(max_length=max(2, turns))  # type: ignore[assignment]
+
+        return ask_structured(
+            self.llm, prompt, ExtractedFacts, shape=_facts_shape, starts="{[", bounded=Facts
+        )
 
 
 def _check_fact(fact: ExtractedFact) -> None:
