@@ -136,6 +136,20 @@ def _check_time(when: Any, what: str) -> datetime:
     return when
 
 
+def _query_of(prompt: Any) -> str | None:
+    """The text a generation's plan searches for: the prompt, or its last message's content
+    (None when there is no text to search: the generation itself refuses such a prompt)."""
+    if isinstance(prompt, Sequence) and not isinstance(prompt, str) and prompt:
+        prompt = prompt[-1]
+    if isinstance(prompt, dict):
+        prompt = prompt.get("content")
+    elif not isinstance(prompt, str):
+        prompt = getattr(prompt, "content", None)
+    if not isinstance(prompt, str) or not prompt.strip() or "\x00" in prompt:
+        return None
+    return prompt[:MAX_TEXT]
+
+
 def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be an integer from 1 to {MAX_K}")
@@ -241,14 +255,21 @@ class MemOS:
         embedder: Any = None,
         llm: Any = None,
         principal: str = SYSTEM,
+        scheduler: bool | float | None = None,
         **settings: Any,
     ) -> MemOS:
         """Open (or create) the data dir. `settings` are `MemOSConfig` fields; `embedder` may be
-        a model name or any LangChain `Embeddings`; `llm` any LangChain chat model (fine mode)."""
+        a model name or any LangChain `Embeddings`; `llm` any LangChain chat model (fine mode).
+        `scheduler`: start the scheduler's background worker (True: policy passes every
+        `tick_interval_s`; a number: every that many seconds; default: the `MEMOS_SCHEDULER`
+        environment variable, off when unset); `close()` stops it."""
         from .audit import load_key
         from .catalog import Catalog
         from .graph import open_graph
+        from .settings import scheduler_switch
         from .vector.chroma import ChromaIndex
+
+        switch = scheduler_switch(scheduler)
 
         if path is not None:
             settings["data_dir"] = Path(path)
@@ -274,6 +295,8 @@ class MemOS:
         repaired = vault.reconcile()
         if repaired:
             log.warning("re-indexed %d cube(s) left pending by an earlier run", repaired)
+        if switch is not False:
+            mem._sched().start(interval=None if switch is True else switch)
         return mem
 
     # context management
@@ -693,7 +716,7 @@ class MemOS:
         self, query: str, user_id: str, k: int, vault: str | None, agent_id: str | None,
         session_id: str | None, tags: Sequence[str] | None, min_score: float | None,
         mode: str, routes: Sequence[str] | None, as_of: datetime | None, window: int,
-        explain: bool,
+        explain: bool, audit: bool = True,
     ) -> tuple[list[SearchHit], Any]:
         _check_text(query, "query")
         _check_k(k)
@@ -716,7 +739,8 @@ class MemOS:
         if self.principal != SYSTEM and self.principal != f"user:{scope.user_id}":
             keep = {c.id for c in self.readable([h.cube for h in hits])}
             hits = [h for h in hits if h.cube.id in keep]
-        self._audit("search", [h.cube for h in hits], vault=scope.vault)
+        if audit:
+            self._audit("search", [h.cube for h in hits], vault=scope.vault)
         return hits, ex
 
     def get(self, cube_id: str, *, user_id: str | None = None) -> MemCube:
@@ -1183,15 +1207,54 @@ class MemOS:
     def generate(self, prompt: Any, *, user_id: str, **kw: Any) -> Generation:
         """Answer with the local model using `memories` (as text), `activation` (a KV cache
         cube: same greedy reply as the text, faster), `parameter` (a LoRA cube), or a
-        `plan` from `mem.scheduler.plan(...)`. Every memory it reads (a plan's too) must be
-        readable by this principal, in a scope it may read."""
+        `plan` from `mem.scheduler.plan(...)`. Naming none of these, the scheduler plans for
+        the prompt (the relevant adapter, the hot KV cache, the other hits as text, among
+        what this principal may read) and the reply says what it used (`activation`,
+        `parameter`, `adapter`, `plaintext`, `cached_tokens`, `planned`, `notes`);
+        `plan=False`: only what is named (none: the bare model). Every memory it reads (a
+        plan's too) must be readable by this principal, in a scope it may read."""
         self._model_kw("generate", user_id, Action.read, kw)
-        return self._models().generate(prompt, user_id=user_id, **kw)
+        plan = self._default_plan(prompt, user_id, kw)
+        out = self._models().generate(prompt, user_id=user_id, **kw)
+        if plan is not None:
+            out.planned = True
+            out.notes = [s.reason for s in plan.steps] + plan.notes
+        return out
 
     def generate_stream(self, prompt: Any, *, user_id: str, **kw: Any) -> Iterator[str]:
         """`generate`, as text pieces as they are produced (checked when called)."""
         self._model_kw("generate_stream", user_id, Action.read, kw)
+        self._default_plan(prompt, user_id, kw)
         return self._models().stream(prompt, user_id=user_id, **kw)
+
+    def _default_plan(self, prompt: Any, user_id: str, kw: dict[str, Any]) -> Any:
+        """The scheduler's plan for a generation that names no memories, plan or `plan=False`
+        (which it turns into no plan); made with this principal's search and read filter.
+        None where the caller chose."""
+        if kw.get("plan") is False:
+            kw["plan"] = None
+            return None
+        named = ("plan", "memories", "activation", "parameter")
+        query = _query_of(prompt)
+        if query is None or any(kw.get(n) is not None for n in named):
+            return None
+        system_prompt = kw.get("system_prompt")
+        plan = self._sched().plan(
+            query,
+            user_id=user_id,
+            vault=kw.get("vault"),
+            search=self._plan_search,
+            readable=None if self.principal == SYSTEM else self.readable,
+            system_prompt=system_prompt if isinstance(system_prompt, str) else None,
+        )
+        kw["plan"] = plan
+        return plan
+
+    def _plan_search(self, query: str, *, user_id: str, k: int, vault: str | None) -> Any:
+        """This principal's search for a generation's plan; the generation's own audit entry
+        names what it reads."""
+        return self._search(query, user_id, k, vault, None, None, None, None, "hybrid", None,
+                            None, 0, explain=False, audit=False)[0]
 
     def load_parameter(self, cube_id: str, *, user_id: str | None = None) -> str:
         """Load a parameter cube's adapter into the model process; returns its model name."""
@@ -1227,7 +1290,11 @@ class MemOS:
             raise PermissionDenied(
                 f"{self.principal} may not use the scheduler (the system's own worker)"
             )
+        return self._sched()
+
+    def _sched(self) -> MemScheduler:
         models = self._models()
+        system = self if self.principal == SYSTEM else self.as_principal(SYSTEM)
         parts = self._parts
         with parts.lock:
             if parts.scheduler is None:
@@ -1236,8 +1303,8 @@ class MemOS:
                 parts.scheduler = MemScheduler(
                     self.vault.catalog,
                     models,
-                    search=self.search,
-                    sweep=self.sweep,
+                    search=system.search,
+                    sweep=system.sweep,
                     write_version=self.vault.write_version,
                     audit=self._system_audit,
                     vault=self.config.vault,

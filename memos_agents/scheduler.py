@@ -8,7 +8,12 @@ Policies (`SchedulerPolicy`, kept in the catalog so every process sees the same)
   memory (a LoRA adapter) on request, or by policy when `auto_distil` is on;
 - cold plaintext (not read for a long time, not important) is archived; activation caches
   nobody used for a while are demoted (archived, blob removed: a cache is rebuilt, never
-  restored).
+  restored);
+- byte budgets bound the live KV caches (`kv_budget_bytes`) and adapters
+  (`adapter_budget_bytes`) of the whole data dir: over budget, the least recently used are
+  demoted (a KV blob is removed, an adapter unloaded and archived with its files kept);
+  plaintext is never touched. A cache demoted for the budget is promoted again only once its
+  memories are read after the demotion (least recently used, not round robin).
 
 Changes run as jobs. A job is a row of `memos_jobs` (a `JobStore`, in the catalog's database):
 queued, running, done or failed, with its reason, progress and result, so it survives restarts
@@ -19,6 +24,7 @@ again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -33,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from .cube import ActivationMeta, Form, MemCube, ParameterMeta, SearchHit, State, utcnow
 from .errors import InvalidInput, MemOSError, NotFound
-from .jobs import FINAL, Job, JobKind, JobState, JobStore, new_worker_id
+from .jobs import FINAL, Job, JobKind, JobState, JobStore, new_worker_id, worker_gone
 from .lifecycle import check_transition, next_version
 
 if TYPE_CHECKING:
@@ -76,6 +82,20 @@ class SchedulerPolicy(BaseModel):
     distil_steps: int = Field(30, ge=1, le=2000)
     lease_s: float = Field(900, gt=0, description="a running job silent this long is retried")
     max_attempts: int = Field(3, ge=1)
+    tick_interval_s: float = Field(30, gt=0, description="policy passes of a started worker")
+    kv_budget_bytes: int = Field(1 << 30, ge=0, description="live KV caches, all users")
+    adapter_budget_bytes: int = Field(1 << 30, ge=0, description="live adapters, all users")
+
+
+class WorkerBeat(BaseModel):
+    """A running worker's heartbeat, one settings row per worker (scope: its id)."""
+
+    settings_kind: ClassVar[str] = "SchedulerWorker"
+
+    interval_s: float
+    started_at: datetime
+    beat_at: datetime
+    last_pass_at: datetime | None = None
 
 
 class Proposal(BaseModel):
@@ -290,7 +310,62 @@ class MemScheduler:
             if self.policy.archive_cold:
                 out += self._cold(vault, user, now)
             out += self._stable(vault, user, now)
+        out += self._over_budget(Form.activation, self.policy.kv_budget_bytes, now)
+        out += self._over_budget(Form.parameter, self.policy.adapter_budget_bytes, now)
         return out
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Bytes and count of the live KV caches and adapters of the data dir, and budgets."""
+        p = self.policy
+        out = {}
+        for key, form, budget in (
+            ("kv", Form.activation, p.kv_budget_bytes),
+            ("adapters", Form.parameter, p.adapter_budget_bytes),
+        ):
+            cubes = self.models.derived(form, vault=None)
+            out[key] = {"budget": budget, "used": sum(map(_bytes, cubes)), "cubes": len(cubes)}
+        return out
+
+    def _over_budget(self, form: Form, budget: int, now: datetime) -> list[Proposal]:
+        """Demote the least recently used caches (or adapters) that do not fit the budget."""
+        cubes = sorted(self.models.derived(form, vault=None), key=_last_used, reverse=True)
+        used = sum(map(_bytes, cubes))
+        what = "KV" if form is Form.activation else "adapter"
+        out, kept = [], 0
+        for cube in cubes:
+            size = _bytes(cube)
+            if kept + size <= budget:
+                kept += size
+                continue
+            idle = (now - _last_used(cube)).total_seconds()
+            meta = ActivationMeta if form is Form.activation else ParameterMeta
+            out.append(
+                Proposal(
+                    kind="demote",
+                    vault=cube.scope.vault,
+                    user_id=cube.scope.user_id,
+                    cube_ids=[cube.id],
+                    reason=f"{what} budget: {used} bytes live, budget {budget}; {cube.id} "
+                    f"({size} bytes) is the least recently used (idle {idle:.0f} s)",
+                    params={
+                        "budget": True,
+                        "name": meta.from_cube(cube).name or "",
+                        "derived_from": list(cube.provenance.derived_from),
+                    },
+                )
+            )
+        return out
+
+    def _budget_demoted(self, vault: str, user: str) -> list[Job]:
+        """This user's caches and adapters demoted for a budget, latest first."""
+        return [
+            j
+            for j in self.store.list("done", limit=500)
+            if j.kind == "demote" and j.params.get("budget") and (j.vault, j.user_id) == (
+                vault,
+                user,
+            )
+        ]
 
     def _hot(
         self, vault: str, user: str, acts: list[MemCube], hot: list[MemCube]
@@ -311,6 +386,14 @@ class MemScheduler:
             f"{top.content[:40]!r})"
         )
         if current is None:
+            evicted = [
+                j
+                for j in self._budget_demoted(vault, user)
+                if j.params.get("name") == p.activation_name
+            ]
+            last_read = max(_last_used(c) for c in hot)
+            if evicted and evicted[0].finished_at and last_read <= evicted[0].finished_at:
+                return []  # demoted for the budget, not read since: stays plaintext
             change: str | None = "no hot KV cache yet"
         else:
             _, stale = self._stale(current)
@@ -400,6 +483,9 @@ class MemScheduler:
         covered = {
             frozenset(pc.provenance.derived_from)
             for pc in self._derived(Form.parameter, vault, user)
+        } | {
+            frozenset(j.params.get("derived_from") or [])
+            for j in self._budget_demoted(vault, user)
         }
         out = []
         for key, members in sorted(clusters.items()):
@@ -539,12 +625,67 @@ class MemScheduler:
         self._wake.set()
         return done
 
-    def status(self) -> dict[str, Any]:
+    def workers(self) -> dict[str, WorkerBeat]:
+        """Workers running now, in any process on this data dir (by their heartbeats)."""
+        settings = self.catalog.settings
+        now = utcnow()
+        busy = {j.worker for j in self.jobs("running")}  # a long job blocks the beat
+        out = {}
+        for wid in settings.scopes(WorkerBeat):
+            beat = settings.get(WorkerBeat, wid)
+            fresh = beat is not None and (now - beat.beat_at).total_seconds() < 30
+            fresh = fresh or wid in busy
+            if beat is not None and fresh and not worker_gone(wid):
+                out[wid] = beat
+        return out
+
+    def hot(self) -> list[dict[str, Any]]:
+        """The live KV caches: whose, how big, made from which memories, last used when."""
+        out = []
+        for cube in self.models.derived(Form.activation, vault=None):
+            meta = ActivationMeta.from_cube(cube)
+            out.append(
+                {
+                    "cube_id": cube.id,
+                    "name": meta.name,
+                    "vault": cube.scope.vault,
+                    "user_id": cube.scope.user_id,
+                    "tokens": meta.tokens,
+                    "bytes": meta.bytes,
+                    "sources": list(cube.provenance.derived_from),
+                    "last_used": _last_used(cube).isoformat(),
+                }
+            )
+        return out
+
+    def status(self, limit: int = 20) -> dict[str, Any]:
+        """Whether a worker runs (here or in another process), budgets and their use, the hot
+        caches, the latest decisions (jobs, with cube ids and reasons) and job counts."""
+        workers = self.workers()
+        jobs = self.jobs(limit=limit)
         return {
+            "running": bool(workers) or self.running,
             "counts": self.store.counts(),
             "worker": {"id": self.worker_id, "running": self.running},
+            "workers": {w: b.model_dump(mode="json") for w, b in workers.items()},
+            "budgets": self.usage(),
+            "hot": self.hot(),
+            "decisions": [
+                {
+                    "at": j.created_at.isoformat(),
+                    "kind": j.kind,
+                    "state": j.state,
+                    "user_id": j.user_id,
+                    "cube_ids": self._ids(j),
+                    "reason": j.reason,
+                    "by": j.created_by,
+                    "result": j.result,
+                    "error": j.error,
+                }
+                for j in jobs
+            ],
             "policy": self.policy.model_dump(),
-            "jobs": [j.model_dump(mode="json") for j in self.jobs(limit=20)],
+            "jobs": [j.model_dump(mode="json") for j in jobs],
         }
 
     def _claim(self) -> Job | None:
@@ -593,25 +734,31 @@ class MemScheduler:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, *, interval: float = 30.0, policies: bool = True) -> None:
-        """Run jobs in a background thread; every `interval` seconds also apply the policies
-        (`tick`) when `policies` is on."""
+    def start(self, *, interval: float | None = None, policies: bool = True) -> None:
+        """Run jobs in a background thread; every `interval` seconds (default: the policy's
+        `tick_interval_s`) also apply the policies (`tick`) when `policies` is on. The worker
+        beats in the catalog, so `status()` in any process sees it running."""
         if self.running:
             return
         self._stop.clear()
+        every = interval if interval is not None else self.policy.tick_interval_s
+        beat = WorkerBeat(interval_s=every, started_at=utcnow(), beat_at=utcnow())
 
         def loop() -> None:
             last_tick = 0.0
             while not self._stop.is_set():
                 try:
-                    if policies and time.monotonic() - last_tick >= interval:
+                    beat.beat_at = utcnow()
+                    if policies and time.monotonic() - last_tick >= every:
                         last_tick = time.monotonic()
+                        beat.last_pass_at = beat.beat_at
                         self.tick()
+                    self.catalog.settings.set(beat, self.worker_id)
                     if self.run_one() is not None:
                         continue
                 except Exception:
                     log.exception("scheduler loop error")
-                self._wake.wait(min(interval, 5.0))
+                self._wake.wait(min(every, 5.0))
                 self._wake.clear()
 
         self._thread = threading.Thread(target=loop, name="memos-scheduler", daemon=True)
@@ -623,6 +770,8 @@ class MemScheduler:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+            with contextlib.suppress(MemOSError):
+                self.catalog.settings.delete(WorkerBeat, self.worker_id)
 
     def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> Job:
         deadline = time.monotonic() + timeout
@@ -712,26 +861,43 @@ class MemScheduler:
             demoted.append(cube.id)
             if cube.form is Form.activation:
                 self.models.drop_activation(cube)
+            elif cube.form is Form.parameter:
+                self.models.drop_parameter(cube)
         return {"demoted": demoted}
 
     # planning
-    def plan(self, task: str, *, user_id: str, vault: str | None = None, k: int = 5) -> Plan:
+    def plan(
+        self,
+        task: str,
+        *,
+        user_id: str,
+        vault: str | None = None,
+        k: int = 5,
+        search: Callable[..., Sequence[SearchHit]] | None = None,
+        readable: Callable[[Sequence[MemCube]], list[MemCube]] | None = None,
+        system_prompt: str | None = None,
+    ) -> Plan:
         """Which memory forms to use for `task`, in order, and why:
 
         1. parameter: an adapter distilled from memories relevant to the task (no prompt tokens);
         2. activation: a fresh KV cache holding relevant or hot memories (no prefill for them);
         3. plaintext: the retrieved memories no cache holds, sent as text after the cached block.
+
+        For a caller other than the system, `search` is its own search and `readable` its
+        filter: an adapter or cache is chosen only if the caller may read it and every memory
+        it was made from. With `system_prompt`, only caches built with it are chosen.
         """
         from .model.memory import lora_name
 
         vault = vault or self.default_vault
-        hits = self._search(task, user_id=user_id, k=k, vault=vault)
+        hits = (search or self._search)(task, user_id=user_id, k=k, vault=vault)
         hit_ids = [h.id for h in hits]
         steps: list[PlanStep] = []
         notes: list[str] = []
         words = {w.strip(".,?!:;'\"").casefold() for w in task.split()}
 
-        param = self._pick_parameter(vault, user_id, hit_ids, words)
+        allowed = _Allowed(self.catalog, readable, notes)
+        param = self._pick_parameter(vault, user_id, hit_ids, words, allowed)
         if param is not None:
             overlap = len(set(param.provenance.derived_from) & set(hit_ids))
             steps.append(
@@ -747,7 +913,9 @@ class MemScheduler:
             )
         want_adapter = lora_name(param) if param is not None else None
 
-        act = self._pick_activation(vault, user_id, hit_ids, want_adapter, notes)
+        act = self._pick_activation(
+            vault, user_id, hit_ids, (want_adapter, system_prompt), notes, allowed
+        )
         covered: set[str] = set()
         if act is not None:
             covered = set(act.provenance.derived_from)
@@ -781,12 +949,12 @@ class MemScheduler:
         return Plan(task=task, user_id=user_id, vault=vault, steps=steps, notes=notes)
 
     def _pick_parameter(
-        self, vault: str, user_id: str, hit_ids: list[str], words: set[str]
+        self, vault: str, user_id: str, hit_ids: list[str], words: set[str], allowed: _Allowed
     ) -> MemCube | None:
         """The adapter made from the most hits (or named in the task), latest first."""
         param: MemCube | None = None
         best = (0, 0.0)
-        for pc in self._derived(Form.parameter, vault, user_id):
+        for pc in allowed(self._derived(Form.parameter, vault, user_id)):
             overlap = len(set(pc.provenance.derived_from) & set(hit_ids))
             named = str(ParameterMeta.from_cube(pc).name or "").casefold() in words
             score = (overlap + (1 if named else 0), pc.lifecycle.updated_at.timestamp())
@@ -799,13 +967,16 @@ class MemScheduler:
         vault: str,
         user_id: str,
         hit_ids: list[str],
-        want_adapter: str | None,
+        want: tuple[str | None, str | None],
         notes: list[str],
+        allowed: _Allowed,
     ) -> MemCube | None:
-        """The fresh KV cache (under `want_adapter`) holding the most hits, or the hot one."""
+        """The fresh KV cache (under the adapter `want[0]`, built with the system prompt
+        `want[1]` if given) holding the most hits, or the hot one."""
+        want_adapter, system_prompt = want
         act: MemCube | None = None
         act_best = (-1, 0.0)
-        for ac in self._derived(Form.activation, vault, user_id):
+        for ac in allowed(self._derived(Form.activation, vault, user_id)):
             meta = ActivationMeta.from_cube(ac)
             _, stale = self._stale(ac)
             if stale:
@@ -813,6 +984,9 @@ class MemScheduler:
                 continue
             if (meta.adapter or None) != want_adapter:
                 notes.append(f"activation {ac.id} skipped: computed under another adapter")
+                continue
+            if system_prompt is not None and meta.system_prompt != system_prompt:
+                notes.append(f"activation {ac.id} skipped: built with another system prompt")
                 continue
             overlap = len(set(ac.provenance.derived_from) & set(hit_ids))
             hot = meta.name == self.policy.activation_name
@@ -822,3 +996,38 @@ class MemScheduler:
             if score > act_best:
                 act_best, act = score, ac
         return act
+
+
+class _Allowed:
+    """The derived cubes a caller may use: it may read the cube and every memory it was made
+    from (everything, without a `readable` filter); a refusal is noted, not raised."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        readable: Callable[[Sequence[MemCube]], list[MemCube]] | None,
+        notes: list[str],
+    ) -> None:
+        self.catalog, self.readable, self.notes = catalog, readable, notes
+
+    def __call__(self, cubes: list[MemCube]) -> list[MemCube]:
+        if self.readable is None:
+            return cubes
+        out = []
+        for cube in cubes:
+            found = self.catalog.get_many(cube.provenance.derived_from)
+            parts = [cube, *found.values()]
+            if len(self.readable(parts)) == len(parts):
+                out.append(cube)
+            else:
+                self.notes.append(f"{cube.form.value} {cube.id} skipped: not readable here")
+        return out
+
+
+def _last_used(cube: MemCube) -> datetime:
+    return cube.lifecycle.last_accessed_at or cube.lifecycle.updated_at
+
+
+def _bytes(cube: MemCube) -> int:
+    meta = ActivationMeta if cube.form is Form.activation else ParameterMeta
+    return int(meta.from_cube(cube).bytes or 0)

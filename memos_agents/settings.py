@@ -18,6 +18,7 @@ Infrastructure: this module knows pydantic and SQLAlchemy, nothing above them.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Protocol, TypeVar
 
@@ -27,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import StoreError
+from .errors import InvalidInput, StoreError
 from .tables import create_tables
 
 T = TypeVar("T", bound=BaseModel)
@@ -44,6 +45,31 @@ settings_t = Table(
 )
 
 _NONE = ("", "{}", "null")  # how the legacy key-value table spelled "no setting"
+
+SCHEDULER_ENV = "MEMOS_SCHEDULER"  # "on" / "off" / seconds between policy passes
+_ON = ("1", "true", "on", "yes")
+_OFF = ("", "0", "false", "off", "no")
+
+
+def scheduler_switch(value: Any) -> bool | float:
+    """Whether `MemOS.open` starts the scheduler worker: False (no), True (yes, every
+    `SchedulerPolicy.tick_interval_s`) or seconds between its policy passes.
+
+    `value` is `MemOS.open(scheduler=...)`: a bool, a positive number of seconds, or None for
+    the `MEMOS_SCHEDULER` environment variable (on / off / seconds; unset: off)."""
+    if value is None:
+        raw = os.environ.get(SCHEDULER_ENV, "").strip().lower()
+        if raw in _OFF or raw in _ON:
+            return raw in _ON
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"{SCHEDULER_ENV} must be on, off or seconds, not {raw!r}") from exc
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, int | float) or not 0 < value < 86400:
+        raise InvalidInput("scheduler must be True, False or seconds between passes (0..86400)")
+    return float(value)
 
 
 class LegacyMeta(Protocol):

@@ -26,11 +26,13 @@ def _print_jobs(jobs: list[Job]) -> None:
     from rich.table import Table
 
     table = Table()
-    for col in ("id", "kind", "state", "user", "progress", "reason / result"):
+    for col in ("id", "kind", "state", "user", "cubes", "progress", "reason / result"):
         table.add_column(col, overflow="fold")
     for j in jobs:
-        detail = j.error or (json.dumps(j.result, default=str) if j.result else j.reason)
-        table.add_row(j.id, j.kind, j.state, j.user_id, f"{j.progress:.0%}", detail[:160])
+        detail = j.reason + (f" -> {json.dumps(j.result, default=str)}" if j.result else "")
+        cubes = ", ".join(j.params.get("cube_ids") or [])
+        row = (j.id, j.kind, j.state, j.user_id, cubes[:80], f"{j.progress:.0%}")
+        table.add_row(*row, (f"{j.error}: " if j.error else "") + detail[:200])
     console.print(table)
 
 
@@ -52,16 +54,29 @@ def status_cmd(
     limit: int = 20,
     as_json: JsonOpt = False,
 ) -> None:
-    """Jobs (latest first) with their state, progress and reason."""
+    """Whether a worker runs, budgets and their use, the hot KV caches, and the latest
+    decisions (jobs: promote / demote / archive / distil, their cube ids, reasons, state)."""
     with opened(data_dir) as mem:
-        sched = mem.scheduler
+        st = mem.scheduler.status(limit=limit)
         if as_json:
-            dump(sched.status())
+            dump(st)
             return
-        st = sched.status()
+        workers = ", ".join(
+            f"{w} (every {b['interval_s']:g} s)" for w, b in st["workers"].items()
+        )
+        console.print(f"running: {st['running']}" + (f": {workers}" if workers else ""))
+        for key, b in st["budgets"].items():
+            console.print(f"{key}: {b['used']} of {b['budget']} bytes in {b['cubes']} cube(s)")
+        for h in st["hot"]:
+            console.print(
+                f"KV cache {h['cube_id']} ({h['name']}) of {h['user_id']}: {h['tokens']} "
+                f"tokens, {h['bytes']} bytes, {len(h['sources'])} memories, last used "
+                f"{h['last_used']}",
+                markup=False,
+            )
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(st["counts"].items())) or "no jobs"
         console.print(f"jobs: {counts}")
-        _print_jobs(sched.jobs(limit=limit))
+        _print_jobs(mem.scheduler.jobs(limit=limit))
 
 
 @app.command("scan")

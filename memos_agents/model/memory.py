@@ -85,6 +85,9 @@ class Generation:
     activation: str | None = None
     parameter: str | None = None
     plaintext: list[str] = field(default_factory=list)
+    adapter: str | None = None  # the adapter name the model process served it under
+    planned: bool = False  # the scheduler chose the memories (no plan or memories given)
+    notes: list[str] = field(default_factory=list)  # the plan's reasons and notes
 
     @property
     def cached_tokens(self) -> int:
@@ -503,6 +506,14 @@ class ModelMemory:
             with contextlib.suppress(MemOSError):
                 client.evict(ActivationMeta.from_cube(cube).fingerprint)
 
+    def drop_parameter(self, cube: MemCube) -> None:
+        """After a parameter cube is demoted: unload its adapter from the model process this
+        runtime is connected to (its files stay, for restore and rollback)."""
+        client = self.runtime.client
+        if client is not None:
+            with contextlib.suppress(MemOSError):
+                client.unload_adapter(lora_name(cube))
+
     def check_activation(self, cube: MemCube, client: ModelClient) -> list[MemCube]:
         """The activation's sources as they are now, or `ActivationRefused` saying what
         changed."""
@@ -765,7 +776,7 @@ class ModelMemory:
         adapter = None
         if got.parameter is not None:
             adapter = self.ensure_adapter(got.parameter, client)
-            used.parameter = got.parameter.id
+            used.parameter, used.adapter = got.parameter.id, adapter
             touch.append(got.parameter.id)
         if got.activation is not None:
             acube = got.activation
