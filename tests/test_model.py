@@ -247,7 +247,7 @@ def test_parameter_memory_learns_the_facts_and_unloading_restores_the_base(lm):
     cubes = lm.add(facts, user_id="bob", tags=["lore"])
     client = lm.model()
     q = "What do you know about Vexa Thorne?"
-    base = lm.generate(q, user_id="bob", max_tokens=20).text
+    base = lm.generate(q, user_id="bob", plan=False, max_tokens=20).text
     probe = held_out(cubes)
     before = [s["nll"] for s in client.score(probe)]
     steps: list[int] = []
@@ -260,9 +260,9 @@ def test_parameter_memory_learns_the_facts_and_unloading_restores_the_base(lm):
     assert sum(after) / len(after) < 0.5 * sum(before) / len(before)
     tuned = lm.generate(q, user_id="bob", parameter=p.id, max_tokens=20).text
     assert tuned != base and "sails a ship" in tuned  # toward the fact (16 steps only)
-    assert lm.generate(q, user_id="bob", max_tokens=20).text == base  # other requests: base
+    assert lm.generate(q, user_id="bob", plan=False, max_tokens=20).text == base  # others: base
     assert lm.unload_parameter(p.id)
-    assert lm.generate(q, user_id="bob", max_tokens=20).text == base
+    assert lm.generate(q, user_id="bob", plan=False, max_tokens=20).text == base
     assert lora_name(p) not in client.adapters()
     # loading it again from disk gives the same answer; retraining versions the cube
     assert lm.generate(q, user_id="bob", parameter=p.id, max_tokens=20).text == tuned
@@ -277,17 +277,17 @@ def test_parameter_memory_learns_the_facts_and_unloading_restores_the_base(lm):
 def test_parameter_cube_load_per_request_and_unload_restores_base(lm):
     [fact] = lm.add(["Quillon Marsh brews moonberry tea every Tuesday."], user_id="carol")
     q = "What does Quillon Marsh brew?"
-    base = lm.generate(q, user_id="carol", max_tokens=12)
+    base = lm.generate(q, user_id="carol", plan=False, max_tokens=12)
     p = lm.distil([fact.id], user_id="carol", name="tea", steps=3, lr=5e-3, rank=4)
     assert p.content == f"lora/{p.id}/v1" and p.metadata["model"] == "SmolLM2-135M-Instruct"
     assert p.provenance.derived_from == [fact.id]
     client = lm.model()
     assert lora_name(p) in client.adapters()  # trained adapters stay loaded under their name
-    assert lm.generate(q, user_id="carol", max_tokens=12).text == base.text
+    assert lm.generate(q, user_id="carol", plan=False, max_tokens=12).text == base.text
     with_adapter = lm.generate(q, user_id="carol", parameter=p.id, max_tokens=12)
     assert with_adapter.parameter == p.id
     assert lm.unload_parameter(p.id) and not lm.unload_parameter(p.id)
-    assert lm.generate(q, user_id="carol", max_tokens=12).text == base.text
+    assert lm.generate(q, user_id="carol", plan=False, max_tokens=12).text == base.text
     assert lm.load_parameter(p.id) == lora_name(p)
     again = lm.generate(q, user_id="carol", parameter=p.id, max_tokens=12)
     assert again.text == with_adapter.text  # reloaded from disk: the same adapter

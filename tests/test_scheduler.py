@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -286,3 +287,88 @@ def test_activation_and_parameter_metadata_are_typed_under_the_same_keys(mem):
         ParameterMeta.model_validate({"sources": None, "loss_end": 0.5}).to_metadata()["loss_end"]
         == 0.5
     )
+
+
+def _cache(mem: MemOS, user: str, sources: list[MemCube], size: int) -> MemCube:
+    """A live KV cache cube named "hot" of `user`, `size` bytes, made from `sources`."""
+    cube = MemCube(
+        form=Form.activation,
+        content=kv_name(uuid.uuid4().hex * 2),
+        scope=Scope(vault=mem.config.vault, user_id=user),
+        provenance=Provenance(
+            source_kind=SourceKind.derived, derived_from=[c.id for c in sources], created_by="t"
+        ),
+        metadata={
+            "sources": [[c.id, c.lifecycle.version, ""] for c in sources],
+            "name": "hot",
+            "bytes": size,
+            "tokens": 10,
+        },
+    )
+    mem.vault.add([cube], created_by="test")
+    return cube
+
+
+def test_byte_budgets_demote_the_least_recently_used_until_it_is_read_again(mem):
+    sched = mem.scheduler
+    alice = mem.add(["Alice likes tea.", "Alice likes jazz."], user_id="alice")
+    bob = mem.add(["Bob likes chess.", "Bob likes rain."], user_id="bob")
+    _reads(mem, bob, 3)
+    _reads(mem, alice, 3)
+    old = _cache(mem, "bob", bob, 100)
+    new = _cache(mem, "alice", alice, 100)
+    mem.vault.catalog.touch([old.id], utcnow() - timedelta(hours=1))
+    mem.vault.catalog.touch([new.id], utcnow())
+    assert sched.scan() == []  # both fit the default budget (1 GiB)
+    assert sched.usage()["kv"] == {"budget": 1 << 30, "used": 200, "cubes": 2}
+    sched.set_policy(kv_budget_bytes=150)
+    [prop] = sched.scan()
+    assert prop.kind == "demote" and prop.cube_ids == [old.id] and prop.user_id == "bob"
+    assert "KV budget: 200 bytes live, budget 150" in prop.reason
+    assert [j.kind for j in sched.tick()] == ["demote"]
+    [done] = sched.run_pending()
+    assert done.state == "done" and done.result == {"demoted": [old.id]}
+    assert mem.get(old.id).lifecycle.state is State.archived
+    assert all(mem.get(c.id).lifecycle.state is State.active for c in bob)  # plaintext stays
+    assert sched.usage()["kv"]["used"] == 100
+    # bob's memories are still hot, but not read since the demotion: they stay plaintext
+    assert sched.scan() == []
+    _reads(mem, bob, 1)
+    [again] = sched.scan(user_id="bob")
+    assert again.kind == "promote" and set(again.cube_ids) == {c.id for c in bob}
+    st = sched.status()
+    assert st["budgets"]["kv"]["budget"] == 150 and [h["cube_id"] for h in st["hot"]] == [new.id]
+    [decision] = [d for d in st["decisions"] if d["kind"] == "demote"]
+    assert decision["cube_ids"] == [old.id] and "budget" in decision["reason"]
+
+
+def test_the_open_switch_starts_a_worker_every_process_sees(data_dir, embedder, monkeypatch):
+    from memos_agents.settings import SCHEDULER_ENV
+
+    on = MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30, scheduler=0.2)
+    try:
+        assert on.scheduler.running
+        monkeypatch.setenv(SCHEDULER_ENV, "off")
+        other = MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30)
+        try:
+            deadline = time.monotonic() + 10
+            while not other.scheduler.status()["running"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            st = other.scheduler.status()
+            assert st["running"] and not st["worker"]["running"]  # the other process's worker
+            assert list(st["workers"]) == [on.scheduler.worker_id]
+            on.close()
+            assert not other.scheduler.status()["running"]  # stopped: its heartbeat is gone
+        finally:
+            other.close()
+        monkeypatch.setenv(SCHEDULER_ENV, "0.5")
+        env_on = MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30)
+        assert env_on.scheduler.running
+        env_on.close()
+        monkeypatch.setenv(SCHEDULER_ENV, "sometimes")
+        with pytest.raises(InvalidInput, match=SCHEDULER_ENV):
+            MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30)
+        with pytest.raises(InvalidInput):
+            MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30, scheduler=-1)
+    finally:
+        on.close()
