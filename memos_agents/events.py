@@ -77,14 +77,18 @@ class TimeSpan(BaseModel):
     grain: Grain = "day"
 
     def label(self) -> str:
-        """The span as a person writes it: "6 May 2023", "1-7 May 2023", "June 2023"."""
+        """The span as a person writes it: "6 May 2023", "1-7 May 2023", "June 2023",
+        "June-August 2023", "2022"."""
         s, e = self.start, self.end
         if s == e:
             return f"{s.day} {s:%B %Y}"
-        if self.grain == "year" and (s.month, s.day, e.month, e.day) == (1, 1, 12, 31):
+        whole_months = s.day == 1 and e == _month_end(e)
+        if whole_months and s.year == e.year and (s.month, e.month) == (1, 12):
             return str(s.year)
-        if self.grain == "month" and s.day == 1 and e == _month_end(s):
+        if whole_months and (s.year, s.month) == (e.year, e.month):
             return f"{s:%B %Y}"
+        if whole_months and s.year == e.year:
+            return f"{s:%B}-{e:%B %Y}"
         if (s.year, s.month) == (e.year, e.month):
             return f"{s.day}-{e.day} {s:%B %Y}"
         return f"{s.day} {s:%b %Y} - {e.day} {e:%b %Y}"
@@ -252,10 +256,10 @@ def time_phrases(text: str) -> list[re.Match[str]]:
 def event_phrase(text: str, phrase: str, speaker: str | None, words: int = 12) -> str:
     """The clause of `text` that holds `phrase`, without it, first person replaced by the
     speaker: "I went to a support group yesterday" -> "Caroline went to a support group"."""
-    clause = next((c for c in _CLAUSE_SPLIT.split(text) if phrase in c), text)
-    clause = re.sub(rf"\s*\b{re.escape(phrase)}\b\s*", " ", clause).strip(" ,.!?;:-")
-    clause = re.sub(r"^(?:hey|hi|wow|yeah|yes|oh|so|and|but|well|btw)\b[\s,!]*", "", clause,
-                    flags=re.IGNORECASE)
+    clause = _bare(next((c for c in _CLAUSE_SPLIT.split(text) if phrase in c), text), phrase)
+    if len(clause.split()) < 4:  # too little left of the clause: the whole sentence
+        clause = _bare(next((c for c in re.split(r"[.!?]+\s+", text) if phrase in c), text),
+                       phrase)
     if speaker:
         clause = re.sub(r"\b(?:I'm)\b", f"{speaker} is", clause)
         clause = re.sub(r"\b(?:I've)\b", f"{speaker} has", clause)
@@ -265,6 +269,17 @@ def event_phrase(text: str, phrase: str, speaker: str | None, words: int = 12) -
         clause = re.sub(r"\bme\b", speaker, clause)
     cut = clause.split()
     return " ".join(cut[:words]) + (" ..." if len(cut) > words else "")
+
+
+_DANGLING = (r"(?:from|for|on|in|at|about|since|to|of|the|a|an|and|or|was|is|it|that|this|"
+             r"just|so|but|until|by|hey|hi|wow|yeah|yes|oh|well|btw)")
+
+
+def _bare(clause: str, phrase: str) -> str:
+    """`clause` without the time phrase and the function words left dangling at its ends."""
+    clause = re.sub(rf"\s*\b{re.escape(phrase)}\b\s*", " ", clause).strip(" ,.!?;:-")
+    clause = re.sub(rf"^(?:{_DANGLING}\b[\s,!]*)+", "", clause, flags=re.IGNORECASE)
+    return re.sub(rf"(?:[\s,]+\b{_DANGLING})+$", "", clause, flags=re.IGNORECASE).strip(" ,-")
 
 
 def read_events(text: str, speaker: str | None, said_at: datetime | None) -> FactEvents:

@@ -34,6 +34,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -41,8 +42,20 @@ from pydantic import BaseModel, Field
 
 from .catalog import Catalog
 from .cube import Form, MemCube, SourceKind, State, utcnow
-from .graph.base import ConceptLink, FactNode, GraphStore, TopicNode, concept_norm, norm_entity
+from .events import FactEvents, TimeSpan, read_events
+from .graph.base import (
+    ConceptLink,
+    EntityLink,
+    EntityMention,
+    FactEvent,
+    FactNode,
+    GraphStore,
+    TopicNode,
+    concept_norm,
+    norm_entity,
+)
 from .reader import extract_concepts
+from .text import keyword_tokens
 from .vector.base import VectorIndex
 
 if TYPE_CHECKING:
@@ -68,6 +81,8 @@ class OperatorConfig(BaseModel):
     max_topics: int = 200
     supersede_similarity: float = 0.6
     concepts_per_fact: int = 4
+    same_entity_fanout: int = Field(
+        default=64, description="SAME_ENTITY chains only for entities on at most this many facts")
     background: bool = Field(
         default=True,
         description="relations, topic weights and re-clustering on a worker thread "
@@ -76,10 +91,11 @@ class OperatorConfig(BaseModel):
 
 
 class Placement(BaseModel):
-    """Where the operator put one fact."""
+    """Where the operator put one fact, and what it read in it (speaker coreference, times)."""
 
     concepts: list[str] = Field(default_factory=list)
     topic: str | None = None
+    events: FactEvents | None = None
 
 
 class TopicView(BaseModel):
@@ -87,6 +103,29 @@ class TopicView(BaseModel):
     label: str
     size: int
     concepts: list[dict[str, Any]] = Field(default_factory=list)
+    entities: list[dict[str, Any]] = Field(default_factory=list)
+    events: list[dict[str, Any]] = Field(default_factory=list)
+
+    def render_lines(self, pad: str, concepts: int, facts: int, width: int) -> list[str]:
+        """The topic's entities, dated events and concepts (with facts), under `pad`."""
+        lines: list[str] = []
+        if self.entities:
+            names = ", ".join(f"{e['name']} ({e['facts']})" for e in self.entities[:6])
+            lines.append(f"{pad}entities: {names}"[:width])
+        for e in self.events[:4]:
+            when = TimeSpan(phrase=e["phrase"] or "", start=_day(e["start"]),
+                            end=_day(e["end"])).label()
+            text = " ".join(str(e["event"]).split())
+            lines.append(f"{pad}event {when}: {text} ({e['phrase']})"[:width])
+        shown = self.concepts[:concepts]
+        for ci, c in enumerate(shown):
+            last_c = ci == len(shown) - 1
+            lines.append(f"{pad}{'└──' if last_c else '├──'} {c['name']} (w={c['weight']:g})")
+            pad2 = pad + ("    " if last_c else "│   ")
+            for f in c.get("facts", [])[:facts]:
+                text = " ".join(str(f["text"]).split())
+                lines.append(f"{pad2}· {text[: width - len(pad2) - 2]}")
+        return lines
 
 
 class TopicTree(BaseModel):
@@ -96,22 +135,13 @@ class TopicTree(BaseModel):
     user_id: str
     topics: list[TopicView] = Field(default_factory=list)
 
-    def render(self, concepts: int = 5, facts: int = 2, width: int = 88) -> str:
-        """A text tree."""
+    def render(self, concepts: int = 4, facts: int = 1, width: int = 100) -> str:
+        """A text tree: each topic with its entities, dated events and concepts."""
         lines = [f"{self.user_id} @ {self.vault}: {len(self.topics)} topics"]
         for ti, t in enumerate(self.topics):
             last_t = ti == len(self.topics) - 1
             lines.append(f"{'└──' if last_t else '├──'} [{t.tid}] {t.label}  ({t.size} facts)")
-            pad = "    " if last_t else "│   "
-            shown = t.concepts[:concepts]
-            for ci, c in enumerate(shown):
-                last_c = ci == len(shown) - 1
-                lines.append(f"{pad}{'└──' if last_c else '├──'} {c['name']} "
-                             f"(w={c['weight']:g})")
-                pad2 = pad + ("    " if last_c else "│   ")
-                for f in c.get("facts", [])[:facts]:
-                    text = " ".join(str(f["text"]).split())
-                    lines.append(f"{pad2}· {text[: width - len(pad2) - 2]}")
+            lines += t.render_lines("    " if last_t else "│   ", concepts, facts, width)
         return "\n".join(lines)
 
     def to_dot(self, concepts: int = 5) -> str:
@@ -127,6 +157,14 @@ class TopicTree(BaseModel):
                 out.append(f'  {tid} -> {cid} [label="{c["weight"]:g}"];')
         out.append("}")
         return "\n".join(out)
+
+
+def _day(t: float) -> date:
+    return datetime.fromtimestamp(t, UTC).date()
+
+
+def _midnight(d: date) -> float:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
 
 
 def _dot_id(s: str) -> str:
@@ -232,6 +270,38 @@ def _relations(
             for name in names:
                 weights[(name, p.topic)] += 1
     return links, weights
+
+
+def _keyphrases(cubes: Sequence[MemCube], names: set[str], top: int = 30) -> list[str]:
+    """YAKE keyphrases (1-3 words) of these facts' texts read as one document, without the
+    ones that hold a name (`names`, normalised) or an entity of the facts."""
+    if not cubes:
+        return []
+    import yake
+
+    text = "\n".join(c.content for c in cubes[:400])
+    avoid = names | {norm_entity(e) for c in cubes for e in c.organisation.entities}
+    words = {w for n in avoid for w in n.split()}
+    found = yake.KeywordExtractor(lan="en", n=3, top=top, dedupLim=0.8).extract_keywords(text)
+    return [p for p, _ in found
+            if not words & set(p.casefold().split()) and concept_norm(p)
+            and not p.isupper()]
+
+
+def _ctfidf(concepts: list[list[str]], labels: np.ndarray, k: int, j: int) -> list[str]:
+    """Topic `j`'s two concepts frequent in it and rare across topics (c-TF-IDF)."""
+    per_topic: list[Counter[str]] = [Counter() for _ in range(k)]
+    surface: dict[str, Counter[str]] = defaultdict(Counter)
+    for cs, t in zip(concepts, labels, strict=True):
+        for name in cs:
+            if norm := concept_norm(name):
+                per_topic[int(t)][norm] += 1
+                surface[norm][name] += 1
+    df = Counter(norm for c in per_topic for norm in c)
+    size = sum(per_topic[j].values()) or 1
+    scored = sorted(((tf / size) * math.log(1 + k / df[n]) * (1 + 0.3 * (" " in n)), n)
+                    for n, tf in per_topic[j].items())
+    return [surface[n].most_common(1)[0][0] for _, n in reversed(scored[-2:])]
 
 
 def _unit(m: np.ndarray) -> np.ndarray:
@@ -356,7 +426,7 @@ class MemOperator:
             if c.form is not Form.plaintext:
                 continue
             concepts = self.concepts_of(c)
-            out[c.id] = Placement(concepts=concepts)
+            out[c.id] = Placement(concepts=concepts, events=self.read_events(c))
             if concepts:
                 c.organisation.concept = concepts[0]
             if c.id in vectors and c.is_live():
@@ -378,9 +448,32 @@ class MemOperator:
                     c.organisation.topic = topics.labels[j]
         return out
 
+    def read_events(self, cube: MemCube) -> FactEvents:
+        """Speaker coreference and resolved times of a fact (`events.read_events`, against
+        the date it was said: `valid_from`, else when it was stored). The entities it names
+        join `organisation.entities`; its times are kept in `metadata["when"]` (not on keyed
+        store items, whose metadata is their value)."""
+        said = cube.lifecycle.valid_from or cube.lifecycle.created_at
+        ev = read_events(cube.content, cube.provenance.speaker, said)
+        org = cube.organisation
+        known = {norm_entity(e) for e in org.entities}
+        org.entities = [*org.entities, *(e for e in ev.entities if norm_entity(e) not in known)]
+        if ev.times and "key" not in cube.metadata:
+            cube.metadata["when"] = [
+                {"phrase": t.phrase, "start": t.start.isoformat(), "end": t.end.isoformat(),
+                 **({"event": ev.event} if i == 0 and ev.event else {})}
+                for i, t in enumerate(ev.times)
+            ]
+        return ev
+
     def concepts_of(self, cube: MemCube) -> list[str]:
-        phrases = extract_concepts(cube.content, self.config.concepts_per_fact,
-                                   entities=cube.organisation.entities)
+        """The fact's keyphrases and their head words (names, and the speaker's relations
+        such as "Caroline's sister", are entities, not concepts)."""
+        speaker = cube.provenance.speaker
+        own = f"{speaker}'s ".casefold() if speaker else None
+        names = [e for e in cube.organisation.entities
+                 if own is None or not e.casefold().startswith(own)]
+        phrases = extract_concepts(cube.content, self.config.concepts_per_fact, entities=names)
         heads = [p.split()[-1] for p in phrases if len(p.split()) > 1]
         return list(dict.fromkeys([*phrases, *(h for h in heads if len(h) > 3)]))
 
@@ -406,7 +499,43 @@ class MemOperator:
             graph.link_concepts(vault, user, links)
             if weights:
                 graph.add_to_topics(vault, user, dict(weights))
+            self._describe(vault, user, group, placements)
             self._grow_topics(vault, user, {placements[c.id].topic for c in group})
+
+    def _describe(self, vault: str, user: str, group: list[MemCube],
+                  placements: dict[str, Placement]) -> None:
+        """Write what was read in these facts: their times, the speakers' relations (OF edges)
+        and SAME_ENTITY chains across sessions."""
+        events, owners = [], []
+        for c in group:
+            ev = placements[c.id].events
+            if ev is None:
+                continue
+            owners += [EntityLink(entity=r.entity, owner=r.owner, role=r.role)
+                       for r in ev.relations]
+            if ev.times:
+                t = ev.times[0]
+                events.append(FactEvent(id=c.id, phrase=t.phrase, start=_midnight(t.start),
+                                        end=_midnight(t.end), event=ev.event))
+        self.graph.set_events(events)
+        self.graph.link_entities(vault, user, owners)
+        self.graph.link_same_entity(vault, user, self._mentions(vault, user, group))
+
+    def _mentions(self, vault: str, user: str, group: list[MemCube]) -> list[EntityMention]:
+        """The (fact, entity) pairs to chain across sessions: not the speakers of these facts,
+        nor entities on more than `same_entity_fanout` facts of the scope."""
+        speakers = {norm_entity(c.provenance.speaker) for c in group if c.provenance.speaker}
+        idx = self.scope_index(vault, user)
+        with idx.lock:
+            counts = dict(idx.entity_names)
+        bound = self.config.same_entity_fanout
+        return [
+            EntityMention(fact=c.id, entity=n, session_id=c.scope.session_id,
+                          at=(c.lifecycle.valid_from or c.lifecycle.created_at).timestamp())
+            for c in group if c.is_live()
+            for n in dict.fromkeys(map(norm_entity, c.organisation.entities))
+            if n and n not in speakers and counts.get(n, 0) <= bound
+        ]
 
     def _grow_topics(self, vault: str, user: str, touched: set[str | None]) -> None:
         """Write the topics new facts joined; re-cluster the scope once it has doubled."""
@@ -486,32 +615,67 @@ class MemOperator:
 
     def _label(self, cubes: list[MemCube], concepts: list[list[str]], labels: np.ndarray,
                k: int) -> list[str]:
-        """c-TF-IDF over concepts: frequent in the topic, rare across topics."""
-        per_topic: list[Counter[str]] = [Counter() for _ in range(k)]
-        surface: dict[str, Counter[str]] = defaultdict(Counter)
-        for cs, j in zip(concepts, labels, strict=True):
-            for name in cs:
-                norm = concept_norm(name)
-                if norm:
-                    per_topic[int(j)][norm] += 1
-                    surface[norm][name] += 1
-        df = Counter(norm for c in per_topic for norm in c)
-        sizes = [sum(c.values()) or 1 for c in per_topic]
-        avg = sum(sizes) / k
+        """Each topic's two most distinctive keyphrases (YAKE over the topic's texts, scored
+        c-TF-IDF style: on many of its facts, in few other topics; names left out) and the
+        entity most of its facts name but the speakers; the fact concepts where YAKE finds
+        nothing."""
+        members: list[list[MemCube]] = [[] for _ in range(k)]
+        for c, j in zip(cubes, labels, strict=True):
+            members[int(j)].append(c)
+        speakers = {norm_entity(c.provenance.speaker) for c in cubes if c.provenance.speaker}
+        in_topics: list[set[str]] = [set() for _ in range(k)]
+        for cs, t in zip(concepts, labels, strict=True):
+            in_topics[int(t)].update(concept_norm(x) for x in cs)
+        spread = Counter(n for ns in in_topics for n in ns)  # topics a concept is in
+        everything = [c.content.casefold() for c in cubes]
+        phrases = [[p for p in _keyphrases(m, speakers) if spread[concept_norm(p)]  # no chat
+                    and sum(p.casefold() in t for t in everything) <= 0.1 * len(cubes)]
+                   for m in members]  # nor on a tenth of the scope's facts ("photo")
+        is_name = self._name_test(cubes[0].scope.vault, cubes[0].scope.user_id)
         out = []
-        for j in range(k):
+        for j, m in enumerate(members):
+            texts = [c.content.casefold() for c in m]
             scored = sorted(
-                ((tf / sizes[j]) * math.log(1 + avg / df[n]) * (1 + 0.3 * (" " in n)), n)
-                for n, tf in per_topic[j].items() if tf >= 1
+                ((sum(p.casefold() in t for t in texts) / max(len(m), 1))
+                 * math.log(1 + k / spread[concept_norm(p)]) ** 2 * (1 + 0.5 * p.count(" ")), p)
+                for p in phrases[j] if sum(p.casefold() in t for t in texts) >= 2
             )
-            names = [surface[n].most_common(1)[0][0] for _, n in reversed(scored[-3:])]
-            out.append(" / ".join(names) if names else "misc")
+            names = [p for sc, p in reversed(scored) if sc > 0][:2]
+            names = names or _ctfidf(concepts, labels, k, j)
+            ent = Counter(n for c in m for n in {norm_entity(e): e for e in
+                                                 c.organisation.entities}.values()
+                          if norm_entity(n) not in speakers and is_name(n))
+            top = [e for e, n in ent.most_common(1) if n >= 2]
+            out.append(" / ".join([*names, *top]) if names or top else "misc")
         if self.llm is not None:
             try:
                 out = self._llm_labels(cubes, labels, out)
             except Exception as exc:
                 log.warning("chat model topic labelling failed, keeping c-TF-IDF labels: %s", exc)
         return out
+
+    def _name_test(self, vault: str, user_id: str) -> Callable[[str], bool]:
+        """Whether an entity of this scope reads as a name: a speaker's relation ("Caroline's
+        sister"), or a word the scope's facts rarely hold other than as an entity (so not
+        "Art", "Look" or "Bye", capitalised at the start of a sentence)."""
+        idx = self.scope_index(vault, user_id)
+        with idx.lock:
+            counts = Counter(idx.entity_names)
+            docs = [set(d.tokens) for d in idx.docs if d.alive]
+        stems = {n: keyword_tokens(n) for n in counts}
+        wanted = {w for ws in stems.values() for w in ws}
+        df = Counter(w for toks in docs for w in toks & wanted)
+
+        def is_name(name: str) -> bool:
+            norm = norm_entity(name)
+            if "'s " in norm:
+                return True
+            ws = stems.get(norm) or keyword_tokens(norm)
+            if not ws or re.search(r"'(?:re|ve|ll|d|m)\b", norm):
+                return False
+            return min(df.get(w, 0) for w in ws) <= 2 * max(counts[norm], 1)
+
+        return is_name
 
     def _llm_labels(self, cubes: list[MemCube], labels: np.ndarray, base: list[str]) -> list[str]:
         from .llm import ask_structured
@@ -535,8 +699,19 @@ class MemOperator:
         """The topic -> concept -> fact tree of one scope (after pending work is done)."""
         self.flush()
         rows = self.graph.hierarchy(vault, user_id, facts_per_concept)
+        is_name = self._name_test(vault, user_id)
+        for r in rows:
+            r["entities"] = [e for e in r.get("entities", [])  # type: ignore[attr-defined]
+                             if is_name(e["name"])]
+        spread = Counter(c["name"] for r in rows for c in r["concepts"])  # type: ignore[attr-defined]
+        n = len(rows)
+        for r in rows:
+            # a concept in many topics ("support", "shares") says little about this one
+            r["concepts"] = sorted(
+                r["concepts"],  # type: ignore[arg-type]
+                key=lambda c: (-c["weight"] * math.log(1 + n / spread[c["name"]]), c["name"]))
         return TopicTree(vault=vault, user_id=user_id,
-                         topics=[TopicView(**r) for r in rows])
+                         topics=[TopicView(**r) for r in rows if r["size"]])  # type: ignore
 
     # -- dedup / supersede ----------------------------------------------------------------------
     def supersede_candidates(

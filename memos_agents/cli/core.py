@@ -210,7 +210,8 @@ def graph(
     """Show a user's topic -> concept -> fact hierarchy."""
     with opened(data_dir) as mem:
         tree = mem.graph(user_id=user, vault=vault)
-        console.print(tree.to_dot() if dot else tree.render(), markup=False, highlight=False)
+        console.print(tree.to_dot() if dot else tree.render(), markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()

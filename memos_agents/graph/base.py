@@ -14,6 +14,12 @@ Every backend (one file each) stores the same schema::
     (Concept)-[:RELATED {weight}]->(Concept)                 co-occurrence in facts
     (Concept)-[:BROADER {weight}]->(Concept)                 "sunset painting" -> "painting"
     (Fact)-[:SUPERSEDES {at}]->(Fact)                        lineage of updates
+    (Entity)-[:OF {role}]->(Entity)                          "Caroline's sister" -> Caroline
+    (Fact)-[:SAME_ENTITY {entity}]->(Fact)                   the latest earlier fact of another
+                                                             session naming the same entity
+
+A Fact may also carry the time it speaks of (`event`, `event_phrase`, `event_start`,
+`event_end`: a resolved "last Saturday"; see `FactEvent`).
 
 Every node but Fact belongs to one (vault, user_id) scope, so no traversal crosses
 from one user's facts into another's. Superseded facts stay (state 'superseded') for
@@ -62,6 +68,35 @@ class FactNode(BaseModel):
     valid_from: float | None = None
     valid_to: float | None = None
     created_at: float
+
+
+class FactEvent(BaseModel):
+    """The time one fact speaks of: its phrase, the days it names (UTC midnight timestamps of
+    the first and last day) and what happened then."""
+
+    id: str
+    phrase: str
+    start: float
+    end: float
+    event: str | None = None
+
+
+class EntityLink(BaseModel):
+    """An entity of one scope named through another: "Caroline's sister" (`entity`) is the
+    `role` "sister" of "Caroline" (`owner`)."""
+
+    entity: str
+    owner: str
+    role: str
+
+
+class EntityMention(BaseModel):
+    """One fact naming one entity: what `link_same_entity` chains across sessions."""
+
+    fact: str
+    entity: str
+    session_id: str | None = None
+    at: float
 
 
 class TopicNode(BaseModel):
@@ -172,6 +207,20 @@ class GraphStore(Protocol):
 
     def organisation_counts(self, vault: str, user_id: str) -> dict[str, int]:
         """Concepts, topics, typed relations and lineage edges of one scope."""
+        ...
+
+    def set_events(self, events: Sequence[FactEvent]) -> None:
+        """Store the time each fact speaks of on the fact."""
+        ...
+
+    def link_entities(self, vault: str, user_id: str, links: Sequence[EntityLink]) -> None:
+        """OF edges between existing entities of one scope ("Caroline's sister" -> Caroline)."""
+        ...
+
+    def link_same_entity(self, vault: str, user_id: str,
+                         mentions: Sequence[EntityMention]) -> int:
+        """A SAME_ENTITY edge from each mentioning fact to the latest earlier active fact of
+        another session that names the same entity; the number of edges written."""
         ...
 
     def supersede(self, new_id: str, old_id: str, at: float) -> None:

@@ -22,6 +22,9 @@ from ..errors import InvalidInput
 from .base import (
     SEP,
     ConceptLink,
+    EntityLink,
+    EntityMention,
+    FactEvent,
     FactNode,
     TopicNode,
     concept_norm,
@@ -212,6 +215,39 @@ MERGE (n)-[r:SUPERSEDES]->(o)
 SET r.at = $at
 """
 
+SET_EVENTS = """
+UNWIND $rows AS row
+MATCH (f:Fact {id: row.id})
+SET f.event = row.event, f.event_phrase = row.phrase, f.event_start = row.start,
+    f.event_end = row.end
+"""
+
+LINK_ENTITY_OWNERS = """
+UNWIND $rows AS row
+MATCH (a:Entity {key: row.a})
+MATCH (b:Entity {key: row.b})
+MERGE (a)-[r:OF]->(b)
+SET r.role = row.role
+"""
+
+LINK_SAME_ENTITY = """
+UNWIND $rows AS row
+MATCH (e:Entity {key: row.key})
+WITH e, row
+MATCH (e)<-[:MENTIONS]-(o:Fact)
+WHERE o.id <> row.fact AND o.vault = $vault AND o.user_id = $user_id
+    AND coalesce(o.state, 'active') = 'active'
+    AND coalesce(o.session_id, '') <> row.session
+    AND coalesce(o.valid_from, o.created_at) < row.at
+WITH row, o
+ORDER BY coalesce(o.valid_from, o.created_at) DESC, o.id
+WITH row, collect(o.id)[0] AS prev
+MATCH (f:Fact {id: row.fact})
+MATCH (p:Fact {id: prev})
+MERGE (f)-[r:SAME_ENTITY {entity: row.norm}]->(p)
+RETURN count(r)
+"""
+
 LINEAGE = """
 MATCH (n:Fact {id: $id})
 WITH n
@@ -260,6 +296,28 @@ ORDER BY f.created_at DESC
 LIMIT $limit
 """
 
+HIERARCHY_ENTITIES = """
+MATCH (t:Topic)
+WHERE t.vault = $vault AND t.user_id = $user_id
+WITH t
+MATCH (t)<-[:IN_TOPIC]-(f:Fact)-[:MENTIONS]->(e:Entity)
+WHERE coalesce(f.state, 'active') = 'active'
+RETURN t.tid, e.name, count(DISTINCT f) AS n
+ORDER BY n DESC
+LIMIT $limit
+"""
+
+HIERARCHY_EVENTS = """
+MATCH (t:Topic)
+WHERE t.vault = $vault AND t.user_id = $user_id
+WITH t
+MATCH (t)<-[:IN_TOPIC]-(f:Fact)
+WHERE coalesce(f.state, 'active') = 'active' AND f.event_start IS NOT NULL
+RETURN t.tid, f.id, f.event, f.event_phrase, f.event_start, f.event_end, f.text
+ORDER BY f.event_start
+LIMIT $limit
+"""
+
 CONCEPT_COUNTS = {
     "concepts": "MATCH (n:Concept) WHERE n.vault = $vault AND n.user_id = $user_id "
     "RETURN count(n)",
@@ -270,6 +328,12 @@ CONCEPT_COUNTS = {
     "n.user_id = $user_id RETURN count(r)",
     "supersedes": "MATCH (n:Fact)-[r:SUPERSEDES]->() WHERE n.vault = $vault AND "
     "n.user_id = $user_id RETURN count(r)",
+    "same_entity": "MATCH (n:Fact)-[r:SAME_ENTITY]->() WHERE n.vault = $vault AND "
+    "n.user_id = $user_id RETURN count(r)",
+    "entity_of": "MATCH (n:Entity)-[r:OF]->() WHERE n.vault = $vault AND "
+    "n.user_id = $user_id RETURN count(r)",
+    "events": "MATCH (n:Fact) WHERE n.vault = $vault AND n.user_id = $user_id AND "
+    "n.event_start IS NOT NULL RETURN count(n)",
 }
 
 ENTITY_KEYS_OF = """
@@ -793,6 +857,45 @@ class CypherGraphStore(ABC):
 
             self._write(work)
 
+    def set_events(self, events: Sequence[FactEvent]) -> None:
+        """Store the time each fact speaks of (phrase, first and last day, event) on it."""
+        rows = [e.model_dump() for e in {e.id: e for e in events}.values()]
+        if rows:
+            self._write(lambda run: _run_all(run, SET_EVENTS, rows))
+
+    def link_entities(self, vault: str, user_id: str, links: Sequence[EntityLink]) -> None:
+        """OF edges between existing entities of one scope: the entity to its owner."""
+        _check_scope(vault, user_id)
+        rows = [
+            {"a": scoped_key(vault, user_id, a), "b": scoped_key(vault, user_id, b),
+             "role": link.role}
+            for link in links
+            if (a := norm_entity(link.entity)) and (b := norm_entity(link.owner)) and a != b
+        ]
+        if rows:
+            self._write(lambda run: _run_all(run, LINK_ENTITY_OWNERS, rows))
+
+    def link_same_entity(self, vault: str, user_id: str,
+                         mentions: Sequence[EntityMention]) -> int:
+        """From each mentioning fact, a SAME_ENTITY edge to the latest earlier active fact of
+        another session naming the same entity (one edge per fact and entity: a chain in
+        time, never all pairs); the number written."""
+        _check_scope(vault, user_id)
+        rows = [
+            {"key": scoped_key(vault, user_id, norm), "norm": norm, "fact": m.fact,
+             "session": m.session_id or "", "at": m.at}
+            for m in mentions if (norm := norm_entity(m.entity))
+        ]
+        if not rows:
+            return 0
+        scope = {"vault": vault, "user_id": user_id}
+
+        def work(run: Run) -> int:
+            return sum(_linked(run(LINK_SAME_ENTITY, {**scope, "rows": chunk}))
+                       for chunk in batched(rows))
+
+        return self._write(work)
+
     def supersede(self, new_id: str, old_id: str, at: float) -> None:
         """A lineage edge: `new_id` supersedes `old_id`."""
         params = {"new": new_id, "old": old_id, "at": at}
@@ -803,12 +906,17 @@ class CypherGraphStore(ABC):
         return list(dict.fromkeys(r[0] for r in self._read(LINEAGE, {"id": fact_id})))
 
     def hierarchy(
-        self, vault: str, user_id: str, facts_per_concept: int = 3, max_facts: int = 5000
+        self, vault: str, user_id: str, facts_per_concept: int = 3, max_facts: int = 5000,
+        per_topic: int = 8,
     ) -> list[dict[str, Any]]:
         """The topic -> concept -> fact tree of one scope: one dict per topic, `concepts`
-        heaviest first, each with up to `facts_per_concept` of its newest facts in the topic."""
+        heaviest first, each with up to `facts_per_concept` of its newest facts in the topic;
+        `entities` (most facts first) and dated `events` (earliest first), at most
+        `per_topic` of each."""
         _check_scope(vault, user_id)
         scope = {"vault": vault, "user_id": user_id}
+        entities = self._topic_entities(scope, per_topic, max_facts)
+        events = self._topic_events(scope, per_topic, max_facts)
         facts: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for tid, norm, fid, text, _t in self._read(HIERARCHY_FACTS, {**scope, "limit": max_facts}):
             got = facts.setdefault((tid, norm), [])
@@ -824,8 +932,32 @@ class CypherGraphStore(ABC):
                 ),
                 key=lambda c: (-c["weight"], c["name"]),
             )
-            out.append({"tid": tid, "label": label, "size": int(size or 0), "concepts": cs})
+            out.append({"tid": tid, "label": label, "size": int(size or 0), "concepts": cs,
+                        "entities": entities.get(tid, []), "events": events.get(tid, [])})
         out.sort(key=lambda t: (-t["size"], t["tid"]))
+        return out
+
+    def _topic_entities(self, scope: dict[str, str], per_topic: int,
+                        max_rows: int) -> dict[str, list[dict[str, Any]]]:
+        """Per topic, the entities its facts name, most facts first."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for tid, name, n in self._read(HIERARCHY_ENTITIES, {**scope, "limit": max_rows}):
+            got = out.setdefault(tid, [])
+            if len(got) < per_topic:
+                got.append({"name": name, "facts": int(n)})
+        return out
+
+    def _topic_events(self, scope: dict[str, str], per_topic: int,
+                      max_rows: int) -> dict[str, list[dict[str, Any]]]:
+        """Per topic, the dated facts in it, earliest first."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for tid, fid, event, phrase, start, end, text in self._read(
+                HIERARCHY_EVENTS, {**scope, "limit": max_rows}):
+            got = out.setdefault(tid, [])
+            if len(got) < per_topic:
+                got.append({"id": fid, "event": event or text, "phrase": phrase,
+                            "start": float(start), "end": float(end if end is not None
+                                                                 else start)})
         return out
 
     def organisation_counts(self, vault: str, user_id: str) -> dict[str, int]:
