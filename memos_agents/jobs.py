@@ -199,6 +199,18 @@ class JobStore:
             q = select(jobs_t.c.state, func.count()).group_by(jobs_t.c.state)
             return dict(conn.execute(q).all())
 
+    def failed_since(self, dedup_key: str, since: float) -> bool:
+        """Whether a job with this `dedup_key` failed at or after `since` (a timestamp)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(jobs_t.c.id).where(
+                    jobs_t.c.dedup_key == dedup_key,
+                    jobs_t.c.state == "failed",
+                    jobs_t.c.finished_at >= since,
+                )
+            ).first()
+        return row is not None
+
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job (a running one finishes)."""
         with self.engine.begin() as conn:

@@ -82,6 +82,7 @@ class SchedulerPolicy(BaseModel):
     distil_steps: int = Field(30, ge=1, le=2000)
     lease_s: float = Field(900, gt=0, description="a running job silent this long is retried")
     max_attempts: int = Field(3, ge=1)
+    retry_failed_after_s: float = Field(600, ge=0, description="a failed change waits this long")
     tick_interval_s: float = Field(30, gt=0, description="policy passes of a started worker")
     kv_budget_bytes: int = Field(1 << 30, ge=0, description="live KV caches, all users")
     adapter_budget_bytes: int = Field(1 << 30, ge=0, description="live adapters, all users")
@@ -516,12 +517,16 @@ class MemScheduler:
         distil: bool | None = None,
     ) -> list[Job]:
         """Sweep the lifecycle (TTL, retention), then scan and queue what the policies call
-        for (distillation only with `auto_distil` or `distil=True`); returns the jobs queued."""
+        for (distillation only with `auto_distil` or `distil=True`; a change whose job failed
+        in the last `retry_failed_after_s` waits); returns the jobs queued."""
         want_distil = self.policy.auto_distil if distil is None else distil
         self._sweep(now)  # lifecycle first: expire TTLs, apply vault retention
+        since = time.time() - self.policy.retry_failed_after_s
         jobs = []
         for prop in self.scan(user_id=user_id, vault=vault, now=now):
             if prop.kind == "distil" and not want_distil:
+                continue
+            if self.store.failed_since(prop.dedup_key, since):
                 continue
             job = self.submit(prop, created_by="scheduler:policy")
             if job is not None:

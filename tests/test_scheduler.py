@@ -372,3 +372,16 @@ def test_the_open_switch_starts_a_worker_every_process_sees(data_dir, embedder, 
             MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30, scheduler=-1)
     finally:
         on.close()
+
+
+def test_a_failed_change_waits_before_the_policies_queue_it_again(mem):
+    cubes = mem.add(["Alice likes tea.", "Alice likes jazz."], user_id="alice")
+    _reads(mem, cubes, 3)
+    sched = mem.scheduler
+    sched.handlers["promote"] = lambda j: (_ for _ in ()).throw(InvalidInput("no model"))
+    assert [j.kind for j in sched.tick(user_id="alice")] == ["promote"]
+    [failed] = sched.run_pending()
+    assert failed.state == "failed" and failed.error == "no model"
+    assert sched.tick(user_id="alice") == []  # not every pass: it waits retry_failed_after_s
+    sched.set_policy(retry_failed_after_s=0)
+    assert [j.kind for j in sched.tick(user_id="alice")] == ["promote"]
