@@ -706,11 +706,21 @@ class MemOS:
     ) -> SearchResult:
         """`search`, with how it found its hits: `SearchResult(hits, explain)`, where `explain`
         holds the intent, every stage's candidates and cost, the fused scores and their parts,
-        the time range and what was dropped."""
+        the time range and what was dropped; the last stage's `detail["hot"]` maps each hit a
+        live KV cache (one this principal may read) holds to that cache's id."""
         hits, ex = self._search(query, user_id, k, vault, agent_id, session_id, tags, min_score,
                                 mode, routes, as_of, window, explain=True)
         assert ex is not None
+        if ex.stages:
+            ex.stages[-1].detail["hot"] = self._hot(hits, user_id, vault or self.config.vault)
         return SearchResult(hits=hits, explain=ex)
+
+    def _hot(self, hits: Sequence[SearchHit], user_id: str, vault: str) -> dict[str, str]:
+        """Hit id -> id of the user's live KV cache (one this principal may read) holding it."""
+        caches = self.vault.catalog.active_cubes(form=Form.activation, vault=vault,
+                                                 user_id=user_id)
+        held = {i: c.id for c in self.readable(caches) for i in c.provenance.derived_from}
+        return {h.id: held[h.id] for h in hits if h.id in held}
 
     def _search(
         self, query: str, user_id: str, k: int, vault: str | None, agent_id: str | None,

@@ -385,3 +385,15 @@ def test_a_failed_change_waits_before_the_policies_queue_it_again(mem):
     assert sched.tick(user_id="alice") == []  # not every pass: it waits retry_failed_after_s
     sched.set_policy(retry_failed_after_s=0)
     assert [j.kind for j in sched.tick(user_id="alice")] == ["promote"]
+
+
+def test_explain_says_which_hits_a_kv_cache_holds(mem):
+    alice = mem.add(["Alice likes tea.", "Alice likes jazz."], user_id="alice")
+    cache = _cache(mem, "alice", alice[:1], 10)
+    res = mem.explain("What does Alice like to drink? tea", user_id="alice", k=2)
+    assert res.explain.stages[-1].detail["hot"] == {alice[0].id: cache.id}
+    mem.grant_role(mem.config.vault, "user:bob", "reader")
+    mem.share(alice[0].id, "user:bob", "read")
+    seen = mem.as_principal("user:bob").explain("tea", user_id="alice", k=2)
+    assert [h.id for h in seen.hits] == [alice[0].id]
+    assert seen.explain.stages[-1].detail["hot"] == {}  # the private cache is not shown
