@@ -2,7 +2,8 @@
 
 `distil` generates training examples from the facts, trains a small LoRA adapter with peft
 (bounded steps, a progress bar) and stores it as a versioned parameter cube with lineage to
-its sources. The adapter is loaded per request; without it the base model answers as before.
+its sources. The adapter is loaded per request; without it (`plan=False`: only what is named,
+else the scheduler's plan may pick the adapter) the base model answers as before.
 
     python cookbook/05_parameter_memory.py [--dir ./.memos-cookbook] [--steps 30]
 """
@@ -30,9 +31,9 @@ def main(data_dir: Path, steps: int) -> None:
             f"{len(adapter.provenance.derived_from)} facts, adapter at {adapter.content}"
         )
         q = "What ship does Vexa Thorne sail?"
-        base = mem.generate(q, user_id="lore", max_tokens=20)
+        base = mem.generate(q, user_id="lore", max_tokens=20, plan=False)
         tuned = mem.generate(q, user_id="lore", parameter=adapter, max_tokens=20)
-        again = mem.generate(q, user_id="lore", max_tokens=20)
+        again = mem.generate(q, user_id="lore", max_tokens=20, plan=False)
         print(f"base model:   {base.text!r}\nwith adapter: {tuned.text!r}")
         assert again.text == base.text  # the adapter is per request
         assert adapter.provenance.derived_from == [c.id for c in cubes]

@@ -206,7 +206,9 @@ def generate(
     memory: Annotated[list[str] | None, typer.Option("--memory", "-m", help="plaintext id")] = None,
     activation: Annotated[str | None, typer.Option(help="activation cube id")] = None,
     parameter: Annotated[str | None, typer.Option(help="parameter cube id")] = None,
-    plan: Annotated[bool, typer.Option(help="let the scheduler choose the memories")] = False,
+    plan: Annotated[bool | None, typer.Option(
+        "--plan/--no-plan", help="--plan: print the scheduler's plan and use it; --no-plan: only "
+        "the memories named (default: the plan when none are named)")] = None,
     max_tokens: int = 256,
     temperature: float = 0.0,
     vault: VaultOpt = None,
@@ -227,7 +229,7 @@ def generate(
             memories=memory,
             activation=activation,
             parameter=parameter,
-            plan=the_plan,
+            plan=the_plan if plan else (False if plan is False else None),
             max_tokens=max_tokens,
             temperature=temperature,
             on_token=lambda t: console.print(t, end="", markup=False, highlight=False),
