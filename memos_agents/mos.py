@@ -802,6 +802,7 @@ class MemOS:
         """The part of a topic tree this principal may read: facts it may read, the concepts
         that still hold one, topics named after those (never after hidden facts)."""
         ids = {f["id"] for t in tree.topics for c in t.concepts for f in c["facts"]}
+        ids |= {e["id"] for t in tree.topics for e in t.events}
         cubes = self.vault.catalog.get_many(sorted(ids))
         keep = {c.id for c in self.readable(list(cubes.values()))}
         topics = []
@@ -814,7 +815,9 @@ class MemOS:
                 label = ", ".join(c["name"] for c in concepts[:3])
                 size = len({f["id"] for c in concepts for f in c["facts"]})
                 topics.append(
-                    t.model_copy(update={"concepts": concepts, "label": label, "size": size})
+                    t.model_copy(update={"concepts": concepts, "label": label, "size": size,
+                                         "events": [e for e in t.events if e["id"] in keep],
+                                         "entities": []})  # names of hidden facts: none
                 )
         return tree.model_copy(update={"topics": topics})
 

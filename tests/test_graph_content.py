@@ -127,3 +127,18 @@ def test_graph_cli_shows_entities_and_dated_events(mem: MemOS, data_dir: Path) -
     assert out.exit_code == 0, out.output
     assert "entities:" in out.stdout and "Melanie's kids" in out.stdout
     assert "event 6 May 2023: Melanie took Melanie's kids to a pottery workshop" in out.stdout
+
+
+def test_a_reader_sees_no_event_or_entity_of_hidden_facts(mem: MemOS) -> None:
+    said = "2023-05-08T10:00:00"
+    mem.add([{"role": "user", "speaker": "Alice", "timestamp": said,
+              "content": "I flew to Zanzibar with my sister yesterday."}], user_id="alice")
+    mem.add([{"role": "user", "speaker": "Alice", "timestamp": said,
+              "content": "I played chess in the park yesterday."}], user_id="alice",
+            visibility="shared")
+    mem.grant_role("default", "user:bob", "reader")
+    full = mem.graph(user_id="alice").render()
+    assert "Zanzibar" in full and "Alice's sister" in full
+    seen = mem.as_principal("user:bob").graph(user_id="alice").render()
+    assert "Zanzibar" not in seen and "sister" not in seen
+    assert "event 7 May 2023: Alice played chess in the park" in seen
