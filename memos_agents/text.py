@@ -37,22 +37,6 @@ def keyword_tokens(text: str) -> list[str]:
     return stem_words(words) if words else []
 
 
-# words that place what a sentence says in time: relative days and periods, named months and
-# weekdays, years, "ago"
-_STATES_TIME = re.compile(
-    r"\b(yesterday|today|tonight|tomorrow|ago|last|next|weekend|recently|lately|since|"
-    r"this (morning|week|month|year|summer|spring|fall|autumn|winter)|(\d+|a|one|two|three|four|"
-    r"few|couple of) (days?|weeks?|months?|years?)|january|february|march|april|june|july|"
-    r"(in|on|since|of|early|late|mid|last|next|this) may|may \d|"
-    r"august|september|october|november|december|monday|tuesday|wednesday|thursday|friday|"
-    r"saturday|sunday|(19|20)\d\d)\b", re.I)
-
-
-def states_time(text: str) -> bool:
-    """Whether `text` says when something happened (a date, a day, a period, "... ago")."""
-    return _STATES_TIME.search(text) is not None
-
-
 def concept_key(phrase: str) -> str:
     """The normal form concepts are matched by: stemmed lower-case words."""
     words = WORD_RE.findall(phrase.lower())

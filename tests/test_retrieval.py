@@ -14,7 +14,6 @@ from memos_agents.cube import Scope, SearchHit, State
 from memos_agents.errors import InvalidInput
 from memos_agents.reader import parse_time_range, read_intent
 from memos_agents.retrieval import RoutedHit, SearchResult
-from memos_agents.text import states_time
 
 LOCOMO = Path(__file__).resolve().parents[1] / "bench" / "data" / "locomo" / "locomo_dev.json"
 T0 = datetime(2023, 5, 8, 13, 0, tzinfo=UTC)
@@ -256,14 +255,6 @@ def test_intent_reads_the_operation_asked_for() -> None:
     assert read_intent("Summarize what Melanie did with her kids").entities == ["Melanie"]
     assert read_intent("Describe Gina's store").entities == ["Gina"]
     assert read_intent("Compare how Caroline felt in May and in August").entities == ["Caroline"]
-
-
-def test_states_time() -> None:
-    for text in ("I went there yesterday", "two weeks ago we met", "in May 2023",
-                 "last Saturday was fun", "we moved in 2019", "since May"):
-        assert states_time(text), text
-    for text in ("I love pottery", "the kids made bowls", "may I come along?"):
-        assert not states_time(text), text
 
 
 def test_intent_from_a_chat_model_is_merged() -> None:

@@ -253,3 +253,20 @@ def test_hits_show_the_graph_path_that_found_them(mem: MemOS) -> None:
     plain = mem.search("What did Ana glaze for the market?", user_id="ana", k=5,
                        routes=["dense", "keyword"])
     assert all(h.graph_path == [] for h in plain)
+
+
+def test_a_time_range_holds_facts_that_tell_of_it_not_only_those_said_in_it(mem: MemOS) -> None:
+    """A fact said on 15 May about "last week" is in a question's range "on 9 May 2023" (the
+    operator resolved its time); one said that day about nothing dated is not."""
+    said = datetime(2023, 5, 15, 10, tzinfo=UTC).isoformat()
+    mem.add([{"role": "user", "speaker": "Ana", "content": c, "timestamp": said}
+             for c in ("I went to the pottery fair last week.", "I love the pottery fair.")],
+            user_id="ana", session_id="s2")
+    mem.add([{"role": "user", "speaker": "Ana", "content": "The kiln is cold.",
+              "timestamp": datetime(2023, 5, 9, 10, tzinfo=UTC).isoformat()}],
+            user_id="ana", session_id="s1")
+    res = mem.explain("What did Ana do on 9 May 2023 at the pottery fair?", user_id="ana", k=5)
+    assert res.explain.time_filter == "hard"
+    texts = [h.cube.content for h in res.hits]
+    assert "I went to the pottery fair last week." in texts
+    assert "I love the pottery fair." not in texts and "The kiln is cold." in texts

@@ -9,13 +9,15 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from ..cube import MemCube, State
+from ..events import time_phrases
 from ..graph.base import norm_entity
 from ..lifecycle import LIVE as LIVE_STATES
-from ..text import keyword_tokens, states_time
+from ..text import keyword_tokens
 from .bm25 import BM25Segment, BM25Tail
 from .config import RetrievalConfig
 
@@ -41,7 +43,8 @@ class Doc:
     tokens: tuple[str, ...]
     content_hash: int
     alive: bool = True
-    dated: bool = False  # the text says when (see `text.states_time`)
+    dated: bool = False  # the text says when (a time phrase, see `events.time_phrases`)
+    when: tuple[tuple[float, float], ...] = ()  # the days its time phrases name: [start, end)
 
 
 def doc_of(cube: MemCube) -> Doc:
@@ -62,8 +65,24 @@ def doc_of(cube: MemCube) -> Doc:
         keyed="key" in cube.metadata,
         tokens=tuple(keyword_tokens(text)),
         content_hash=hash((speaker or "", " ".join(cube.content.split()).casefold())),
-        dated=states_time(cube.content),
+        dated=bool(time_phrases(cube.content)),
+        when=spans_of(cube.metadata.get("when")),
     )
+
+
+def spans_of(when: object) -> tuple[tuple[float, float], ...]:
+    """The operator's resolved times of a fact (`metadata["when"]`) as [start, end) stamps."""
+    if not isinstance(when, list):
+        return ()
+    out = []
+    for t in when:
+        try:
+            start = datetime.fromisoformat(t["start"]).replace(tzinfo=UTC)
+            end = datetime.fromisoformat(t["end"]).replace(tzinfo=UTC) + timedelta(days=1)
+        except (TypeError, KeyError, ValueError):
+            continue
+        out.append((start.timestamp(), end.timestamp()))
+    return tuple(out)
 
 
 class ScopeIndex:

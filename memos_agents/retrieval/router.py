@@ -251,14 +251,13 @@ class Router:
 
     def _time(self, idx: ScopeIndex, q: Query, order: list[int],
               run: Run) -> tuple[list[int], np.ndarray, TimeRange | None, str]:
-        """The query's time range: rows in it, the rows kept (a hard filter keeps only those),
-        the range and the filter mode."""
+        """The query's time range: rows in it (said then, or telling of then: see `held_in`),
+        the rows kept (a hard filter keeps only those), the range and the filter mode."""
         time_range = resolve_time(idx, q.intent, q.as_of)
         in_range: np.ndarray = np.zeros(len(order), dtype=bool)
         if time_range is None or not (time_range.start or time_range.end):
             return order, in_range, time_range, "none"
-        in_range = np.array([time_range.contains(to_dt(idx.docs[i].valid_from)) for i in order],
-                            dtype=bool)
+        in_range = np.array([held_in(idx.docs[i], time_range) for i in order], dtype=bool)
         mode = time_mode(q.cfg.time_filter, q.intent, time_range, in_range)
         if mode == "hard":
             if not in_range.any():
@@ -467,6 +466,16 @@ def _shared_detail(idx: ScopeIndex, order: Sequence[int], head: Sequence[int],
                 via[idx.docs[order[j]].id] = [shared.names[g],
                                               idx.docs[order[int(shared.src[j])]].id]
     return {"nodes": len(shared.groups), "via": via}
+
+
+def held_in(doc: Doc, tr: TimeRange) -> bool:
+    """Whether a fact was said in `tr`, or tells of a day in it ("last week", said on 15 May,
+    is 5-11 May)."""
+    if tr.contains(to_dt(doc.valid_from)):
+        return True
+    lo = tr.start.timestamp() if tr.start else -np.inf
+    hi = tr.end.timestamp() if tr.end else np.inf
+    return any(start < hi and end > lo for start, end in doc.when)
 
 
 def graph_paths(idx: ScopeIndex, stages: Sequence[Stage],
