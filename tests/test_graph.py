@@ -18,7 +18,7 @@ import pytest
 
 from memos_agents.errors import ConfigError, InvalidInput, StoreError
 from memos_agents.graph import GraphStore, open_graph
-from memos_agents.graph.base import FactNode
+from memos_agents.graph.base import EntityLink, EntityMention, FactEvent, FactNode
 from memos_agents.graph.falkordb import FalkorGraphStore
 from memos_agents.graph.falkordb_server import (
     ensure_server,
@@ -150,6 +150,44 @@ def test_fact_links_and_node_facts_are_the_walks_subgraph(store: GraphStore, tag
     assert store.node_facts(v, "u1", [], []) == []
     with pytest.raises(InvalidInput):
         store.node_facts(v, "u1", ["miso"], [], limit=0)
+
+
+def test_events_owners_and_same_entity_chains(store: GraphStore, tag: str) -> None:
+    """What the operator reads in facts: times on the fact, OF edges between entities, and
+    one SAME_ENTITY edge per (fact, entity) to the latest earlier fact of another session
+    (a chain in time, never all pairs; not across scopes, not to superseded facts)."""
+    v, day = f"{tag}v", 86_400.0
+    kids = ("Mel", "Mel's kids")
+    store.upsert_facts(
+        [
+            fact("a1", v, entities=kids, session_id="s1", valid_from=1 * day),
+            fact("a2", v, entities=kids, session_id="s1", valid_from=2 * day),
+            fact("b1", v, entities=kids, session_id="s2", valid_from=10 * day),
+            fact("c1", v, entities=kids, session_id="s3", valid_from=20 * day),
+            fact("c0", v, entities=kids, session_id="s2", valid_from=11 * day,
+                 state="superseded"),
+            fact("x1", v, "u2", kids, session_id="s0", valid_from=0.0),
+        ]
+    )
+    store.set_events([FactEvent(id="b1", phrase="last Saturday", start=8 * day, end=8 * day,
+                                event="Mel took Mel's kids to the zoo")])
+    store.link_entities(v, "u1", [EntityLink(entity="Mel's kids", owner="Mel", role="kids")])
+    mentions = [EntityMention(fact=f, entity="Mel's kids", session_id=s, at=t * day)
+                for f, s, t in (("a2", "s1", 2), ("b1", "s2", 10), ("c1", "s3", 20))]
+    assert store.link_same_entity(v, "u1", mentions) == 2  # a2: no earlier other session
+    assert store.link_same_entity(v, "u1", mentions) == 2  # idempotent
+    run = store._read  # type: ignore[attr-defined]
+    chain = run("MATCH (a:Fact)-[r:SAME_ENTITY]->(b:Fact) WHERE a.vault = $v "
+                "RETURN a.id, b.id, r.entity", {"v": v})
+    assert sorted(chain) == [["b1", "a2", "mel's kids"], ["c1", "b1", "mel's kids"]]
+    assert run("MATCH (f:Fact {id: 'b1'}) RETURN f.event_phrase, f.event_start, f.event",
+               {}) == [["last Saturday", 8 * day, "Mel took Mel's kids to the zoo"]]
+    assert run("MATCH (a:Entity)-[r:OF]->(b:Entity) WHERE a.vault = $v "
+               "RETURN a.name, r.role, b.name, b.user_id", {"v": v}) == [
+        ["Mel's kids", "kids", "Mel", "u1"]]
+    counts = store.organisation_counts(v, "u1")
+    assert (counts["same_entity"], counts["entity_of"], counts["events"]) == (2, 1, 1)
+    assert store.link_same_entity(v, "u1", []) == 0
 
 
 def test_reupsert_replaces_edges(store: GraphStore, tag: str) -> None:
@@ -291,7 +329,7 @@ def test_nul_characters_are_rejected(graph_dir: Path) -> None:
 CHILD = """
 import sys, time
 from pathlib import Path
-from memos_agents.graph.base import FactNode
+from memos_agents.graph.base import EntityLink, EntityMention, FactEvent, FactNode
 from memos_agents.graph.falkordb import FalkorGraphStore
 from memos_agents.graph.falkordb_server import server_status
 graph_dir, go, n = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
