@@ -18,7 +18,6 @@ from memos_agents import MemOS
 from memos_agents.cube import SourceKind
 from memos_agents.formats import read_batches
 from memos_agents.reader import MemReader
-from tests.test_model import lm, model_cache, model_host  # noqa: F401  (fixtures)
 
 TURNS = Path(__file__).resolve().parent / "data" / "locomo_20_turns.json"
 WINDOW = 2  # turns per extraction: one exchange
@@ -62,7 +61,7 @@ def test_fine_mode_takes_any_chat_model_with_structured_output():
 
 @pytest.mark.slow  # 20 turns through the local model take minutes on 2 cores
 def test_fine_mode_with_the_local_model_gives_valid_facts_with_provenance(
-    lm, tmp_path, embedder  # noqa: F811
+    lm, tmp_path, embedder
 ):
     llm = lm.chat_model(max_tokens=512)
     fine = MemOS.open(tmp_path / "fine", embedder=embedder, llm=llm, graph_idle_timeout=30)

@@ -28,6 +28,7 @@ from memos_agents.cube import Form, State
 from memos_agents.errors import InvalidInput
 from memos_agents.model.client import ActivationRefused
 from memos_agents.model.memory import lora_name, runtime
+from tests.conftest import share_blobs
 
 FACTS = [
     "Alice's cat is named Biscuit.",
@@ -37,64 +38,8 @@ FACTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def model_cache(request, tmp_path_factory) -> Path:
-    env = os.environ.get("MEMOS_MODEL_CACHE")
-    if env:
-        return Path(env)
-    try:
-        return Path(request.config.cache.mkdir("memos-models"))
-    except Exception:
-        return tmp_path_factory.mktemp("memos-models")
-
-
-@pytest.fixture(scope="session")
-def model_host(tmp_path_factory, model_cache, embedder):
-    """A MemOS that starts the model process as its child, and stops it at the end."""
-    from memos_agents.graph.falkordb_server import stop_server
-
-    old = os.environ.get("MEMOS_MODEL_CACHE")
-    os.environ["MEMOS_MODEL_CACHE"] = str(model_cache)
-    d = tmp_path_factory.mktemp("model-host") / "memos"
-    host = MemOS.open(d, embedder=embedder, graph_idle_timeout=30)
-    try:
-        host.model()
-        yield host
-        proc = runtime(host).process
-        assert host.stop_model()
-        assert proc is not None and not proc.alive()
-        assert not (d / "model" / "server.json").exists()
-    finally:
-        host.close()
-        stop_server(d / "graph")
-        if old is None:
-            os.environ.pop("MEMOS_MODEL_CACHE", None)
-        else:
-            os.environ["MEMOS_MODEL_CACHE"] = old
-
-
-def _share_blobs(data_dir: Path, host: MemOS) -> None:
-    """Make `data_dir`'s blob folder a link to the host's: the model process reads and writes
-    files only under the blob root of the data dir it was started for."""
-    blobs = data_dir / "blobs"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if blobs.is_dir() and not blobs.is_symlink():
-        blobs.rmdir()
-    blobs.symlink_to(host.config.data_dir / "blobs", target_is_directory=True)
-
-
 def _auth(host: MemOS) -> dict[str, str]:
     return {"Authorization": f"Bearer {runtime(host).client.api_key}"}
-
-
-@pytest.fixture
-def lm(mem, model_host):
-    """The per-test MemOS, pointed at the session's model process by URL and token (its blob
-    folder is the host's)."""
-    client = runtime(model_host).client
-    _share_blobs(mem.config.data_dir, model_host)
-    mem.model(client.url, api_key=client.api_key)
-    return mem
 
 
 def test_openai_api_streaming_and_langchain(model_host, lm):
@@ -303,7 +248,7 @@ def test_model_cli(model_host, tmp_path):
     runner = CliRunner(env={"MEMOS_MODEL_API_KEY": client.api_key})
     url = client.url
     d = ["--dir", str(tmp_path / "memos")]
-    _share_blobs(tmp_path / "memos", model_host)
+    share_blobs(tmp_path / "memos", model_host)
 
     def run(*args: str) -> str:
         result = runner.invoke(app, list(args), catch_exceptions=False)

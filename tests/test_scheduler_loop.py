@@ -14,7 +14,8 @@ from memos_agents import MemOS
 from memos_agents.cube import Form, State
 from memos_agents.model.memory import runtime
 from memos_agents.scheduler import MemScheduler
-from tests.test_model import FACTS, _share_blobs, model_cache, model_host  # noqa: F401
+from tests.conftest import share_blobs
+from tests.test_model import FACTS
 
 Q = "What is Alice's cat called?"
 
@@ -39,9 +40,9 @@ def _settled(sched: MemScheduler, timeout: float = 120.0) -> None:
 
 
 def test_the_worker_promotes_and_generation_uses_the_hot_cache(
-    data_dir, embedder, model_host  # noqa: F811
+    data_dir, embedder, model_host
 ):
-    _share_blobs(data_dir, model_host)
+    share_blobs(data_dir, model_host)
     mem = _open(data_dir, embedder, model_host)
     try:
         sched = mem.scheduler
