@@ -4,14 +4,18 @@ free of stale facts (supersede with lineage; nothing is silently deleted).
 Organise, on every write, without a model:
 - entities (proper names, speakers) and concepts (RAKE-style keyphrases, Snowball-normalised;
   a multi-word concept also files under its head word: "sunset painting" -> "painting");
+- what the fact says (`events`): the speaker's first person ("I", "my sister" -> the speaker
+  and "Caroline's sister", an entity OF the speaker), the times it names resolved against the
+  date it was said ("last Saturday" -> 6 May 2023; on the Fact and in `metadata["when"]`), and
+  a SAME_ENTITY edge to the latest earlier fact of another session naming the same entity;
 - typed, weighted relations between concepts: RELATED (co-occurring in a fact) and BROADER
   (a phrase to its head word);
 - topics: each new fact joins the nearest topic centroid of its scope (cosine over the vectors
   the vault already computed; nothing is embedded twice), or seeds a new topic; the scope is
   re-clustered (k-means over its stored vectors) whenever it has doubled since the last time,
-  so the cost stays amortised O(1) per add. Topics are labelled c-TF-IDF style by the concepts
-  that are frequent in them and rare elsewhere; with a LangChain chat model, the model names
-  them.
+  so the cost stays amortised O(1) per add. Topics are labelled by YAKE keyphrases of their
+  facts that are frequent in them and rare in other topics (c-TF-IDF style), and the entity
+  most of their facts name; with a LangChain chat model, the model names them.
 
 Supersede, conservatively: a new fact supersedes an older one of the same scope only when
 (a) neither is a keyed store item and both have the same speaker, (b) they are close in meaning
@@ -702,7 +706,7 @@ class MemOperator:
         is_name = self._name_test(vault, user_id)
         for r in rows:
             r["entities"] = [e for e in r.get("entities", [])  # type: ignore[attr-defined]
-                             if is_name(e["name"])]
+                             if is_name(e["name"]) and (e["facts"] > 1 or "'s " in e["name"])]
         spread = Counter(c["name"] for r in rows for c in r["concepts"])  # type: ignore[attr-defined]
         n = len(rows)
         for r in rows:
