@@ -251,14 +251,18 @@ class Router:
 
     def _time(self, idx: ScopeIndex, q: Query, order: list[int],
               run: Run) -> tuple[list[int], np.ndarray, TimeRange | None, str]:
-        """The query's time range: rows in it (said then, or telling of then: see `held_in`),
-        the rows kept (a hard filter keeps only those), the range and the filter mode."""
+        """The query's time range: rows in it (said then, or telling of then: see `told_of`),
+        the rows kept (a hard filter keeps only those), the range and the filter mode. Whether
+        the filter is hard is decided by the rows said in the range: a resolved "last week" is
+        a guess of the day, good for weighing in, not for leaving the rest out."""
         time_range = resolve_time(idx, q.intent, q.as_of)
         in_range: np.ndarray = np.zeros(len(order), dtype=bool)
         if time_range is None or not (time_range.start or time_range.end):
             return order, in_range, time_range, "none"
-        in_range = np.array([held_in(idx.docs[i], time_range) for i in order], dtype=bool)
-        mode = time_mode(q.cfg.time_filter, q.intent, time_range, in_range)
+        said = np.array([time_range.contains(to_dt(idx.docs[i].valid_from)) for i in order],
+                        dtype=bool)
+        in_range = said | np.array([told_of(idx.docs[i], time_range) for i in order], dtype=bool)
+        mode = time_mode(q.cfg.time_filter, q.intent, time_range, said)
         if mode == "hard":
             if not in_range.any():
                 return order, in_range, time_range, "soft"
@@ -468,11 +472,8 @@ def _shared_detail(idx: ScopeIndex, order: Sequence[int], head: Sequence[int],
     return {"nodes": len(shared.groups), "via": via}
 
 
-def held_in(doc: Doc, tr: TimeRange) -> bool:
-    """Whether a fact was said in `tr`, or tells of a day in it ("last week", said on 15 May,
-    is 5-11 May)."""
-    if tr.contains(to_dt(doc.valid_from)):
-        return True
+def told_of(doc: Doc, tr: TimeRange) -> bool:
+    """Whether a fact tells of a day in `tr` ("last week", said on 15 May, is 8-14 May)."""
     lo = tr.start.timestamp() if tr.start else -np.inf
     hi = tr.end.timestamp() if tr.end else np.inf
     return any(start < hi and end > lo for start, end in doc.when)
