@@ -21,7 +21,7 @@ PACKAGES = {
     "memos_agents.graphs": ROOT / "graphs",
 }
 INFRASTRUCTURE = (
-    "errors", "config", "text", "llm", "redaction", "cube", "blobs", "tables", "formats",
+    "errors", "config", "text", "events", "llm", "redaction", "cube", "blobs", "tables", "formats",
     "embeddings",
     "catalog", "settings", "jobs", "vector", "graph", "model.client", "model.chat",
     "model.protocol", "model.runtime", "model.kv", "model.engine", "model.training",
