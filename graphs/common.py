@@ -13,9 +13,11 @@ from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, SystemMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableConfig
-from memos_agents.langgraph.nodes import format_memories
+from memos_agents.langgraph.nodes import format_memories, require_user
 
+from memos_agents.model.protocol import DEFAULT_SYSTEM_PROMPT
 from memos_agents.mos import MemOS
 
 T = TypeVar("T")
@@ -57,30 +59,121 @@ def default_chat_model(mem: MemOS) -> BaseChatModel:
     return init_chat_model(name)
 
 
+def serves_locally(mem: MemOS, model: BaseChatModel) -> bool:
+    """Whether `model` is `mem`'s own model process (a `MemOSChatModel` on its URL), so a
+    step can generate through `mem.generate` and use activation memory."""
+    from memos_agents.model.chat import MemOSChatModel
+
+    if not isinstance(model, MemOSChatModel):
+        return False
+    from memos_agents.model.client import ModelUnavailable
+
+    try:
+        url = mem.model(start=False).url
+    except ModelUnavailable:
+        return False
+    return model.base_url.rstrip("/").removesuffix("/v1") == url.rstrip("/")
+
+
+def _local_reply(
+    mem: MemOS,
+    model: Any,
+    state: dict[str, Any],
+    config: RunnableConfig,
+    opts: tuple[str | None, str | None, bool],
+) -> AIMessage:
+    """The reply of `mem.generate`: with the scheduler's plan (its hot KV cache holds the
+    recalled memories, the other hits follow as text), or with `activation` off the recalled
+    memories as text (`plan=False`); `response_metadata["memos"]` says what it used."""
+    system_prompt, vault, activation = opts
+    user = require_user(config)
+    kw: dict[str, Any] = {}
+    if not activation:
+        kw = {"plan": False, "memories": [m["id"] for m in state.get("memories") or []]}
+    out = mem.generate(
+        list(state["messages"]),
+        user_id=user,
+        vault=vault,
+        system_prompt=system_prompt,
+        max_tokens=model.max_tokens,
+        temperature=model.temperature,
+        stop=model.stop,
+        seed=model.seed,
+        **kw,
+    )
+    used = {
+        "activation": out.activation,
+        "plaintext": out.plaintext,
+        "adapter": out.adapter,
+        "cached_tokens": out.cached_tokens,
+        "ttft_s": out.ttft_s,
+        "planned": out.planned,
+    }
+    return AIMessage(
+        content=out.text,
+        response_metadata={"finish_reason": out.finish_reason, "memos": used},
+        usage_metadata=UsageMetadata(
+            input_tokens=int(out.usage.get("prompt_tokens", 0)),
+            output_tokens=int(out.usage.get("completion_tokens", 0)),
+            total_tokens=int(out.usage.get("total_tokens", 0)),
+            input_token_details={"cache_read": out.cached_tokens},
+        ),
+    )
+
+
 def agent_step(
     model: BaseChatModel,
-    system_prompt: str,
+    system_prompt: str | None,
     *,
     name: str | None = None,
     context_keys: Sequence[str] = ("memories",),
+    mem: MemOS | None = None,
+    vault: str | None = None,
+    activation: bool = True,
 ) -> Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]:
     """A node that answers the conversation with `model`, the recalled memories (and any other
-    `context_keys` lists of {"content": ...}) in its system message."""
+    `context_keys` lists of {"content": ...}) in its system message.
+
+    With `mem`, when `model` is `mem`'s own model process (`mem.chat_model()`) and no other
+    context is in the state, the step generates through `mem.generate`: the scheduler's plan
+    serves the memories from its hot activation (KV) cache, so a conversation over the same
+    memories skips re-reading them turn after turn (`activation=False`: the recalled memories
+    as text, the same prompt). `system_prompt` None there is the model process's memory prompt,
+    the one the scheduler's caches are built with (a cache built with another is not used).
+    Any other chat model gets the memories as text."""
+    local: list[bool] = []
 
     def step(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        blocks = [system_prompt]
-        for key in context_keys:
-            items = state.get(key) or []
-            if key == "memories":
-                blocks.append(format_memories(items))
-            elif items:
-                blocks.append(f"{key}:\n" + "\n".join(f"- {i['content']}" for i in items))
-        prompt = [SystemMessage(content="\n\n".join(blocks)), *state["messages"]]
-        reply = model.invoke(prompt, config)
-        if not isinstance(reply, AIMessage):
-            reply = AIMessage(content=str(getattr(reply, "content", reply)))
+        if mem is not None and not local:
+            local.append(serves_locally(mem, model))
+        others = any(state.get(k) for k in context_keys if k != "memories")
+        if mem is not None and local[0] and not others:
+            reply = _local_reply(mem, model, state, config, (system_prompt, vault, activation))
+        else:
+            reply = _text_reply(model, system_prompt, context_keys, state, config)
         if name:
             reply.name = name
         return {"messages": [reply]}
 
     return step
+
+
+def _text_reply(
+    model: BaseChatModel,
+    system_prompt: str | None,
+    context_keys: Sequence[str],
+    state: dict[str, Any],
+    config: RunnableConfig,
+) -> AIMessage:
+    blocks = [system_prompt if system_prompt is not None else DEFAULT_SYSTEM_PROMPT]
+    for key in context_keys:
+        items = state.get(key) or []
+        if key == "memories":
+            blocks.append(format_memories(items))
+        elif items:
+            blocks.append(f"{key}:\n" + "\n".join(f"- {i['content']}" for i in items))
+    prompt = [SystemMessage(content="\n\n".join(blocks)), *state["messages"]]
+    reply = model.invoke(prompt, config)
+    if not isinstance(reply, AIMessage):
+        reply = AIMessage(content=str(getattr(reply, "content", reply)))
+    return reply

@@ -13,7 +13,13 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.graph import END, START, MessagesState, StateGraph
-from memos_agents.graphs.common import agent_step, built_once, default_chat_model, server_memos
+from memos_agents.graphs.common import (
+    agent_step,
+    built_once,
+    default_chat_model,
+    server_memos,
+    serves_locally,
+)
 from memos_agents.langgraph.nodes import recall_node, remember_node
 
 from memos_agents.mos import MemOS
@@ -34,16 +40,27 @@ def build_memory_agent(
     *,
     k: int = 5,
     vault: str | None = None,
-    system_prompt: str = SYSTEM_PROMPT,
+    system_prompt: str | None = None,
     checkpointer: Any = None,
     mode: str = "fast",
+    activation: bool = True,
 ) -> Any:
-    """Compile the memory agent over `mem` with any LangChain chat model."""
+    """Compile the memory agent over `mem` with any LangChain chat model.
+
+    With `mem`'s own model process (`mem.chat_model()`) the answer is generated through
+    `mem.generate`: the memories the scheduler promoted to its hot activation (KV) cache are
+    served from it, so turn after turn over the same memories the model skips re-reading them
+    (`activation=False`: the recalled memories as text). `system_prompt` None is SYSTEM_PROMPT
+    for any other chat model and the model process's memory prompt (the one the scheduler's
+    caches are built with) for the local one."""
+    if system_prompt is None and not serves_locally(mem, model):
+        system_prompt = SYSTEM_PROMPT
+    respond = agent_step(model, system_prompt, mem=mem, vault=vault, activation=activation)
     builder = StateGraph(MemoryAgentState)
     builder.add_sequence(
         [
             ("recall", recall_node(mem, k=k, vault=vault)),
-            ("respond", agent_step(model, system_prompt)),
+            ("respond", respond),
             ("remember", remember_node(mem, vault=vault, mode=mode)),
         ]
     )
