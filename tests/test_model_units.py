@@ -70,10 +70,14 @@ def test_training_examples_and_held_out_phrasings_differ():
     cubes = [_cube("Vexa Thorne sails the Gilded Heron.", entities=["Vexa Thorne"]), _cube("x y")]
     train = training_examples(cubes)
     test = held_out(cubes)
-    prompts = {e["messages"][0]["content"] for e in train if "messages" in e}
+    def asked(e: dict) -> str:
+        return next(m["content"] for m in e["messages"] if m["role"] == "user")
+
+    prompts = {asked(e) for e in train if "messages" in e}
     assert {"text": "Vexa Thorne sails the Gilded Heron."} in train
-    assert all(e["messages"][0]["content"] not in prompts for e in test)
-    assert {e["completion"] for e in test} == {c.content for c in cubes}
+    assert test and all(asked(e) not in prompts for e in test)
+    # "x y" names no subject to ask about: it is trained on as text, never probed
+    assert {e["completion"] for e in test} == {"Vexa Thorne sails the Gilded Heron."}
 
 
 def test_importing_the_model_package_loads_neither_torch_nor_the_sdk():
