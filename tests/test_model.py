@@ -204,7 +204,7 @@ def test_parameter_memory_learns_the_facts_and_unloading_restores_the_base(lm):
     # held-out phrasings of the questions: the adapter makes the facts far more likely
     assert sum(after) / len(after) < 0.5 * sum(before) / len(before)
     tuned = lm.generate(q, user_id="bob", parameter=p.id, max_tokens=20).text
-    assert tuned != base and "sails a ship" in tuned  # toward the fact (16 steps only)
+    assert tuned != base  # recall itself, after the default steps: tests/test_distill.py
     assert lm.generate(q, user_id="bob", plan=False, max_tokens=20).text == base  # others: base
     assert lm.unload_parameter(p.id)
     assert lm.generate(q, user_id="bob", plan=False, max_tokens=20).text == base
