@@ -12,7 +12,7 @@ import pytest
 from memos_agents.graph.falkordb_server import stop_server
 
 COOKBOOK = Path(__file__).resolve().parents[1] / "cookbook"
-SLOW = {"05_parameter_memory.py"}  # LoRA training: minutes on 2 CPU cores
+SLOW = {"05_parameter_memory.py", "07_memory_moves.py"}  # LoRA training: minutes on 2 cores
 RECIPES = [
     pytest.param(p.name, marks=pytest.mark.slow) if p.name in SLOW else p.name
     for p in sorted(COOKBOOK.glob("[0-9][0-9]_*.py"))
