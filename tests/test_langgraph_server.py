@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LANGGRAPH = Path(sys.executable).parent / "langgraph"
 READY_TIMEOUT_S = 60.0
 
-pytestmark = pytest.mark.slow  # the graphs start the local model process
-
 
 def free_port() -> int:
     with socket.socket() as s:
