@@ -8,14 +8,24 @@ criterion sees every new token first: it turns tokens into text deltas, cuts at 
 stops on cancellation. A request with a JSON schema is decoded under lm-format-enforcer's token
 filter: only tokens that keep the reply a prefix of a JSON value fitting the schema are allowed,
 and once the value is complete only EOS.
+
+Automatic prefix caching (as vLLM's): after a generation with activation memory, the KV of the
+whole prompt it prefilled stays in a small LRU (`PrefixLRU`), keyed by its token ids and by the
+activation fingerprint and adapter it was computed under. The next request under the same
+activation and adapter starts from a fork of the entry sharing the longest token prefix with its
+prompt (when that is longer than the activation block), so a multi-turn conversation prefills
+only its new turn. `MEMOS_PREFIX_CACHE=0` turns it off for the process,
+`memos_activation.prefix_cache: false` for one request.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -60,6 +70,84 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+@dataclass
+class _Prefix:
+    key: tuple[str, str]  # (activation fingerprint, adapter name or "")
+    ids: list[int]
+    cache: DynamicCache
+    nbytes: int
+
+
+class PrefixLRU:
+    """The KV of recent prompts, at most `max_entries` and `max_bytes`: least recently used out
+    first. Entries are never mutated; a user gets a fork of one (see `kv.fork`)."""
+
+    def __init__(self, max_entries: int = 4, max_bytes: int = 512 << 20) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._entries: OrderedDict[int, _Prefix] = OrderedDict()
+        self._next = 0
+        self.hits = self.misses = 0
+
+    def best(self, key: tuple[str, str], ids: list[int]) -> tuple[_Prefix, int] | None:
+        """The entry under `key` sharing the longest token prefix with `ids`, and that length."""
+        found: tuple[int, _Prefix, int] | None = None
+        for n, entry in self._entries.items():
+            if entry.key != key:
+                continue
+            m = common_prefix(ids, entry.ids)
+            if found is None or m > found[2]:
+                found = (n, entry, m)
+        if found is None or found[2] == 0:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(found[0])
+        return found[1], found[2]
+
+    def put(self, key: tuple[str, str], ids: list[int], cache: DynamicCache) -> bool:
+        nbytes = cache_nbytes(cache)
+        if self.max_entries < 1 or nbytes > self.max_bytes:
+            return False
+        for n in [n for n, e in self._entries.items() if e.key == key and e.ids == ids]:
+            del self._entries[n]
+        self._entries[self._next] = _Prefix(key, list(ids), cache, nbytes)
+        self._next += 1
+        while len(self._entries) > self.max_entries or self.used() > self.max_bytes:
+            self._entries.popitem(last=False)
+        return True
+
+    def used(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def drop_adapter(self, name: str) -> None:
+        for n in [n for n, e in self._entries.items() if e.key[1] == name]:
+            del self._entries[n]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "entries": len(self._entries),
+            "bytes": self.used(),
+            "max_entries": self.max_entries,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
+def _crop_to(cache: DynamicCache, tokens: int) -> None:
+    """Keep the first `tokens` positions (transformers 5 crops by a negative count only)."""
+    over = cache.get_seq_length() - tokens
+    if over > 0:
+        cache.crop(-over)
+
+
+def _prefix_cache_env() -> bool:
+    return os.environ.get("MEMOS_PREFIX_CACHE", "1").strip().lower() not in ("0", "false", "no")
 
 
 class _TextOut(StoppingCriteria):
@@ -188,6 +276,9 @@ class Engine:
         dtype: str = "float32",
         device: str = "cpu",
         kv_budget_bytes: int = 1 << 30,
+        prefix_cache: bool | None = None,
+        prefix_entries: int = 4,
+        prefix_bytes: int = 512 << 20,
     ) -> None:
         self.source = source
         self.tok = tokenizer
@@ -195,6 +286,8 @@ class Engine:
         self.dtype = dtype
         self.device = device
         self.pool = KVPool(kv_budget_bytes)
+        self.prefix_cache = _prefix_cache_env() if prefix_cache is None else prefix_cache
+        self.prefixes = PrefixLRU(prefix_entries if self.prefix_cache else 0, prefix_bytes)
         self.adapters: dict[str, dict[str, Any]] = {}  # name -> {"path", "meta"}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-model")
         self._busy = threading.Lock()
@@ -236,6 +329,7 @@ class Engine:
             "max_context": self.max_context,
             "adapters": sorted(self.adapters),
             "kv_pool": self.pool.stats(),
+            "prefix_cache": self.prefixes.stats() if self.prefix_cache else None,
             "started_at": self.started_at,
         }
 
@@ -304,6 +398,7 @@ class Engine:
         self.model.delete_adapter(name)
         del self.adapters[name]
         self.pool.evict_where("adapter", name)  # caches computed under it are useless now
+        self.prefixes.drop_adapter(name)
 
     @staticmethod
     def _adapter_meta(folder: Path) -> dict[str, Any] | None:
@@ -402,6 +497,7 @@ class Engine:
                     stopping_criteria=StoppingCriteriaList([text]),
                     logits_processor=self._logits(req, len(ids)),
                 )
+        self._keep_prefix(ids, req, cache)
         timings["first_token_s"] = (text.first_token_at or time.perf_counter()) - started
         usage = {
             "prompt_tokens": len(ids),
@@ -426,12 +522,39 @@ class Engine:
         if req.activation:
             entry, timings["activation_s"] = self._activation(req.activation, req.adapter)
             m = min(common_prefix(ids, entry.prefix_ids), len(ids) - 1)
+            hit = self._prefix_hit(ids, req)
+            if hit is not None and min(hit[1], len(ids) - 1) > m:
+                m = min(hit[1], len(ids) - 1)
+                cache = fork(hit[0].cache, self.model.config)
+                _crop_to(cache, m)
+                return cache, m
             if m > 0:
                 cache = fork(entry.cache, self.model.config)
                 if m < len(entry.prefix_ids):
                     cache.crop(m - len(entry.prefix_ids))
                 return cache, m
         return DynamicCache(config=self.model.config), 0
+
+    def _prefix_key(self, req: GenRequest) -> tuple[str, str] | None:
+        """Where a request's prompt KV is kept and looked up: under its activation's fingerprint
+        and its adapter; None when the prefix cache is off (for the process or the request) or
+        the request has no activation memory."""
+        act = req.activation
+        if not self.prefix_cache or not act or act.get("prefix_cache") is False:
+            return None
+        return (str(act.get("fingerprint")), req.adapter or "")
+
+    def _prefix_hit(self, ids: list[int], req: GenRequest) -> tuple[_Prefix, int] | None:
+        key = self._prefix_key(req)
+        return None if key is None else self.prefixes.best(key, ids)
+
+    def _keep_prefix(self, ids: list[int], req: GenRequest, cache: DynamicCache) -> None:
+        """Keep the KV of the prompt just prefilled (the generated tokens cropped off)."""
+        key = self._prefix_key(req)
+        if key is None or cache.get_seq_length() < len(ids):
+            return
+        _crop_to(cache, len(ids))
+        self.prefixes.put(key, ids, cache)
 
     def _logits(self, req: GenRequest, prompt_len: int) -> LogitsProcessorList | None:
         """The JSON-schema token filter of a request that has a schema (None otherwise)."""
