@@ -639,10 +639,11 @@ class MemOperator:
         out = []
         for j, m in enumerate(members):
             texts = [c.content.casefold() for c in m]
+            held = {p: sum(p.casefold() in t for t in texts) for p in phrases[j]}
             scored = sorted(
-                ((sum(p.casefold() in t for t in texts) / max(len(m), 1))
+                ((n / max(len(m), 1))
                  * math.log(1 + k / spread[concept_norm(p)]) ** 2 * (1 + 0.5 * p.count(" ")), p)
-                for p in phrases[j] if sum(p.casefold() in t for t in texts) >= 2
+                for p, n in held.items() if n >= 2
             )
             names = [p for sc, p in reversed(scored) if sc > 0][:2]
             names = names or _ctfidf(concepts, labels, k, j)

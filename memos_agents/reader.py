@@ -7,6 +7,7 @@ fine mode asks any LangChain chat model for the facts worth keeping.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -520,6 +521,11 @@ class TimeRange(BaseModel):
         if t is None:
             return False
         return (self.start is None or t >= self.start) and (self.end is None or t < self.end)
+
+    def bounds(self) -> tuple[float, float]:
+        """[start, end) as POSIX timestamps, an open side infinite."""
+        return (self.start.timestamp() if self.start else -math.inf,
+                self.end.timestamp() if self.end else math.inf)
 
 
 def _month_range(year: int, month: int) -> tuple[datetime, datetime]:

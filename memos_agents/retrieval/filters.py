@@ -143,8 +143,7 @@ def resolve_time(idx: ScopeIndex, intent: MemoryIntent, as_of: datetime | None) 
         return _anchored(idx, tr)
     dead, all_times = idx.arrays()
     times = all_times[~dead]
-    lo = tr.start.timestamp() if tr.start else -np.inf
-    hi = tr.end.timestamp() if tr.end else np.inf
+    lo, hi = tr.bounds()
     if not len(times) or ((times >= lo) & (times < hi)).any():
         return tr
     if tr.relative:

@@ -474,8 +474,7 @@ def _shared_detail(idx: ScopeIndex, order: Sequence[int], head: Sequence[int],
 
 def told_of(doc: Doc, tr: TimeRange) -> bool:
     """Whether a fact tells of a day in `tr` ("last week", said on 15 May, is 8-14 May)."""
-    lo = tr.start.timestamp() if tr.start else -np.inf
-    hi = tr.end.timestamp() if tr.end else np.inf
+    lo, hi = tr.bounds()
     return any(start < hi and end > lo for start, end in doc.when)
 
 
