@@ -7,7 +7,8 @@ One module per subject, each with its own typer app, assembled here:
 - `channels`: `memos-agents channel ...` (MemStore publish / subscribe);
 - `model`: `memos-agents model ...` (the local model process, activation and parameter memory);
 - `scheduler`: `memos-agents scheduler ...` (MemScheduler jobs, policies and plans);
-- `audit`: `memos-agents audit ...` (the hash-chained audit log).
+- `audit`: `memos-agents audit ...` (the hash-chained audit log);
+- `server`: `memos-agents serve` and `memos-agents key ...` (the HTTP server and its API keys).
 
 The CLI is interface level: it imports the facade and the layers below, never the reverse.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from . import audit, channels, core, model, scheduler
+from . import audit, channels, core, model, scheduler, server
 
 app = typer.Typer(help="memos-agents: a memory OS for LLM agents.", no_args_is_help=True)
 app.add_typer(core.app)
@@ -24,6 +25,8 @@ app.add_typer(channels.app, name="channel")
 app.add_typer(model.app, name="model")
 app.add_typer(scheduler.app, name="scheduler")
 app.add_typer(audit.app, name="audit")
+app.add_typer(server.app, name="key")
+app.command("serve")(server.serve)
 
 
 def main() -> None:

@@ -1,0 +1,116 @@
+"""`memos-agents serve` (the HTTP server) and `memos-agents key ...` (its API keys)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import DirOpt, JsonOpt, console, dump, err, opened
+
+app = typer.Typer(help="The server's API keys: each names one principal, shown once.")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    data_dir: DirOpt = Path(".memos"),
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8765,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    scheduler: Annotated[bool, typer.Option(help="run the scheduler's worker")] = True,
+) -> None:
+    """Serve REST (/v1), the LangGraph store API (/store) and MCP (/mcp) over one data dir.
+    A key is required once any exists; a non-loopback address needs one to exist."""
+    import uvicorn
+
+    from ..keys import KeyStore
+
+    with opened(data_dir) as mem:
+        have_keys = KeyStore(mem.vault.catalog.engine).any_active()
+    if not is_loopback(host) and not have_keys:
+        err.print(f"[red]error:[/red] refusing to serve on {host} without authentication: "
+                  "create a key first (memos-agents key create --principal user:<id>)")
+        raise typer.Exit(2)
+    os.environ["MEMOS_DIR"] = str(data_dir)
+    os.environ["MEMOS_SCHEDULER"] = "1" if scheduler else "0"
+    os.environ["MEMOS_SERVER_AUTH"] = "auto" if is_loopback(host) else "required"
+    if not have_keys:
+        err.print("[yellow]open mode:[/yellow] no API keys yet, every request is 'system' "
+                  "(loopback only); create a key to require one")
+    uvicorn.run("memos_agents.server.app:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="warning")
+
+
+@app.command("create")
+def create_cmd(
+    principal: Annotated[str, typer.Option(help="who the key stands for: user:<id>, agent:<id>")],
+    vault: Annotated[list[str] | None, typer.Option(help="limit the key to this vault (repeat)")]
+    = None,
+    role: Annotated[str | None, typer.Option(help="grant the principal this role in --vault")]
+    = None,
+    label: Annotated[str, typer.Option(help="a note kept with the key")] = "",
+    data_dir: DirOpt = Path(".memos"),
+) -> None:
+    """Create a key and print its secret once (only its hash is kept)."""
+    from ..governance import SYSTEM, check_principal
+    from ..keys import KeyStore
+
+    with opened(data_dir) as mem:
+        check_principal(principal)
+        if principal == SYSTEM:
+            err.print("[red]error:[/red] a key cannot stand for 'system'")
+            raise typer.Exit(2)
+        if role is not None:
+            for v in vault or [mem.config.vault]:
+                mem.grant_role(v, principal, role)
+        rec, secret = KeyStore(mem.vault.catalog.engine).create(
+            principal, vaults=vault or None, label=label)
+        mem.governance.audit(SYSTEM, "key_create", vault=(vault or [None])[0],
+                             detail=f"key {rec.id} for {principal}")
+    console.print(f"key {rec.id} for {principal} (shown once, keep it):")
+    print(secret)
+
+
+@app.command("list")
+def list_cmd(
+    data_dir: DirOpt = Path(".memos"),
+    revoked: Annotated[bool, typer.Option("--revoked", help="include revoked keys")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The keys (never their secrets)."""
+    from ..keys import KeyStore
+
+    with opened(data_dir) as mem:
+        keys = KeyStore(mem.vault.catalog.engine).list(include_revoked=revoked)
+    if as_json:
+        dump([k.model_dump() for k in keys])
+        return
+    for k in keys:
+        state = "revoked" if k.revoked_at else "active"
+        console.print(f"{k.id}  {k.principal}  vaults={k.vaults or 'all'}  {state}  {k.label}")
+
+
+@app.command("revoke")
+def revoke_cmd(key_id: str, data_dir: DirOpt = Path(".memos")) -> None:
+    """Revoke a key: requests carrying it are refused from then on."""
+    from ..governance import SYSTEM
+    from ..keys import KeyStore
+
+    with opened(data_dir) as mem:
+        rec = KeyStore(mem.vault.catalog.engine).revoke(key_id)
+        mem.governance.audit(SYSTEM, "key_revoke", detail=f"key {rec.id} of {rec.principal}")
+    console.print(f"revoked {rec.id} ({rec.principal})")
+
+
+__all__ = ["app", "is_loopback", "serve"]
