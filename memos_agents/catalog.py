@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Index,
@@ -41,7 +42,9 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.sql import Select
@@ -80,8 +83,10 @@ cubes_t = Table(
     Column("last_accessed_at", Float),
     Column("data", Text, nullable=False),
     Column("seal", String(64)),
+    Column("seq", BigInteger),  # the scope's change mark at this row's last write
     Index("ix_memos_cubes_scope", "vault", "user_id", "state"),
     Index("ix_memos_cubes_index_state", "index_state"),
+    Index("ix_memos_cubes_seq", "vault", "user_id", "seq"),
 )
 
 versions_t = Table(
@@ -95,6 +100,18 @@ versions_t = Table(
     Column("data", Text, nullable=False),
     Column("seal", String(64)),
 )
+
+scope_seq_t = Table(
+    "memos_scope_seq",
+    metadata,
+    Column("vault", String(256), primary_key=True),
+    Column("user_id", String(256), primary_key=True),
+    Column("seq", BigInteger, nullable=False),  # raised by every write to the scope's cubes
+    Column("purged", BigInteger, nullable=False),  # raised by every purge of one of them
+)
+"""Each scope's change mark. A write raises its scope's `seq` in the transaction that writes
+the cubes, and stamps them with it; the row lock orders writers of one scope, so a reader that
+sees `seq` = n sees every cube written with a seq <= n (`scope_mark`, `scope_changes`)."""
 
 meta_t = Table(
     "memos_meta",
@@ -217,6 +234,7 @@ class Catalog:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         create_tables(metadata, self.engine, f"catalog ({url})")
         self._add_seal_column()
+        self._add_seq_column()
         if self.get_meta("schema_version") is None:
             with suppress(Conflict):  # another process opening a new catalog wrote it first
                 self.set_meta("schema_version", SCHEMA_VERSION)
@@ -284,6 +302,45 @@ class Catalog:
                     .values(seal=self._seal(r.cube_id, r.version, r.data))
                 )
 
+    def _add_seq_column(self) -> None:
+        """A catalog from before change marks gains `memos_cubes.seq` and its index (its rows
+        keep seq NULL: a scope index loads them whole, then follows the marks)."""
+        def has_seq() -> bool:
+            return "seq" in {c["name"] for c in inspect(self.engine).get_columns(cubes_t.name)}
+
+        if has_seq():
+            return
+        try:
+            with self.engine.begin() as conn:  # fixed DDL, no user text
+                conn.execute(text(f"ALTER TABLE {cubes_t.name} ADD COLUMN seq BIGINT"))
+                conn.execute(text("CREATE INDEX IF NOT EXISTS ix_memos_cubes_seq "
+                                  f"ON {cubes_t.name} (vault, user_id, seq)"))
+        except SQLAlchemyError as exc:  # another process opening this catalog added it first
+            if not has_seq():
+                raise StoreError(f"cannot add the seq column to {self.url!r}: {exc}") from exc
+
+    def _bump(self, conn: Connection, scopes: Iterable[tuple[str, str]],
+              purged: int = 0) -> dict[tuple[str, str], int]:
+        """Raise the change mark of each scope (in a fixed order: no deadlock between two
+        writers), in the caller's transaction; the new `seq` of each."""
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        out = {}
+        for vault, user in sorted(set(scopes)):
+            stmt = dialect_insert(scope_seq_t).values(vault=vault, user_id=user, seq=1,
+                                                      purged=purged)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[scope_seq_t.c.vault, scope_seq_t.c.user_id],
+                set_={"seq": scope_seq_t.c.seq + 1, "purged": scope_seq_t.c.purged + purged},
+            ).returning(scope_seq_t.c.seq)
+            out[(vault, user)] = int(conn.execute(stmt).scalar_one())
+        return out
+
+    def _stamp(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Raise the marks of these cube rows' scopes and stamp each row with its scope's."""
+        marks = self._bump(conn, ((r["vault"], r["user_id"]) for r in rows))
+        for r in rows:
+            r["seq"] = marks[(r["vault"], r["user_id"])]
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -334,6 +391,7 @@ class Catalog:
         ]
         try:
             with self._begin("insert cubes") as conn:
+                self._stamp(conn, rows)
                 conn.execute(insert(cubes_t), rows)
                 conn.execute(insert(versions_t), versions)
         except Conflict as exc:
@@ -345,6 +403,7 @@ class Catalog:
         values = self._values(cube)
         del values["id"], values["access_count"], values["last_accessed_at"]
         with self._begin() as conn:
+            self._stamp(conn, [values])
             done = conn.execute(
                 update(cubes_t)
                 .where(cubes_t.c.id == cube.id, cubes_t.c.version == expected_version)
@@ -374,6 +433,7 @@ class Catalog:
         ]
         try:
             with self._begin("insert cube history") as conn:
+                self._stamp(conn, [row])
                 conn.execute(insert(cubes_t).values(**row))
                 if history:
                     conn.execute(insert(versions_t), history)
@@ -411,13 +471,27 @@ class Catalog:
     def set_expiry(self, expiries: dict[str, datetime | None]) -> None:
         """Move cubes' expiry (a TTL refresh) without writing a new version."""
         with self._begin() as conn:
+            scopes = self._scopes_of(conn, list(expiries))
+            marks = self._bump(conn, scopes.values())
             for cid, when in expiries.items():
-                conn.execute(update(cubes_t).where(cubes_t.c.id == cid).values(expires_at=ts(when)))
+                mark = marks.get(scopes.get(cid, ("", "")))
+                conn.execute(update(cubes_t).where(cubes_t.c.id == cid)
+                             .values(expires_at=ts(when), seq=mark))
 
     def purge(self, cube_id: str) -> None:
         with self._begin() as conn:
+            self._bump(conn, self._scopes_of(conn, [cube_id]).values(), purged=1)
             conn.execute(delete(versions_t).where(versions_t.c.cube_id == cube_id))
             conn.execute(delete(cubes_t).where(cubes_t.c.id == cube_id))
+
+    def _scopes_of(self, conn: Connection, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """(vault, user) of each of these cubes that exists."""
+        q = select(cubes_t.c.id, cubes_t.c.vault, cubes_t.c.user_id)
+        out = {}
+        for start in range(0, len(ids), 500):
+            for r in conn.execute(q.where(cubes_t.c.id.in_(ids[start : start + 500]))):
+                out[r.id] = (r.vault, r.user_id)
+        return out
 
     # reads
     def get(self, cube_id: str) -> MemCube:
@@ -457,6 +531,33 @@ class Catalog:
         with self._connect() as conn:
             n, t = conn.execute(q).one()
         return int(n), float(t or 0.0)
+
+    def scope_mark(self, vault: str, user_id: str) -> tuple[int, int]:
+        """(seq, purged): the change mark of one scope (one primary-key read); (0, 0) for a
+        scope never written since marks began."""
+        q = select(scope_seq_t.c.seq, scope_seq_t.c.purged).where(
+            scope_seq_t.c.vault == vault, scope_seq_t.c.user_id == user_id
+        )
+        with self._connect() as conn:
+            row = conn.execute(q).first()
+        return (0, 0) if row is None else (int(row.seq), int(row.purged))
+
+    def scope_changes(self, vault: str, user_id: str, since: int,
+                      form: str = "plaintext") -> list[MemCube]:
+        """The cubes of one scope and form written after mark `since` (any state), in the
+        order they were written."""
+        q = (select(cubes_t)
+             .where(cubes_t.c.vault == vault, cubes_t.c.user_id == user_id,
+                    cubes_t.c.seq > since, cubes_t.c.form == form)
+             .order_by(cubes_t.c.seq, cubes_t.c.id))
+        with self._connect() as conn:
+            return [self._cube(r) for r in conn.execute(q)]
+
+    def scope_ids(self, vault: str, user_id: str) -> set[str]:
+        """The ids of every cube of one scope."""
+        q = select(cubes_t.c.id).where(cubes_t.c.vault == vault, cubes_t.c.user_id == user_id)
+        with self._connect() as conn:
+            return set(conn.execute(q).scalars())
 
     def scope_cubes(
         self, vault: str, user_id: str, states: Iterable[str], form: str = "plaintext"
@@ -667,6 +768,7 @@ class Catalog:
             return
         try:
             with self._begin("insert imported cubes") as conn:
+                self._stamp(conn, rows)
                 conn.execute(insert(cubes_t), rows)
                 if history:
                     conn.execute(insert(versions_t), history)
