@@ -13,6 +13,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import BaseModel
+
+from .catalog import page_cursor
 from .config import MemOSConfig
 from .cube import (
     Form,
@@ -154,6 +157,26 @@ def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be an integer from 1 to {MAX_K}")
     return k
+
+
+class PurgeAudit(BaseModel):
+    """The audit entry of a purge: its place in the chain and its hash."""
+
+    seq: int
+    hash: str
+
+
+class PurgeReceipt(BaseModel):
+    """What `MemOS.purge` erased: version rows, vectors, graph facts and blob files of the
+    cube, and the audit entry that records it."""
+
+    id: str
+    purged: bool = True
+    versions: int
+    vectors: int
+    graph_facts: int
+    blobs: int
+    audit: PurgeAudit
 
 
 @dataclass
@@ -641,12 +664,21 @@ class MemOS:
         self._audit("as_of", held, vault=scope.vault, detail=when.isoformat())
         return held
 
-    def purge(self, cube_id: str, *, user_id: str | None = None) -> None:
-        """Erase a cube and all its versions from the catalog, the vector index and the graph."""
+    def purge(self, cube_id: str, *, user_id: str | None = None) -> PurgeReceipt:
+        """Erase a cube and all its versions from the catalog, the vector index, the graph and
+        the blob folder; the receipt says what went and names the audit entry (written
+        first)."""
         cube = self.vault.get(cube_id, scope_user=user_id, expired=True)
-        self.gate("purge", Action.purge, cubes=[cube])
-        self.vault.purge(cube)
+        self.gate("purge", Action.purge, cubes=[cube], check_only=True)
+        seq = self.governance.audit_chain.append(
+            self.principal, "purge", cube_ids=[cube.id], vault=cube.scope.vault
+        )
+        report = self.vault.purge(cube, blobs=self.config.data_dir / "blobs")
         self.governance.revoke_cube(cube.id)
+        entries = self.governance.audit_log(cube_id=cube.id, limit=10**9)
+        entry = next(e for e in reversed(entries) if e.seq == seq)
+        return PurgeReceipt(id=cube.id, **report.model_dump(),
+                            audit=PurgeAudit(seq=seq, hash=entry.hash))
 
     # reads
     def search(
@@ -773,18 +805,30 @@ class MemOS:
         include_deleted: bool = False,
         limit: int = 100,
         offset: int = 0,
+        after: str | None = None,
     ) -> list[MemCube]:
+        """A user's cubes, oldest first: up to `limit` that this principal may read (live ones
+        unless `include_deleted`), skipping `offset` rows, or after `after` (the
+        `catalog.page_cursor` of the last cube of the previous page: keyset paging, which
+        stays stable while cubes are added)."""
         scope = _scope(vault or self.config.vault, user_id, None, session_id)
         states = None if include_deleted else [State.active, State.frozen]
-        cubes = self.vault.catalog.list(
-            vault=scope.vault,
-            user_id=scope.user_id,
-            session_id=session_id,
-            states=states,
-            limit=limit,
-            offset=offset,
-        )
-        out = self.readable([c for c in cubes if include_deleted or c.is_live()])
+        out: list[MemCube] = []
+        while True:  # rows this principal may not read are skipped: fetch on to fill the page
+            cubes = self.vault.catalog.list(
+                vault=scope.vault,
+                user_id=scope.user_id,
+                session_id=session_id,
+                states=states,
+                limit=limit,
+                offset=offset,
+                after=after,
+            )
+            out += self.readable([c for c in cubes if include_deleted or c.is_live()])
+            if len(cubes) < limit or len(out) >= limit:
+                break
+            offset, after = 0, page_cursor(cubes[-1])
+        out = out[:limit]
         self._audit("list", out, vault=scope.vault)
         return out
 
@@ -1349,7 +1393,7 @@ class MemOS:
     async def adelete(self, cube_id: str, **kw: Any) -> MemCube:
         return await asyncio.to_thread(self.delete, cube_id, **kw)
 
-    async def apurge(self, cube_id: str, **kw: Any) -> None:
+    async def apurge(self, cube_id: str, **kw: Any) -> PurgeReceipt:
         return await asyncio.to_thread(self.purge, cube_id, **kw)
 
     async def alist(self, **kw: Any) -> list[MemCube]:
@@ -1389,4 +1433,4 @@ class MemOS:
         await asyncio.to_thread(self.close)
 
 
-__all__ = ["MemOS", "MemOSError"]
+__all__ = ["MemOS", "MemOSError", "PurgeReceipt"]

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..governance import PermissionDenied
 from ..keys import KeyStore
-from . import rest, store_api
+from . import mcp, rest, store_api
 from .auth import Authenticator, Unauthenticated
 
 if TYPE_CHECKING:
@@ -103,8 +103,9 @@ def create_app(
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> Any:
-        yield
+    async def lifespan(app: FastAPI) -> Any:
+        async with app.state.mcp.run():
+            yield
         if close:
             mem.close()
 
@@ -117,6 +118,7 @@ def create_app(
     _handlers(app)
     app.include_router(rest.router)
     app.include_router(store_api.router)
+    app.state.mcp = mcp.mount(app, app.state.auth)
     return app
 
 
