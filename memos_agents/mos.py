@@ -64,7 +64,7 @@ from .vault import MemVault
 if TYPE_CHECKING:
     from .loader import MIPDocument
     from .model.chat import MemOSChatModel
-    from .model.client import ModelClient
+    from .model.client import ChatRequest, ModelClient
     from .model.memory import Generation, ModelMemory, ModelRuntime
     from .scheduler import MemScheduler
     from .store import Channel, Delivery
@@ -1232,15 +1232,35 @@ class MemOS:
         self._audit("stop_model", [])
         return self.model_runtime.stop()
 
-    def chat_model(self, **kw: Any) -> MemOSChatModel:
+    def chat_model(
+        self, *, user_id: str | None = None, vault: str | None = None, **kw: Any
+    ) -> MemOSChatModel:
         """A LangChain chat model backed by the local model process (for fine-mode extraction,
-        the graphs, any chain); `kw` are `MemOSChatModel` fields (temperature, max_tokens...)."""
+        the graphs, any chain); `kw` are `MemOSChatModel` fields (temperature, max_tokens...).
+        With `user_id`, every request carries that user's memories as `chat_request` plans
+        them for it (checked for this principal on each request), and the reply's
+        `response_metadata["memos"]` says which it used."""
         from .model.chat import MemOSChatModel
 
         client = self.model()
         return MemOSChatModel(
-            base_url=client.url, api_key=client.api_key, model=kw.pop("model", None), **kw
+            base_url=client.url,
+            api_key=client.api_key,
+            model=kw.pop("model", None),
+            recall=None if user_id is None else self._recall(user_id, vault),
+            **kw,
         )
+
+    def _recall(
+        self, user_id: str, vault: str | None
+    ) -> Callable[[list[dict[str, str]]], ChatRequest]:
+        """`chat_request` for `user_id`'s memories, as a chat model's `recall`."""
+        user = check_name(user_id, "user_id")
+
+        def recall(messages: list[dict[str, str]]) -> ChatRequest:
+            return self.chat_request(messages, user_id=user, vault=vault)
+
+        return recall
 
     def build_activation(
         self, cube_ids: Sequence[str | MemCube], *, user_id: str, **kw: Any
@@ -1283,6 +1303,20 @@ class MemOS:
         self._model_kw("generate_stream", user_id, Action.read, kw)
         self._default_plan(prompt, user_id, kw)
         return self._models().stream(prompt, user_id=user_id, **kw)
+
+    def chat_request(self, prompt: Any, *, user_id: str, **kw: Any) -> ChatRequest:
+        """The request `generate` would send, for any OpenAI-compatible client of the model
+        process (`ChatOpenAI(base_url=<model url>/v1, api_key=<token>)`): `messages` (the
+        memory block first), `model` (the adapter of the parameter cube, or the base model),
+        `extra_body` (the activation's KV cache), `used` (the activation and parameter cube
+        ids), chosen and checked as `generate` does (same arguments, same plan by default)."""
+        self._model_kw("chat_request", user_id, Action.read, kw)
+        plan = self._default_plan(prompt, user_id, kw)
+        out = self._models().chat_request(prompt, user_id=user_id, **kw)
+        if plan is not None:
+            out.planned = True
+            out.notes = [s.reason for s in plan.steps] + plan.notes
+        return out
 
     def _default_plan(self, prompt: Any, user_id: str, kw: dict[str, Any]) -> Any:
         """The scheduler's plan for a generation that names no memories, plan or `plan=False`
@@ -1425,6 +1459,9 @@ class MemOS:
 
     async def agenerate(self, prompt: Any, **kw: Any) -> Generation:
         return await asyncio.to_thread(self.generate, prompt, **kw)
+
+    async def achat_request(self, prompt: Any, **kw: Any) -> ChatRequest:
+        return await asyncio.to_thread(self.chat_request, prompt, **kw)
 
     async def astop_model(self) -> bool:
         return await asyncio.to_thread(self.stop_model)

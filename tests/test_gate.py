@@ -63,6 +63,8 @@ OPERATIONS: dict[str, tuple[str, Attack]] = {
                                                    memories=[c["secret"].id])),
     "generate_stream": ("denied", lambda m, c: list(m.generate_stream(
         "q", user_id="alice", memories=[c["secret"].id]))),
+    "chat_request": ("denied", lambda m, c: m.chat_request("q", user_id="alice",
+                                                           memories=[c["secret"].id])),
     "load_parameter": ("denied", lambda m, c: m.load_parameter(c["secret"].id)),
     "unload_parameter": ("denied", lambda m, c: m.unload_parameter(c["secret"].id)),
     "stop_model": ("denied", lambda m, c: m.stop_model()),

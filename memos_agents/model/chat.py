@@ -4,9 +4,15 @@
     MemOS.open(path, llm=llm)                      # fine-mode extraction
     build_memory_agent(mem, model=llm)             # the ready-made graphs
 
-`extra_body` is merged into every request (for example `{"memos_activation": {...}}`). The
-transport is the openai SDK (sync and async clients on `base_url` + `/v1`); whatever is not a
-standard chat-completion parameter travels in the SDK's `extra_body`.
+`extra_body` is merged into every request (for example `{"memos_activation": {...}}`), and so
+is an `extra_body` call option (`llm.bind(extra_body=...)`). The transport is the openai SDK
+(sync and async clients on `base_url` + `/v1`); whatever is not a standard chat-completion
+parameter travels in the SDK's `extra_body`.
+
+With `recall` (`mem.chat_model(user_id=...)` sets it to that user's `mem.chat_request`), each
+request's messages are first given to it: the request then carries the memories it chose (the
+memory block, the adapter, the activation's KV cache), and `response_metadata["memos"]` says
+which (`activation`, `parameter`, `adapter`, `plaintext`, `used`, `cached_tokens`).
 
 `with_structured_output(schema)` sends the schema as OpenAI's `response_format` (json_schema):
 our model process decodes under it, so the reply always parses; vLLM does the same.
@@ -14,9 +20,10 @@ our model process decodes under it, so the reply always parses; vLLM does the sa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from operator import itemgetter
 from typing import Any
 
@@ -39,7 +46,7 @@ from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 
 from ..errors import ExtractionError
 from ..llm import validate
-from .client import API_KEY, model_error, usage_dict
+from .client import API_KEY, ChatRequest, model_error, usage_dict
 
 # what `chat.completions.create` takes by name; anything else goes in its `extra_body`
 _SDK_PARAMS = (
@@ -101,6 +108,18 @@ def _usage(usage: dict[str, Any] | None) -> UsageMetadata | None:
     )
 
 
+def _memos(
+    server: dict[str, Any] | None, chosen: ChatRequest | None, usage: UsageMetadata | None
+) -> dict[str, Any]:
+    """A reply's `response_metadata["memos"]`: what the server reported (timings), and the
+    memories `recall` chose with the prompt tokens the KV cache held."""
+    out = dict(server or {})
+    if chosen is not None:
+        cached = (usage or {}).get("input_token_details", {}).get("cache_read", 0)
+        out |= chosen.report() | {"cached_tokens": cached}
+    return out
+
+
 def response_format(schema: dict[str, Any] | type[BaseModel]) -> dict[str, Any]:
     """OpenAI's `response_format` for `schema` (a pydantic model or a JSON schema dict)."""
     if isinstance(schema, type) and issubclass(schema, BaseModel):
@@ -144,6 +163,9 @@ class MemOSChatModel(BaseChatModel):
     seed: int | None = None
     timeout: float = 600.0
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    recall: Callable[[list[dict[str, str]]], ChatRequest] | None = Field(
+        default=None, exclude=True, repr=False
+    )
     _sync: openai.OpenAI | None = PrivateAttr(default=None)
 
     @property
@@ -184,14 +206,21 @@ class MemOSChatModel(BaseChatModel):
 
     def _body(
         self, messages: list[BaseMessage], stop: list[str] | None, stream: bool, **kwargs: Any
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], ChatRequest | None]:
+        """The JSON of the request, and what `recall` chose for it (None without `recall`)."""
+        sent = [to_openai(m) for m in messages]
+        chosen = self.recall(sent) if self.recall is not None else None
+        extra = {**self.extra_body, **(chosen.extra_body if chosen else {})}
         body: dict[str, Any] = {
-            "model": kwargs.pop("model", None) or self._model_name(),
-            "messages": [to_openai(m) for m in messages],
+            "model": kwargs.pop("model", None)
+            or (chosen.model if chosen else None)
+            or self._model_name(),
+            "messages": chosen.messages if chosen else sent,
             "temperature": kwargs.pop("temperature", self.temperature),
             "max_tokens": kwargs.pop("max_tokens", self.max_tokens),
             "stream": stream,
-            **self.extra_body,
+            **extra,
+            **(kwargs.pop("extra_body", None) or {}),
             **kwargs,
         }
         stops = stop or self.stop
@@ -201,16 +230,25 @@ class MemOSChatModel(BaseChatModel):
             body.setdefault("seed", self.seed)
         if stream:
             body["stream_options"] = {"include_usage": True}
-        return body
+        return body, chosen
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, stream: bool, **kwargs: Any
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], ChatRequest | None]:
         """`chat.completions.create` arguments: the standard parameters by name, the rest
-        (`extra_body`, other call options) in the SDK's `extra_body`; the JSON sent is `_body`."""
-        body = self._body(messages, stop, stream, **kwargs)
+        (`extra_body`, other call options) in the SDK's `extra_body`; the JSON sent is `_body`.
+        Also what `recall` chose."""
+        body, chosen = self._body(messages, stop, stream, **kwargs)
         named = {k: body.pop(k) for k in _SDK_PARAMS if k in body}
-        return {**named, "extra_body": body}
+        return {**named, "extra_body": body}, chosen
+
+    async def _arequest(
+        self, messages: list[BaseMessage], stop: list[str] | None, stream: bool, **kwargs: Any
+    ) -> tuple[dict[str, Any], ChatRequest | None]:
+        """`_request` off the event loop when `recall` runs (it reads the store)."""
+        if self.recall is None:
+            return self._request(messages, stop, stream, **kwargs)
+        return await asyncio.to_thread(self._request, messages, stop, stream, **kwargs)
 
     def with_structured_output(
         self,
@@ -239,9 +277,10 @@ class MemOSChatModel(BaseChatModel):
         )
 
     @staticmethod
-    def _result(data: Any) -> ChatResult:
+    def _result(data: Any, chosen: ChatRequest | None) -> ChatResult:
         choice = data.choices[0]
-        memos = _extra(data).get("memos")
+        usage = _usage(usage_dict(data.usage))
+        memos = _memos(_extra(data).get("memos"), chosen, usage)
         msg = AIMessage(
             content=choice.message.content or "",
             response_metadata={
@@ -249,7 +288,7 @@ class MemOSChatModel(BaseChatModel):
                 "model_name": data.model,
                 **({"memos": memos} if memos else {}),
             },
-            usage_metadata=_usage(usage_dict(data.usage)),
+            usage_metadata=usage,
         )
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
@@ -260,9 +299,9 @@ class MemOSChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request = self._request(messages, stop, False, **kwargs)
+        request, chosen = self._request(messages, stop, False, **kwargs)
         try:
-            return self._result(self._client().chat.completions.create(**request))
+            return self._result(self._client().chat.completions.create(**request), chosen)
         except openai.OpenAIError as exc:
             raise model_error(exc, self._root) from exc
 
@@ -273,18 +312,26 @@ class MemOSChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request = self._request(messages, stop, False, **kwargs)
+        request, chosen = await self._arequest(messages, stop, False, **kwargs)
         try:
             async with openai.AsyncOpenAI(**self._sdk_options()) as client:
-                return self._result(await client.chat.completions.create(**request))
+                return self._result(await client.chat.completions.create(**request), chosen)
         except openai.OpenAIError as exc:
             raise model_error(exc, self._root) from exc
 
     @staticmethod
-    def _chunks(event: Any, started: float) -> Iterator[ChatGenerationChunk]:
+    def _chunks(
+        event: Any, started: float, chosen: ChatRequest | None
+    ) -> Iterator[ChatGenerationChunk]:
         if event.usage is not None:
+            usage = _usage(usage_dict(event.usage))
+            memos = _memos(None, chosen, usage)
             yield ChatGenerationChunk(
-                message=AIMessageChunk(content="", usage_metadata=_usage(usage_dict(event.usage)))
+                message=AIMessageChunk(
+                    content="",
+                    usage_metadata=usage,
+                    response_metadata={"memos": memos} if memos else {},
+                )
             )
         for choice in event.choices:
             piece = (choice.delta.content if choice.delta is not None else None) or ""
@@ -304,12 +351,12 @@ class MemOSChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, True, **kwargs)
+        request, chosen = self._request(messages, stop, True, **kwargs)
         started = time.perf_counter()
         try:
             with self._client().chat.completions.create(**request) as events:
                 for event in events:
-                    for chunk in self._chunks(event, started):
+                    for chunk in self._chunks(event, started, chosen):
                         if run_manager is not None and chunk.text:
                             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                         yield chunk
@@ -323,7 +370,7 @@ class MemOSChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, True, **kwargs)
+        request, chosen = await self._arequest(messages, stop, True, **kwargs)
         started = time.perf_counter()
         try:
             async with (
@@ -331,7 +378,7 @@ class MemOSChatModel(BaseChatModel):
                 await client.chat.completions.create(**request) as events,
             ):
                 async for event in events:
-                    for chunk in self._chunks(event, started):
+                    for chunk in self._chunks(event, started, chosen):
                         if run_manager is not None and chunk.text:
                             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                         yield chunk

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import psutil
+from pydantic import BaseModel, Field, computed_field
 
 from ..errors import MemOSError
 
@@ -98,6 +99,51 @@ class Completion:
     @property
     def cached_tokens(self) -> int:
         return int((self.usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+
+
+class ChatRequest(BaseModel):
+    """A chat-completion request that carries chosen memories, for any OpenAI-compatible client
+    of the model process: send `messages` (the memory block as the system message, then the
+    turns) with `model` and `extra_body`, e.g. `ChatOpenAI(...).bind(**req.options)
+    .invoke(req.messages)`. The activation's KV cache covers the start of the system message,
+    so it is used only when `messages` are sent as they are."""
+
+    model: str = Field(description="the adapter name of the parameter cube, or the base model")
+    messages: list[dict[str, str]]
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description='{"memos_activation": {...}}, or {} without one'
+    )
+    activation: str | None = None  # the activation cube whose KV cache is reused
+    parameter: str | None = None  # the parameter cube whose adapter serves the request
+    plaintext: list[str] = Field(default_factory=list)  # memories sent as text after the block
+    planned: bool = False  # the scheduler chose the memories
+    notes: list[str] = Field(default_factory=list)  # the plan's reasons and notes
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def used(self) -> list[str]:
+        """Ids of the activation and parameter cubes the request carries."""
+        return [c for c in (self.activation, self.parameter) if c is not None]
+
+    @property
+    def prefix(self) -> str:
+        """The system message: the memory block the KV cache covers, and the text memories."""
+        return self.messages[0]["content"]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """`model` and `extra_body`, as a chat model's call options (`llm.bind(**options)`)."""
+        return {"model": self.model, "extra_body": dict(self.extra_body)}
+
+    def report(self) -> dict[str, Any]:
+        """What the request used, for a reply's metadata."""
+        report = {"activation", "parameter", "plaintext", "planned", "notes", "used"}
+        return self.model_dump(include=report) | {"adapter": self.adapter}
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter name, when a parameter cube serves the request."""
+        return self.model if self.parameter is not None else None
 
 
 def sdk_timeout(timeout: httpx.Timeout | float) -> Any:

@@ -46,6 +46,7 @@ from ..lifecycle import next_version
 from .client import (
     API_KEY_ENV,
     ActivationRefused,
+    ChatRequest,
     Completion,
     ModelClient,
     ModelError,
@@ -844,6 +845,44 @@ class ModelMemory:
         out.text, out.finish_reason, out.ttft_s = done.text, done.finish_reason, done.ttft_s
         out.usage, out.timings = done.usage, done.timings
         return out
+
+    def chat_request(
+        self,
+        prompt: Any,
+        *,
+        user_id: str,
+        vault: str | None = None,
+        memories: Sequence[str | MemCube] | None = None,
+        activation: str | MemCube | None = None,
+        parameter: str | MemCube | None = None,
+        plan: Any = None,
+        system_prompt: str | None = None,
+        check: Check | None = None,
+    ) -> ChatRequest:
+        """What `generate` with these arguments would send, without sending it: the messages
+        (memory block first), the model name (the parameter cube's adapter, loaded now, or the
+        base model) and `extra_body` naming the activation cube's KV blob, checked against its
+        sources now. Any OpenAI-compatible client gets the same reply by sending it."""
+        p = self._prepare(
+            prompt,
+            user_id=user_id,
+            vault=vault,
+            memories=memories,
+            activation=activation,
+            parameter=parameter,
+            plan=plan,
+            system_prompt=system_prompt,
+            check=check,
+        )
+        self.catalog.touch(p.touch, utcnow())
+        return ChatRequest(
+            model=p.model or p.client.model_name,
+            messages=p.messages,
+            extra_body={"memos_activation": p.activation} if p.activation else {},
+            activation=p.used.activation,
+            parameter=p.used.parameter,
+            plaintext=p.used.plaintext,
+        )
 
     def stream(self, prompt: Any, **kw: Any) -> Iterator[str]:
         """`generate`, as an iterator of text pieces. The memories are resolved, checked and
