@@ -12,6 +12,8 @@ the open that adds the column (it trusts the rows as they are then).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -31,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     delete,
     event,
@@ -138,6 +141,27 @@ def _count(n: Any, what: str) -> int:
 
 def from_ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def page_cursor(cube: MemCube) -> str:
+    """The opaque keyset cursor of `cube` in `Catalog.list`'s order (created_at, id): pass it
+    as `after` to get the rows that follow it."""
+    key = json.dumps([ts(cube.lifecycle.created_at), cube.id])
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def read_cursor(cursor: Any) -> tuple[float, str]:
+    """The (created_at, id) a `page_cursor` string stands for; InvalidInput if it is none."""
+    if not isinstance(cursor, str) or not 0 < len(cursor) <= 1024:
+        raise InvalidInput("cursor must be a cursor string from an earlier page")
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput("cursor is not a cursor from an earlier page") from exc
+    if (not isinstance(key, list) or len(key) != 2 or isinstance(key[0], bool)
+            or not isinstance(key[0], int | float) or not isinstance(key[1], str)):
+        raise InvalidInput("cursor is not a cursor from an earlier page")
+    return float(key[0]), key[1]
 
 
 @contextmanager
@@ -478,11 +502,13 @@ class Catalog:
                 conn.execute(update(cubes_t).where(cubes_t.c.id == cid)
                              .values(expires_at=ts(when), seq=mark))
 
-    def purge(self, cube_id: str) -> None:
+    def purge(self, cube_id: str) -> int:
+        """Delete a cube and its versions; returns how many version rows went."""
         with self._begin() as conn:
             self._bump(conn, self._scopes_of(conn, [cube_id]).values(), purged=1)
-            conn.execute(delete(versions_t).where(versions_t.c.cube_id == cube_id))
+            gone = conn.execute(delete(versions_t).where(versions_t.c.cube_id == cube_id))
             conn.execute(delete(cubes_t).where(cubes_t.c.id == cube_id))
+        return int(gone.rowcount or 0)
 
     def _scopes_of(self, conn: Connection, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """(vault, user) of each of these cubes that exists."""
@@ -588,8 +614,14 @@ class Catalog:
         states: Sequence[State] | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: str | None = None,
     ) -> list[MemCube]:
+        """Cubes in (created_at, id) order; `after`: only those past that `page_cursor`."""
         q = select(cubes_t)
+        if after is not None:
+            at, cid = read_cursor(after)
+            q = q.where(or_(cubes_t.c.created_at > at,
+                            and_(cubes_t.c.created_at == at, cubes_t.c.id > cid)))
         if vault is not None:
             q = q.where(cubes_t.c.vault == vault)
         if user_id is not None:

@@ -13,11 +13,16 @@ model memory, loader) gets it without asking. See `mask_cube` for the fields.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+from .blobs import blob_path, is_blob_name
 from .catalog import Catalog, ts
 from .cube import LIVE_STATES, MAX_ID_LEN, Form, MemCube, Scope, SearchHit, State, utcnow
 from .embeddings import Embedder
@@ -182,6 +187,15 @@ def _vector_meta(cube: MemCube) -> dict[str, str | int | float | bool]:
     if cube.lifecycle.valid_from:
         meta["valid_from"] = ts(cube.lifecycle.valid_from) or 0.0
     return meta
+
+
+class PurgeReport(BaseModel):
+    """What `MemVault.purge` removed: version rows, vectors, graph facts, blob files."""
+
+    versions: int
+    vectors: int
+    graph_facts: int
+    blobs: int
 
 
 class MemVault:
@@ -370,11 +384,46 @@ class MemVault:
                 failed.update(c.id for c in pending)
         return done
 
-    def purge(self, cube: MemCube) -> None:
-        self.index.delete(cube.scope.vault, cube.scope.user_id, [cube.id])
+    def purge(self, cube: MemCube, blobs: Path | None = None) -> PurgeReport:
+        """Erase a cube everywhere: its vector, its graph fact, every version in the catalog
+        and, under the blob root `blobs`, the KV / LoRA files of its versions (a KV file
+        another active cache still uses stays); returns what went."""
+        vault, user = cube.scope.vault, cube.scope.user_id
+        vectors = len(self.index.embeddings(vault, user, [cube.id]))
+        self.index.delete(vault, user, [cube.id])
+        facts = self.graph.counts(vault, user).get("facts", 0)
         self.graph.delete_facts([cube.id])
-        self.catalog.purge(cube.id)
+        facts -= self.graph.counts(vault, user).get("facts", 0)
+        names = {cube.content} | {v.cube.content for v in self.catalog.history(cube.id)}
+        versions = self.catalog.purge(cube.id)
         self.router.on_purge(cube)
+        removed = 0 if blobs is None else self._drop_blobs(cube, names, blobs)
+        return PurgeReport(versions=versions, vectors=vectors, graph_facts=min(1, max(0, facts)),
+                           blobs=removed)
+
+    def _drop_blobs(self, cube: MemCube, names: set[str], root: Path) -> int:
+        """Remove the blob files of a purged activation / parameter cube; how many went."""
+        if cube.form not in (Form.activation, Form.parameter):
+            return 0
+        if cube.form is Form.activation:
+            names -= {c.content for c in self.catalog.active_cubes(form=Form.activation)}
+        removed = 0
+        for name in sorted(n for n in names if is_blob_name(cube.form, n)):
+            try:
+                path = blob_path(root, cube.form, name)
+            except InvalidInput as exc:  # resolves outside the blob root: left alone
+                log.warning("not removing blob %r: %s", name, exc)
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.is_file() or path.is_symlink():
+                path.unlink()  # a link (pointing inside the blob root) goes, never its target
+            else:
+                continue
+            removed += 1
+            if cube.form is Form.parameter and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # lora/<cube id>/, once its last version is gone
+        return removed
 
     # reads
     def get(
