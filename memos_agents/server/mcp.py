@@ -10,6 +10,7 @@ MCP tool error whose text ends `<MemOSError class name>: <message>`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -245,8 +246,12 @@ def build_server() -> MCPServer:
     """An MCP server holding the memory tools (the caller comes from `CALLER`)."""
     from .. import __version__
 
+    root = logging.getLogger()
+    before = set(root.handlers)
     server = MCPServer("memos-agents", version=__version__, instructions=INSTRUCTIONS,
                        log_level="WARNING")
+    for handler in set(root.handlers) - before:  # the SDK's basicConfig: keep it to warnings,
+        handler.setLevel(logging.WARNING)  # or loggers set to DEBUG (bm25s) print every search
     for tool in TOOLS:
         server.add_tool(tool, structured_output=True)
     return server
