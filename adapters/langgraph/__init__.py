@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         schedule_node,
         subscribe_node,
     )
+    from .remote import MemOSRemoteStore
     from .store import MemOSStore
     from .tools import memory_tools
 
@@ -26,6 +27,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
     __name__,
     submod_attrs={
         "store": ["MemOSStore"],
+        "remote": ["MemOSRemoteStore"],
         "nodes": [
             "recall_node",
             "remember_node",

@@ -97,6 +97,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTOR = "langgraph:store"
+VAULT = "langgraph"  # the vault a store keeps its items in unless told otherwise
 MAX_CANDIDATES = 10_000
 _ID_CHUNK = 1000
 _RETRIES = 8  # of a batch's writes when another process wrote the same key first
@@ -274,6 +275,12 @@ def _does_match(condition: MatchCondition, ns: Namespace) -> bool:
     return all(p in ("*", label) for p, label in zip(path, part, strict=True))
 
 
+def check_namespace(namespace: Any, *, write: bool = False) -> Namespace:
+    """The namespace as a tuple, checked as the store checks it (InvalidNamespaceError): its
+    labels, and for a write (put or delete) also not empty, not under "langgraph", not too long."""
+    return _writable(namespace) if write else _labels(namespace)
+
+
 def _checked_value(op: PutOp) -> dict[str, Any] | None:
     value = None if op.value is None else _json_value(op.value)
     _clean(value, "value")
@@ -329,7 +336,7 @@ class MemOSStore(BaseStore):
         self,
         mem: MemOS,
         *,
-        vault: str = "langgraph",
+        vault: str = VAULT,
         index: IndexConfig | None = None,
         ttl: TTLConfig | None = None,
     ) -> None:
@@ -763,4 +770,11 @@ def _list_namespaces(live: Mapping[str, Namespace], op: ListNamespacesOp) -> lis
     return sorted(set(found))[op.offset : op.offset + op.limit]
 
 
-__all__ = ["MAX_CANDIDATES", "MemOSStore", "decode_namespace", "encode_namespace"]
+__all__ = [
+    "MAX_CANDIDATES",
+    "VAULT",
+    "MemOSStore",
+    "check_namespace",
+    "decode_namespace",
+    "encode_namespace",
+]
