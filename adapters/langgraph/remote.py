@@ -3,10 +3,12 @@
     graph = builder.compile(store=MemOSRemoteStore("http://127.0.0.1:8000", api_key="mk_..."))
 
 An agent in another process uses the server's `MemOSStore` (`/store/...`, the LangGraph
-Platform store API) as its store, over HTTP with httpx. The server's key decides what it may
-reach; its refusals come back as the `memos_agents.errors` classes (403 `PermissionDenied`,
-400 `InvalidInput`, 404 `NotFound`, 409 `Conflict`...) with the server's message, and a
-server that cannot be reached is a `StoreError`.
+Platform store API) as its store, over HTTP with httpx. The API key's principal decides what
+it may reach; refusals come back as the `memos_agents.errors` classes (403 `PermissionDenied`,
+and so is a missing or bad key (401); 400 `InvalidInput`, 404 `NotFound`, 409 `Conflict`...)
+with the server's message, a namespace the store does not take as LangGraph's
+`InvalidNamespaceError` (checked here before anything is sent), and a server that cannot be
+reached as a `StoreError`.
 
 A batch checks every op's namespace first, then sends its reads in order and then its writes
 (the last put to a key wins), so reads see the store as it was before the batch's writes, as
