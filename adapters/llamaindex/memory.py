@@ -21,6 +21,14 @@ Two tiers:
   the returned history into a system message first (merged into the history's own system
   message when it has one). The memories come on top of `token_limit`.
 
+With `activation=True` (a local model: `MemOSLLM` over `mem.chat_model()`), `get` puts the
+memories as `mem.chat_request` plans them for the query in the leading system message instead:
+the memory block the scheduler's hot KV cache covers, then the other hits, with the request's
+options (`additional_kwargs["memos_options"]`: the adapter and the KV cache, which `MemOSLLM`
+sends) and what it uses (`additional_kwargs["memos_used"]`). The block is the same prefix turn
+after turn, so the model process reuses its KV cache (and the previous turn's prompt while the
+block stays the same); `k` and `min_score` are then the plan's.
+
 `set` replaces the short-term history without writing to MemOS (engines call it with histories
 they already have), and `reset` clears the short-term history only: what MemOS learned stays
 (forget with `mem.delete`).
@@ -30,7 +38,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
 from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator, model_validator
@@ -44,9 +52,14 @@ from memos_agents.cube import MemCube, SearchHit, check_name
 from memos_agents.mos import MAX_K, MemOS
 from memos_agents.reader import Mode
 
+if TYPE_CHECKING:
+    from memos_agents.model.client import ChatRequest
+
 DEFAULT_TOKEN_LIMIT = 3000
 RECALL_PROMPT = "Long-term memories about this user, most relevant first:"
 ITEM = "\n- "
+OPTIONS = "memos_options"  # additional_kwargs of a memory block: its request options
+USED = "memos_used"  # additional_kwargs of a memory block: the cubes its request uses
 
 _ASSISTANT_ROLES = frozenset({MessageRole.ASSISTANT, MessageRole.CHATBOT, MessageRole.MODEL})
 
@@ -138,6 +151,7 @@ class MemOSMemory(BaseChatStoreMemory):
     mode: Mode = Field(default="fast", description="MemReader mode for writes.")
     token_limit: int = Field(default=DEFAULT_TOKEN_LIMIT, ge=1, description="History budget.")
     recall_prompt: str = Field(default=RECALL_PROMPT, description="Header of the memories.")
+    activation: bool = Field(default=False, description="Memories as the local model's plan.")
     tokenizer_fn: Callable[[str], list] = Field(default_factory=get_tokenizer, exclude=True)
 
     @model_validator(mode="before")
@@ -174,6 +188,7 @@ class MemOSMemory(BaseChatStoreMemory):
         chat_store: BaseChatStore | None = None,
         chat_store_key: str | None = None,
         tokenizer_fn: Callable[[str], list] | None = None,
+        activation: bool = False,
     ) -> MemOSMemory:
         """A memory for `user_id`. `token_limit` defaults to 3/4 of `llm`'s context window, or
         3000 without an `llm`; `chat_history` seeds the short-term history only."""
@@ -196,6 +211,7 @@ class MemOSMemory(BaseChatStoreMemory):
             chat_store=chat_store or SimpleChatStore(),
             chat_store_key=chat_store_key,
             tokenizer_fn=tokenizer_fn or get_tokenizer(),
+            activation=activation,
         )
         if chat_history is not None:
             memory.set(chat_history)
@@ -213,6 +229,9 @@ class MemOSMemory(BaseChatStoreMemory):
         history = self.get_all()
         window = self._window(history, initial_token_count)
         query = self._query(input, history)
+        if self.activation and query:
+            chosen = self.mem.chat_request(query, user_id=self.user_id, vault=self.vault)
+            return self._with_block(window, chosen)
         hits = self.mem.search(query, **self._search_args(window)) if query else []
         return self._with_recall(window, hits)
 
@@ -226,6 +245,9 @@ class MemOSMemory(BaseChatStoreMemory):
         history = await self.aget_all()
         window = self._window(history, initial_token_count)
         query = self._query(input, history)
+        if self.activation and query:
+            chosen = await self.mem.achat_request(query, user_id=self.user_id, vault=self.vault)
+            return self._with_block(window, chosen)
         hits = await self.mem.asearch(query, **self._search_args(window)) if query else []
         return self._with_recall(window, hits)
 
@@ -302,6 +324,18 @@ class MemOSMemory(BaseChatStoreMemory):
             update={"blocks": [*window[at].blocks, TextBlock(text=recall)]}
         )
         return [system, *window[:at], *window[at + 1 :]]
+
+    @staticmethod
+    def _with_block(window: list[ChatMessage], chosen: ChatRequest) -> list[ChatMessage]:
+        """The window led by the memory block of `chosen` (the history's own system message
+        after it), carrying its request options."""
+        own = [b for m in window if m.role == MessageRole.SYSTEM for b in m.blocks]
+        block = ChatMessage(
+            role=MessageRole.SYSTEM,
+            blocks=[TextBlock(text=chosen.prefix), *own],
+            additional_kwargs={OPTIONS: chosen.options, USED: chosen.report()},
+        )
+        return [block, *(m for m in window if m.role != MessageRole.SYSTEM)]
 
     def _turns(self, messages: list[ChatMessage], start: int) -> list[dict[str, Any]]:
         refs = [f"{self.chat_store_key}#{start + i}" for i in range(len(messages))]
