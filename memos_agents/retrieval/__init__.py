@@ -29,7 +29,7 @@ from .bm25 import BM25Segment, BM25Tail
 from .config import PRESETS, ROUTES, RetrievalConfig, resolve_routes
 from .index import INDEXED, LIVE, Doc, ScopeIndex, doc_of
 from .models import FusedScore, RoutedHit, SearchExplain, SearchResult, Stage, StageCandidate
-from .router import SIGNATURE_TTL, Router
+from .router import Router
 from .routes import DenseRoute, Found, GraphRoute, KeywordRoute, Query, Route
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "LIVE",
     "PRESETS",
     "ROUTES",
-    "SIGNATURE_TTL",
     "BM25Segment",
     "BM25Tail",
     "DenseRoute",

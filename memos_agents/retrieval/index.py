@@ -1,7 +1,7 @@
 """The per-scope index: BM25 and the facts' bookkeeping of one (vault, user) scope, in memory.
 
-Built from the catalog on first use, kept current by the vault's own writes, reloaded when
-another process wrote to the scope (see `Router.scope_index`)."""
+Built from the catalog on first use, kept current by the vault's own writes and, before every
+search, by the rows any process wrote since the index's change mark (see `Router.scope_index`)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ class Doc:
     alive: bool = True
     dated: bool = False  # the text says when (a time phrase, see `events.time_phrases`)
     when: tuple[tuple[float, float], ...] = ()  # the days its time phrases name: [start, end)
+    version: int = 0  # the cube's version: an older one never replaces a newer one
 
 
 def doc_of(cube: MemCube) -> Doc:
@@ -67,6 +68,7 @@ def doc_of(cube: MemCube) -> Doc:
         content_hash=hash((speaker or "", " ".join(cube.content.split()).casefold())),
         dated=bool(time_phrases(cube.content)),
         when=spans_of(cube.metadata.get("when")),
+        version=lc.version,
     )
 
 
@@ -104,9 +106,7 @@ class ScopeIndex:
         # each fact's graph links, ("entity" | "concept", norm), fetched on first need
         self.links: dict[str, tuple[tuple[str, str], ...]] = {}
         self.lock = threading.RLock()
-        self.signature: tuple[int, float] | None = None
-        self.checked_at = 0.0
-        self.own_writes = False
+        self.mark: tuple[int, int] | None = None  # the catalog's (seq, purged) it holds
         self._segments: dict[str, BM25Segment] | None = None
         self._main_n = 0
         self._version = 0
@@ -152,11 +152,14 @@ class ScopeIndex:
             self.entity_names[d.speaker] += 1
 
     def upsert(self, docs: Sequence[Doc]) -> None:
-        """Apply the vault's own writes (new cubes, new versions, state changes)."""
+        """Apply writes (new cubes, new versions, state changes); a doc older than the one
+        held (a lower version) is ignored."""
         with self.lock:
             for d in docs:
-                self.links.pop(d.id, None)
                 i = self.pos.get(d.id)
+                if i is not None and self.docs[i].version > d.version:
+                    continue
+                self.links.pop(d.id, None)
                 if i is None:
                     if d.state in INDEXED:
                         self._append(d)
@@ -175,7 +178,6 @@ class ScopeIndex:
                     d.alive = d.state in INDEXED
                     self.docs[i] = d
             self._version += 1
-            self.own_writes = True
 
     def remove(self, ids: Sequence[str]) -> None:
         with self.lock:
@@ -185,7 +187,6 @@ class ScopeIndex:
                 if i is not None:
                     self.docs[i].alive = False
             self._version += 1
-            self.own_writes = True
 
     # neighbours
     def _seat(self, i: int) -> tuple[list[int], int]:

@@ -51,7 +51,6 @@ from .routes import (
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_TTL = 1.0  # seconds between checks that no other process changed a scope
 OVERFETCH = 4  # an unfused plan's spare candidates: k + 4 (k * 4 with tags)
 
 Reranker = Callable[[str, list[str]], Sequence[float]]
@@ -109,19 +108,34 @@ class Router:
 
     # the scope cache
     def scope_index(self, vault: str, user_id: str) -> ScopeIndex:
+        """The index of one scope, current with every write any process has committed: the
+        scope's change mark is read (one primary-key read) and the rows written since the
+        index's mark are applied to it (loaded whole the first time)."""
         key = (vault, user_id)
         with self._lock:
             idx = self._scopes.get(key)
             if idx is None:
                 idx = self._scopes[key] = ScopeIndex(vault, user_id, self.config)
         with idx.lock:
-            now = time.monotonic()
-            if idx.signature is None or now - idx.checked_at > SIGNATURE_TTL:
-                sig = self.catalog.scope_signature(vault, user_id)
-                if idx.signature is None or (sig != idx.signature and not idx.own_writes):
-                    idx.load(self._load_docs(vault, user_id))
-                idx.signature, idx.checked_at, idx.own_writes = sig, now, False
+            mark = self.catalog.scope_mark(vault, user_id)
+            if idx.mark is None or mark[0] < idx.mark[0]:  # first use, or a catalog replaced
+                idx.load(self._load_docs(vault, user_id))
+            elif mark != idx.mark:
+                self._catch_up(idx, mark)
+            idx.mark = mark
         return idx
+
+    def _catch_up(self, idx: ScopeIndex, mark: tuple[int, int]) -> None:
+        """Apply to `idx` what was written to its scope between its mark and `mark`: the rows
+        stamped since, and, after purges, the removal of the ids no longer there."""
+        assert idx.mark is not None
+        seq, purged = idx.mark
+        if mark[0] > seq:
+            changed = self.catalog.scope_changes(idx.vault, idx.user_id, seq)
+            idx.upsert([doc_of(c) for c in changed])
+        if mark[1] != purged:
+            there = self.catalog.scope_ids(idx.vault, idx.user_id)
+            idx.remove([cid for cid in idx.pos if cid not in there])
 
     def loaded(self, vault: str, user_id: str) -> ScopeIndex | None:
         return self._scopes.get((vault, user_id))
