@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from memos_agents.cli import app as cli
 from memos_agents.keys import KeyStore
 from memos_agents.server import create_app
+from memos_agents.server.auth import ANY_KEY_TTL
 
 TOOLS = {"add_memory", "search_memory", "get_memory", "list_memories", "update_memory",
          "delete_memory", "memory_history", "publish", "poll", "graph"}
@@ -129,12 +130,28 @@ async def test_every_tool_over_http_as_the_keys_principal(mem, url) -> None:
         assert (await call(s, "get_memory", cube_id=bob_cube.id))["content"] == bob_cube.content
         assert await refused(s, "poll", channel="news",
                              subscriber="alice-inbox") == "PermissionDenied"
+    _, elsewhere = keys.create("user:alice", vaults=["other"])
+    async with session(url, elsewhere) as s:  # a key limited to another vault reaches none here
+        assert await refused(s, "list_memories") == "PermissionDenied"
+        assert await refused(s, "get_memory", cube_id=added["memories"][0]["id"]) \
+            == "PermissionDenied"
+        assert (await call(s, "add_memory", content="in the other vault", vault="other")
+                )["memories"][0]["vault"] == "other"
     denied = [e for e in mem.audit_log() if e.outcome == "denied" and e.principal == "user:alice"]
     assert {"add", "get", "update", "history", "graph"} <= {e.op for e in denied}
 
 
-async def test_no_key_or_a_bad_key_is_refused_once_keys_exist(mem, url) -> None:
+async def test_open_mode_then_no_key_or_a_bad_key_is_refused(mem, url) -> None:
+    async with session(url, None) as s:  # no key exists yet: system, loopback only
+        added = await call(s, "add_memory", content="Zoe plays the oboe", user_id="zoe")
+        assert added["memories"][0]["user_id"] == "zoe"
+        assert await refused(s, "add_memory", content="whose?") == "InvalidInput"
+    async with httpx2.AsyncClient() as http:
+        r = await http.post(url, headers={"Host": "evil.example", "Accept": "application/json"},
+                            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert r.status_code in (400, 421)  # DNS rebinding: an open server answers loopback names
     KeyStore(mem.vault.catalog.engine).create("user:alice")
+    time.sleep(ANY_KEY_TTL + 0.1)  # the authenticator looks for keys again after its TTL
     for secret in (None, "mk_not_a_key"):
         async with httpx2.AsyncClient() as http:
             headers = {"Authorization": f"Bearer {secret}"} if secret else {}

@@ -14,15 +14,16 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import Field
 from starlette.datastructures import Headers
 
-from ..errors import MemOSError
+from ..errors import MemOSError, NotFound
 from .auth import Authenticator, Caller, Unauthenticated
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ INSTRUCTIONS = (
 
 CALLER: ContextVar[Caller | None] = ContextVar("memos_mcp_caller", default=None)
 
-Vault = str | None
-UserId = str | None
+UserId = Annotated[str | None, Field(
+    description="whose memory the call is about (default: the user your key stands for)")]
+Vault = Annotated[str | None, Field(description="the vault (default: the data dir's vault)")]
 
 
 def cube_json(cube: MemCube) -> dict[str, Any]:
@@ -217,8 +219,11 @@ def poll(
     """What arrived on a channel for `subscriber` since its last ack, oldest first (subscribes
     it on first use, from `start`). `ack`: mark them received, so the next poll skips them."""
     with calling() as who:
-        who.mem.subscribe(channel, subscriber, start=start)
-        got = who.mem.poll(channel, subscriber, limit=limit)
+        try:
+            got = who.mem.poll(channel, subscriber, limit=limit)
+        except NotFound:  # not subscribed yet
+            who.mem.subscribe(channel, subscriber, start=start)
+            got = who.mem.poll(channel, subscriber, limit=limit)
         if ack and got:
             who.mem.ack(channel, subscriber, got[-1].seq)
         return {"deliveries": [
