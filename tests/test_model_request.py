@@ -19,7 +19,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 
 from memos_agents.governance import PermissionDenied
-from memos_agents.model.memory import runtime
+from memos_agents.model.memory import lora_name, runtime
 from memos_agents.model.protocol import DEFAULT_SYSTEM_PROMPT
 
 FACTS = [
@@ -85,6 +85,38 @@ def test_chat_request_is_gated(lm):
         mallory.chat_model(user_id="alice", max_tokens=4).invoke(Q1)
     denied = [e for e in lm.audit_log() if e.principal == "user:mallory"]
     assert [(e.op, e.outcome) for e in denied] == [("chat_request", "denied")] * 2
+
+
+def test_a_vault_reader_gets_only_what_it_may_read(lm):
+    hot = hot_cache(lm, "erin")
+    lm.grant_role(lm.config.vault, "user:bob", "reader")
+    shared = hot.provenance.derived_from[0]
+    lm.share(shared, "user:bob", "read")
+    bob = lm.as_principal("user:bob")
+    for named in ({"activation": hot.id}, {"memories": [hot.provenance.derived_from[1]]}):
+        with pytest.raises(PermissionDenied):
+            bob.chat_request(Q1, user_id="erin", **named)
+    req = bob.chat_request(Q1, user_id="erin")  # the plan skips the private cache
+    assert req.activation is None and req.extra_body == {} and req.used == []
+    assert req.plaintext == [shared] and lm.get(shared).content in req.prefix
+    assert any(f"activation {hot.id} skipped: not readable" in n for n in req.notes)
+
+
+def test_a_parameter_cube_is_carried_as_the_model_name(lm):
+    fact = lm.add("Dana's cat is called Biscuit.", user_id="dana")[0]
+    param = lm.distil([fact.id], user_id="dana", name="cat", steps=2)
+    req = lm.chat_request("What is my cat called?", user_id="dana", parameter=param.id,
+                          memories=[fact.id], plan=False)
+    assert req.parameter == param.id and req.used == [param.id] and not req.planned
+    assert req.model == lora_name(param) == req.report()["adapter"]
+    assert req.extra_body == {} and req.plaintext == [fact.id]
+    client = runtime(lm).client
+    llm = ChatOpenAI(base_url=f"{client.url}/v1", api_key=client.api_key, temperature=0,
+                     max_tokens=12)
+    reply = llm.bind(**req.options).invoke(req.messages)
+    same = lm.generate("What is my cat called?", user_id="dana", parameter=param.id,
+                       memories=[fact.id], plan=False, max_tokens=12)
+    assert reply.content == same.text and same.adapter == req.model
 
 
 def test_chat_model_with_a_user_picks_the_memories_per_request(lm):
