@@ -155,22 +155,27 @@ def test_alice_cannot_reach_bobs_memory(api: Api, mem) -> None:
         ("POST", "/v1/documents", {"json": {"text": "planted", "user_id": "bob"}}),
         ("POST", "/v1/import", {"json": api.call("user:bob", "GET", "/v1/export").json(),
                                 "params": {"user_id": "bob"}}),
+        # a user_id that is not the key's own, without a role in the vault
+        ("POST", "/v1/search", {"json": {"query": "door code", "user_id": "bob"}}),
+        ("POST", "/v1/search", {"json": {"query": "door", "user_id": "bob", "explain": True}}),
+        ("GET", "/v1/memories", {"params": {"user_id": "bob"}}),
+        ("GET", "/v1/export", {"params": {"user_id": "bob"}}),
+        ("POST", "/v1/channels/news/publish", {"json": {"memory": "x", "user_id": "bob"}}),
     ]
     for method, target, kw in attacks:
         r = api.call("user:alice", method, target, **kw)
         assert r.status_code in (403, 404), (method, target, r.text)
-    r = api.call("user:alice", "POST", "/v1/search", json={"query": "door code", "user_id": "bob"})
-    assert r.json()["hits"] == []
-    r = api.call("user:alice", "GET", "/v1/memories", params={"user_id": "bob"})
-    assert r.json()["items"] == []
-    assert api.call("user:alice", "GET", "/v1/export", params={"user_id": "bob"}).json()[
-        "cubes"] == []
     assert api.call("user:bob", "GET", f"{url}/history").json() == before
     bobs = api.call("user:bob", "GET", "/v1/memories").json()["items"]
     assert [c["content"] for c in bobs] == ["Bob's door code is 2468."]
+    assert [e.outcome for e in mem.audit_log() if e.principal == "user:alice"
+            and e.op == "search"] == ["denied"]
 
     mem.grant_role("default", "user:alice", "writer")  # with a role, alice writes for bob
     assert _add(api, "user:alice", "Bob's dentist is on Friday.", user_id="bob")
+    r = api.call("user:alice", "POST", "/v1/search", json={"query": "door code", "user_id": "bob"})
+    assert r.status_code == 200  # and sees what the role reaches: bob's private cube is not
+    assert secret["id"] not in [h["id"] for h in r.json()["hits"]]
     api.key("user:carol", vaults=["team"])  # a key limited to one vault reaches no other
     carol = _add(api, "user:carol", "team notes", vault="team")[0]
     assert carol["scope"]["vault"] == "team"

@@ -24,6 +24,7 @@ from .rest_models import (
     Subscribe,
     in_key_vaults,
     reach,
+    scope_user,
 )
 
 if TYPE_CHECKING:
@@ -51,9 +52,10 @@ def publish(channel: str, body: Publish, who: CallerDep) -> Deliveries:
     ids = [*([body.cube_id] if body.cube_id is not None else []), *body.cube_ids]
     for cube_id in ids:
         reach(who, cube_id)
+    vault = who.vault(body.vault)
     out = who.mem.publish(
-        channel, body.memory, user_id=who.user_id(body.user_id), cube_ids=ids,
-        agent_id=body.agent_id, session_id=body.session_id, vault=who.vault(body.vault),
+        channel, body.memory, user_id=scope_user(who, body.user_id, vault, "publish"),
+        cube_ids=ids, agent_id=body.agent_id, session_id=body.session_id, vault=vault,
         tags=body.tags,
     )
     return Deliveries(items=out)

@@ -23,6 +23,7 @@ from .rest_models import (
     SearchResponse,
     UpdateMemory,
     reach,
+    scope_user,
 )
 
 router = APIRouter(tags=["memories"])
@@ -38,8 +39,9 @@ def add_memories(body: AddMemories, who: CallerDep) -> Cubes:
     model extracts, when the server has one)."""
     messages = (body.messages if isinstance(body.messages, str)
                 else [m.model_dump(exclude_none=True) for m in body.messages])
+    vault = who.vault(body.vault)
     cubes = who.mem.add(
-        messages, user_id=who.user_id(body.user_id), vault=who.vault(body.vault),
+        messages, user_id=scope_user(who, body.user_id, vault, "add"), vault=vault,
         agent_id=body.agent_id, session_id=body.session_id, tags=body.tags, ttl=body.ttl,
         mode=body.mode, metadata=body.metadata, visibility=body.visibility,
     )
@@ -49,8 +51,9 @@ def add_memories(body: AddMemories, who: CallerDep) -> Cubes:
 @router.post("/documents", status_code=201)
 def add_document(body: AddDocument, who: CallerDep) -> Cubes:
     """Remember a document's text, split into chunks (one memory each)."""
+    vault = who.vault(body.vault)
     cubes = who.mem.add_document(
-        body.text, user_id=who.user_id(body.user_id), vault=who.vault(body.vault),
+        body.text, user_id=scope_user(who, body.user_id, vault, "add_document"), vault=vault,
         source=body.name, session_id=body.session_id, tags=body.tags,
     )
     return Cubes(items=cubes)
@@ -60,8 +63,10 @@ def add_document(body: AddDocument, who: CallerDep) -> Cubes:
 def search(body: SearchRequest, who: CallerDep) -> SearchResponse:
     """The `k` memories that best answer `query`, best first, among those the key may read;
     `explain`: with every stage's candidates, the fused scores and the query's intent."""
+    vault = who.vault(body.vault)
+    op = "explain" if body.explain else "search"
     kw: dict[str, Any] = dict(
-        user_id=who.user_id(body.user_id), vault=who.vault(body.vault), k=body.k,
+        user_id=scope_user(who, body.user_id, vault, op), vault=vault, k=body.k,
         mode=body.mode, routes=body.routes, tags=body.tags, session_id=body.session_id,
         agent_id=body.agent_id, window=body.window,
     )
@@ -99,7 +104,8 @@ def list_memories(
     last one (a keyset cursor: stable while memories are added)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
-    got = who.mem.list(user_id=who.user_id(user_id), vault=who.vault(vault),
+    vault = who.vault(vault)
+    got = who.mem.list(user_id=scope_user(who, user_id, vault, "list"), vault=vault,
                        session_id=session_id, limit=limit + 1, after=cursor)
     items = got[:limit]
     return Page(items=items, next_cursor=page_cursor(items[-1]) if len(got) > limit else None)

@@ -12,15 +12,16 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..cube import MemCube, VersionRecord
+from ..cube import MemCube, Scope, VersionRecord, check_name
+from ..governance import SYSTEM, Action
 from ..retrieval.models import SearchExplain
 from ..store import Channel, Delivery
 from .auth import Caller, caller
 
 CallerDep = Annotated[Caller, Depends(caller)]
 
-UserId = Field(None, description="whose memory (default: the key's own user)")
-VaultName = Field(None, description="the vault (default: the server's)")
+UserId = Annotated[str | None, Field(description="whose memory (default: the key's own user)")]
+VaultName = Annotated[str | None, Field(description="the vault (default: the server's)")]
 
 
 class Body(BaseModel):
@@ -39,8 +40,8 @@ class Message(Body):
 
 class AddMemories(Body):
     messages: list[Message] | str = Field(description="a text, or chat messages")
-    user_id: str | None = UserId
-    vault: str | None = VaultName
+    user_id: UserId = None
+    vault: VaultName = None
     agent_id: str | None = None
     session_id: str | None = None
     tags: list[str] | None = None
@@ -53,16 +54,16 @@ class AddMemories(Body):
 class AddDocument(Body):
     text: str
     name: str | None = Field(None, description="where the document came from (its source)")
-    user_id: str | None = UserId
-    vault: str | None = VaultName
+    user_id: UserId = None
+    vault: VaultName = None
     session_id: str | None = None
     tags: list[str] | None = None
 
 
 class SearchRequest(Body):
     query: str
-    user_id: str | None = UserId
-    vault: str | None = VaultName
+    user_id: UserId = None
+    vault: VaultName = None
     k: int = 5
     mode: Literal["hybrid", "dense"] = "hybrid"
     routes: list[str] | None = Field(None, description="route names: dense, keyword, graph")
@@ -84,8 +85,8 @@ class Publish(Body):
     cube_id: str | None = Field(None, description="an existing shared memory to publish")
     cube_ids: list[str] = Field(default_factory=list)
     memory: str | None = Field(None, description="a text, stored as a new shared memory")
-    user_id: str | None = UserId
-    vault: str | None = VaultName
+    user_id: UserId = None
+    vault: VaultName = None
     agent_id: str | None = None
     session_id: str | None = None
     tags: list[str] | None = None
@@ -103,8 +104,8 @@ class Ack(Body):
 
 class Generate(Body):
     prompt: str | list[Message]
-    user_id: str | None = UserId
-    vault: str | None = VaultName
+    user_id: UserId = None
+    vault: VaultName = None
     max_new_tokens: int | None = None
     plan: bool = Field(True, description="let the scheduler choose the memories (false: none)")
 
@@ -172,11 +173,21 @@ class Generated(BaseModel):
     cached_tokens: int = 0
 
 
-def own_user(who: Caller, requested: str | None) -> str | None:
-    """`requested`, else the key's own user; None for a caller that is no user (all users)."""
-    if requested or not who.principal.startswith("user:"):
-        return requested
-    return who.user_id(None)
+def scope_user(who: Caller, requested: str | None, vault: str, op: str) -> str:
+    """The user whose memory a call is about (`Caller.user_id`). Another user's is refused
+    (PermissionDenied, audited by the gate) unless the principal has a role in the vault."""
+    user = check_name(who.user_id(requested), "user_id")
+    if who.principal not in (SYSTEM, f"user:{user}"):
+        scope = Scope(vault=check_name(vault, "vault"), user_id=user)
+        who.mem.gate(op, Action.read, scope=scope, check_only=True)
+    return user
+
+
+def own_user(who: Caller, requested: str | None, vault: str, op: str) -> str | None:
+    """`scope_user`, but None (every user) for a caller that is no user and names none."""
+    if requested is None and not who.principal.startswith("user:"):
+        return None
+    return scope_user(who, requested, vault, op)
 
 
 def reach(who: Caller, cube_id: str) -> None:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query
 from fastapi.encoders import jsonable_encoder
 
 from ..loader import MIPDocument, parse_mip
-from .rest_models import CallerDep, Generate, Generated, Imported, own_user
+from .rest_models import CallerDep, Generate, Generated, Imported, own_user, scope_user
 
 router = APIRouter()
 
@@ -25,7 +25,8 @@ def export(
 ) -> MIPDocument:
     """The memories of one vault this key may read (of `user_id`, for a user key its own by
     default), with their versions and blobs, as a MIP document."""
-    return who.mem.export(vault=who.vault(vault), user_id=own_user(who, user_id),
+    vault = who.vault(vault)
+    return who.mem.export(vault=vault, user_id=own_user(who, user_id, vault, "export"),
                           include_deleted=include_deleted)
 
 
@@ -39,7 +40,8 @@ def import_mip(
     """Import a MIP document into one vault (and `user_id`'s memory): the whole file is checked,
     and the key's right to write there, before anything is written."""
     doc = parse_mip(document, "the request body")
-    cubes = who.mem.import_file(doc, vault=who.vault(vault), user_id=own_user(who, user_id))
+    vault = who.vault(vault)
+    cubes = who.mem.import_file(doc, vault=vault, user_id=own_user(who, user_id, vault, "import"))
     return Imported(items=cubes, count=len(cubes))
 
 
@@ -54,13 +56,15 @@ def scheduler_status(who: CallerDep, limit: int = 20) -> dict[str, Any]:
 def generate(body: Generate, who: CallerDep) -> Generated:
     """Answer with the local model and the memories the scheduler plans for the prompt (or
     none, `plan: false`). 400 ModelUnavailable when no model process runs for this server."""
+    vault = who.vault(body.vault)
+    user = scope_user(who, body.user_id, vault, "generate")
     who.mem.model(start=False)  # never starts a model process on a request
     prompt = (body.prompt if isinstance(body.prompt, str)
               else [m.model_dump(exclude_none=True) for m in body.prompt])
-    kw: dict[str, Any] = {"vault": who.vault(body.vault)}
+    kw: dict[str, Any] = {"vault": vault}
     if body.max_new_tokens is not None:
         kw["max_tokens"] = body.max_new_tokens
     if not body.plan:
         kw["plan"] = False
-    out = who.mem.generate(prompt, user_id=who.user_id(body.user_id), **kw)
+    out = who.mem.generate(prompt, user_id=user, **kw)
     return Generated(**asdict(out), cached_tokens=out.cached_tokens)
