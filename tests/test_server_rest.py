@@ -235,6 +235,16 @@ def test_purge_returns_a_receipt_and_erases_vectors_graph_and_blobs(api: Api, me
     assert r.status_code == 200 and r.json()["blobs"] == 1
     assert not (blobs / "lora" / lora.id).exists()
 
+    kv = f"kv/{'ab' * 20}.safetensors"  # one KV file, two caches: it goes with the last one
+    caches = [MemCube(form=Form.activation, content=kv, scope=lora.scope,
+                      provenance=lora.provenance) for _ in range(2)]
+    mem.vault.add(caches, created_by="user:alice")
+    (blobs / "kv").mkdir(exist_ok=True)
+    (blobs / kv).write_bytes(b"kv")
+    for cache, removed in zip(caches, (0, 1), strict=True):
+        r = api.call("user:alice", "DELETE", f"/v1/memories/{cache.id}", params={"purge": "true"})
+        assert r.json()["blobs"] == removed and (blobs / kv).exists() == (not removed)
+
 
 def test_export_and_import_a_mip_document(api: Api) -> None:
     _add(api, "user:alice", "Alice plays the cello.")
