@@ -1309,7 +1309,9 @@ class MemOS:
         process (`ChatOpenAI(base_url=<model url>/v1, api_key=<token>)`): `messages` (the
         memory block first), `model` (the adapter of the parameter cube, or the base model),
         `extra_body` (the activation's KV cache), `used` (the activation and parameter cube
-        ids), chosen and checked as `generate` does (same arguments, same plan by default)."""
+        ids), chosen and checked as `generate` does (same arguments, same plan by default).
+        `skip_texts`: the memories to send as text with one of these as content are left out
+        (turns already in the conversation), so the memory block stays the same."""
         self._model_kw("chat_request", user_id, Action.read, kw)
         plan = self._default_plan(prompt, user_id, kw)
         out = self._models().chat_request(prompt, user_id=user_id, **kw)

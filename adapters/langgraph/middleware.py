@@ -4,12 +4,12 @@ remember the turn when the agent finishes.
 With `activation=True` and a model served by MemOS's model process (`mem.chat_model()`, or
 `ChatOpenAI(base_url=<model url>/v1, api_key=<token>)`), the memories come as
 `mem.chat_request` plans them for the last user message: the memory block (the scheduler's hot
-KV cache's memories first, the other hits after them) opens the system message, ahead of the
-agent's own system prompt, and the request names the adapter (`model`) and the KV cache
-(`extra_body`). Every turn's prompt then starts with the cached block, and with the previous
-turn's prompt while the block stays the same, so the model process prefills only what is new;
-the reply's `response_metadata["memos"]` says which cubes it used and how many prompt tokens
-were cached.
+KV cache's memories first, then the other hits not already in the conversation) opens the
+system message, ahead of the agent's own system prompt, and the request names the adapter
+(`model`) and the KV cache (`extra_body`). Every turn's prompt then starts with the cached
+block, and with the previous turn's prompt while the block stays the same, so the model process
+prefills only what is new; the reply's `response_metadata["memos"]` says which cubes it used
+and how many prompt tokens were cached.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class MemOSMiddleware(AgentMiddleware):
         user = require_user(get_config(), self.user_id)
         query = message_text(human)
         if self.activation:
-            chosen = self.mem.chat_request(query, user_id=user, vault=self.vault)
+            seen = [message_text(m) for m in request.messages]
+            chosen = self.mem.chat_request(query, user_id=user, vault=self.vault, skip_texts=seen)
             settings = {**request.model_settings, **chosen.options}
             system = self._system(request, chosen.prefix, first=True)
             return request.override(system_message=system, model_settings=settings), chosen

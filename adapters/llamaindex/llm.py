@@ -9,7 +9,8 @@ A system message that carries `additional_kwargs["memos_options"]` (the memory b
 its options (`model`: the adapter, `extra_body`: the activation's KV cache) go with the request,
 so the model process reuses the cached block, and the previous turn's prompt, turn after turn.
 The reply's `additional_kwargs["memos"]` says which cubes were used (`additional_kwargs
-["memos_used"]` of that message) and how many prompt tokens were cached (`cached_tokens`).
+["memos_used"]` of that message), and how many prompt tokens it had (`prompt_tokens`) and the
+KV cache held (`cached_tokens`).
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def outgoing(
 
 def _report(used: dict[str, Any] | None, reply: BaseMessage) -> dict[str, Any]:
     usage = getattr(reply, "usage_metadata", None) or {}
+    if used is None:
+        return {}
     cached = usage.get("input_token_details", {}).get("cache_read", 0)
-    return {**(used or {}), "cached_tokens": cached} if used is not None else {}
+    return {**used, "prompt_tokens": usage.get("input_tokens", 0), "cached_tokens": cached}
 
 
 class MemOSLLM(CustomLLM):

@@ -36,6 +36,7 @@ they already have), and `reset` clears the short-term history only: what MemOS l
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -230,8 +231,7 @@ class MemOSMemory(BaseChatStoreMemory):
         window = self._window(history, initial_token_count)
         query = self._query(input, history)
         if self.activation and query:
-            chosen = self.mem.chat_request(query, user_id=self.user_id, vault=self.vault)
-            return self._with_block(window, chosen)
+            return self._with_block(window, self._chat_request(query, window))
         hits = self.mem.search(query, **self._search_args(window)) if query else []
         return self._with_recall(window, hits)
 
@@ -246,7 +246,7 @@ class MemOSMemory(BaseChatStoreMemory):
         window = self._window(history, initial_token_count)
         query = self._query(input, history)
         if self.activation and query:
-            chosen = await self.mem.achat_request(query, user_id=self.user_id, vault=self.vault)
+            chosen = await asyncio.to_thread(self._chat_request, query, window)
             return self._with_block(window, chosen)
         hits = await self.mem.asearch(query, **self._search_args(window)) if query else []
         return self._with_recall(window, hits)
@@ -324,6 +324,14 @@ class MemOSMemory(BaseChatStoreMemory):
             update={"blocks": [*window[at].blocks, TextBlock(text=recall)]}
         )
         return [system, *window[:at], *window[at + 1 :]]
+
+    def _chat_request(self, query: str, window: list[ChatMessage]) -> ChatRequest:
+        """The plan's request for `query`, less the memories whose text is already in the
+        window (the turns this memory wrote), so the block stays the same turn after turn."""
+        seen = [message_text(m) for m in window]
+        return self.mem.chat_request(
+            query, user_id=self.user_id, vault=self.vault, skip_texts=seen
+        )
 
     @staticmethod
     def _with_block(window: list[ChatMessage], chosen: ChatRequest) -> list[ChatMessage]:

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -756,6 +756,7 @@ class ModelMemory:
         plan: Any,
         system_prompt: str | None,
         check: Check | None,
+        skip_texts: Collection[str] = (),
     ) -> _Prepared:
         messages = _normalise(prompt)
         _check_options(None, system_prompt)
@@ -767,6 +768,8 @@ class ModelMemory:
             parameter=parameter,
             plan=plan,
         )
+        if skip_texts:
+            got.plaintext = [c for c in got.plaintext if c.content not in skip_texts]
         _checked(check, got.cubes)
         self._valid(got, vault)
         client = self.runtime.connect()
@@ -857,12 +860,17 @@ class ModelMemory:
         parameter: str | MemCube | None = None,
         plan: Any = None,
         system_prompt: str | None = None,
+        skip_texts: Collection[str] = (),
         check: Check | None = None,
     ) -> ChatRequest:
         """What `generate` with these arguments would send, without sending it: the messages
         (memory block first), the model name (the parameter cube's adapter, loaded now, or the
         base model) and `extra_body` naming the activation cube's KV blob, checked against its
-        sources now. Any OpenAI-compatible client gets the same reply by sending it."""
+        sources now. Any OpenAI-compatible client gets the same reply by sending it. Memories
+        to send as text whose content is one of `skip_texts` (turns already in the
+        conversation) are left out."""
+        if isinstance(skip_texts, str) or not all(isinstance(t, str) for t in skip_texts):
+            raise InvalidInput("skip_texts must be a collection of strings")
         p = self._prepare(
             prompt,
             user_id=user_id,
@@ -873,6 +881,7 @@ class ModelMemory:
             plan=plan,
             system_prompt=system_prompt,
             check=check,
+            skip_texts=frozenset(skip_texts),
         )
         self.catalog.touch(p.touch, utcnow())
         return ChatRequest(
