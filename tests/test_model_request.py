@@ -6,6 +6,7 @@ Uses the session's model process (tests/conftest.py `model_host`, `lm`)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from typing import Any
 
@@ -138,6 +139,9 @@ def test_chat_model_with_a_user_picks_the_memories_per_request(lm):
     assert used["cached_tokens"] == cached(first) >= int(hot.metadata["tokens"]) - 2
     req = lm.chat_request(Q1, user_id="bob")
     assert first.content == as_text(lm, "bob", [HumanMessage(Q1)], req, hot)
+    again = asyncio.run(model.ainvoke(Q1))  # the async path plans off the event loop
+    assert again.content == first.content
+    assert again.response_metadata["memos"]["activation"] == hot.id
 
     turn2 = [HumanMessage(Q1), first, HumanMessage(Q2)]
     second = model.invoke(turn2)
