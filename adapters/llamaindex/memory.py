@@ -23,11 +23,12 @@ Two tiers:
 
 With `activation=True` (a local model: `MemOSLLM` over `mem.chat_model()`), `get` puts the
 memories as `mem.chat_request` plans them for the query in the leading system message instead:
-the memory block the scheduler's hot KV cache covers, then the other hits, with the request's
-options (`additional_kwargs["memos_options"]`: the adapter and the KV cache, which `MemOSLLM`
-sends) and what it uses (`additional_kwargs["memos_used"]`). The block is the same prefix turn
-after turn, so the model process reuses its KV cache (and the previous turn's prompt while the
-block stays the same); `k` and `min_score` are then the plan's.
+the memory block the scheduler's hot KV cache covers, then the other hits not already in the
+history (the history's own system text after them), with the request's options
+(`additional_kwargs["memos_options"]`: the adapter and the KV cache, which `MemOSLLM` sends) and
+what it uses (`additional_kwargs["memos_used"]`). The block is the same prefix turn after turn,
+so the model process reuses its KV cache (and the previous turn's prompt while the block stays
+the same); `k` and `min_score` are then the plan's.
 
 `set` replaces the short-term history without writing to MemOS (engines call it with histories
 they already have), and `reset` clears the short-term history only: what MemOS learned stays
