@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic_core import PydanticSerializationError
@@ -364,6 +365,15 @@ class Catalog:
         marks = self._bump(conn, ((r["vault"], r["user_id"]) for r in rows))
         for r in rows:
             r["seq"] = marks[(r["vault"], r["user_id"])]
+
+    @property
+    def side_dir(self) -> Path | None:
+        """The folder of an SQLite catalog file (the data dir on the default), where files
+        derived from the catalog may be kept; None for a server database or one in memory."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database).resolve().parent
 
     def close(self) -> None:
         self.engine.dispose()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,26 @@ class BM25Segment:
             self.model = bm25s.BM25(k1=k1, b=b, method="lucene")
             self.model.index((ids, vocab), show_progress=False)
             self.vocab = vocab
+
+    def save(self, path: Path) -> dict[str, Any]:
+        """Write the segment's arrays under `path` (bm25s files); its statistics, to keep with
+        them for `opened`."""
+        if self.model is not None:
+            self.model.save(str(path), show_progress=False)
+        return {"n": self.n, "avgdl": self.avgdl, "df": dict(self.df)}
+
+    @classmethod
+    def opened(cls, path: Path, stats: dict[str, Any], k1: float, b: float) -> BM25Segment:
+        """The segment `save` wrote under `path`, its arrays memory-mapped (shared with every
+        process that opens them)."""
+        import bm25s
+
+        seg = cls([], k1, b)
+        seg.n, seg.avgdl, seg.df = int(stats["n"]), float(stats["avgdl"]), Counter(stats["df"])
+        if seg.n:
+            seg.model = bm25s.BM25.load(str(path), mmap=True, show_progress=False)
+            seg.vocab = seg.model.vocab_dict
+        return seg
 
     def scores(self, query: Sequence[str]) -> np.ndarray:
         if self.model is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -46,11 +46,13 @@ class Doc:
     dated: bool = False  # the text says when (a time phrase, see `events.time_phrases`)
     when: tuple[tuple[float, float], ...] = ()  # the days its time phrases name: [start, end)
     version: int = 0  # the cube's version: an older one never replaces a newer one
+    text_key: str = ""  # what `content_hash` hashes (the hash is per process), for snapshots
 
 
 def doc_of(cube: MemCube) -> Doc:
     speaker = cube.provenance.speaker
     text = f"{speaker}: {cube.content}" if speaker else cube.content
+    said = " ".join(cube.content.split()).casefold()
     lc = cube.lifecycle
     return Doc(
         id=cube.id,
@@ -65,11 +67,18 @@ def doc_of(cube: MemCube) -> Doc:
         state=lc.state.value,
         keyed="key" in cube.metadata,
         tokens=tuple(keyword_tokens(text)),
-        content_hash=hash((speaker or "", " ".join(cube.content.split()).casefold())),
+        content_hash=hash((speaker or "", said)),
         dated=bool(time_phrases(cube.content)),
         when=spans_of(cube.metadata.get("when")),
         version=lc.version,
+        text_key=f"{speaker or ''}\0{said}",
     )
+
+
+def content_hash(text_key: str) -> int:
+    """This process's `Doc.content_hash` of a `Doc.text_key`."""
+    speaker, _, said = text_key.partition("\0")
+    return hash((speaker, said))
 
 
 def spans_of(when: object) -> tuple[tuple[float, float], ...]:
@@ -112,6 +121,13 @@ class ScopeIndex:
         self._version = 0
         self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None
         self._tails: dict[str, tuple[int, BM25Tail]] = {}
+        # called (lock held) after the main segments were rebuilt: e.g. to write a snapshot
+        self.on_built: Callable[[ScopeIndex], None] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(vault, user_id)."""
+        return self.vault, self.user_id
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(dead mask, valid_from) over all docs, cached until the docs change."""
@@ -132,6 +148,20 @@ class ScopeIndex:
             self._segments, self._main_n = None, 0
             for d in sorted(docs, key=lambda d: (d.created_at, d.id)):
                 self._append(d)
+
+    def restore(self, docs: Sequence[Doc], segments: dict[str, BM25Segment],
+                mark: tuple[int, int]) -> None:
+        """Take docs in the order `segments` were built over them (a snapshot's), at `mark`."""
+        with self.lock:
+            self.load(())
+            for d in docs:
+                self._append(d)
+            self._segments, self._main_n, self.mark = segments, len(self.docs), mark
+
+    @property
+    def segments(self) -> dict[str, BM25Segment] | None:
+        """The main BM25 segments, over `docs[:len]` of when they were built (None: not yet)."""
+        return self._segments
 
     def _append(self, d: Doc) -> None:
         self._version += 1
@@ -250,6 +280,8 @@ class ScopeIndex:
             ),
         }
         self._main_n = n
+        if self.on_built is not None:
+            self.on_built(self)
 
     def keyword_scores(self, query: Sequence[str]) -> dict[str, np.ndarray]:
         """BM25 scores of every doc (dead ones 0) for each keyword index."""

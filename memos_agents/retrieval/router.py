@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from ..graph.base import GraphStore, norm_entity
 from ..lifecycle import version_at
 from ..reader import MemoryIntent, TimeRange
 from ..vector.base import VectorIndex
-from . import fusion
+from . import fusion, snapshot
 from .config import ROUTES, RetrievalConfig, resolve_routes
 from .filters import current, filter_rows, resolve_time, scope_mismatch, time_mode, to_dt
 from .index import INDEXED, LIVE, Doc, ScopeIndex, doc_of
@@ -105,6 +106,9 @@ class Router:
         self._scopes: dict[tuple[str, str], ScopeIndex] = {}
         self._lock = threading.Lock()
         self.reranker: Reranker | None = None
+        side = catalog.side_dir
+        # where scope indexes keep their snapshots (beside an SQLite catalog; None: nowhere)
+        self.snapshots: Path | None = None if side is None else side / "keyword-index"
 
     # the scope cache
     def scope_index(self, vault: str, user_id: str) -> ScopeIndex:
@@ -115,15 +119,38 @@ class Router:
         with self._lock:
             idx = self._scopes.get(key)
             if idx is None:
-                idx = self._scopes[key] = ScopeIndex(vault, user_id, self.config)
+                idx = self._scopes[key] = self._new_index(vault, user_id)
         with idx.lock:
             mark = self.catalog.scope_mark(vault, user_id)
-            if idx.mark is None or mark[0] < idx.mark[0]:  # first use, or a catalog replaced
+            if idx.mark is not None and mark[0] < idx.mark[0]:  # a catalog replaced: anew
+                idx.mark = None
+            if idx.mark is None and not self._restored(idx, mark):
                 idx.load(self._load_docs(vault, user_id))
-            elif mark != idx.mark:
+                idx.mark = mark
+            assert idx.mark is not None
+            if mark[0] >= idx.mark[0] and mark != idx.mark:
                 self._catch_up(idx, mark)
-            idx.mark = mark
+                idx.mark = mark
         return idx
+
+    def _new_index(self, vault: str, user_id: str) -> ScopeIndex:
+        idx = ScopeIndex(vault, user_id, self.config)
+        root = self.snapshots
+        if root is not None:
+            idx.on_built = lambda built: snapshot.save(root, built)
+        return idx
+
+    def _restored(self, idx: ScopeIndex, mark: tuple[int, int]) -> bool:
+        """Whether `idx` was filled from its scope's snapshot: one no newer than the catalog
+        (`mark`, read again in case the snapshot was written since)."""
+        if self.snapshots is None or not snapshot.restore(self.snapshots, idx):
+            return False
+        assert idx.mark is not None
+        if idx.mark[0] > mark[0] and idx.mark[0] > self.catalog.scope_mark(*idx.key)[0]:
+            idx.load(())  # a snapshot of another catalog's scope
+            idx.mark = None
+            return False
+        return True
 
     def _catch_up(self, idx: ScopeIndex, mark: tuple[int, int]) -> None:
         """Apply to `idx` what was written to its scope between its mark and `mark`: the rows
@@ -154,9 +181,12 @@ class Router:
                 idx.upsert([doc_of(c) for c in group if c.form.value == "plaintext"])
 
     def on_purge(self, cube: MemCube) -> None:
+        """The vault purged `cube`: out of the loaded index, and its scope's snapshots gone."""
         idx = self._scopes.get((cube.scope.vault, cube.scope.user_id))
         if idx is not None:
             idx.remove([cube.id])
+        if self.snapshots is not None:
+            snapshot.drop(self.snapshots, cube.scope.vault, cube.scope.user_id)
 
     # the pipeline
     def plan(self, routes: Sequence[str] | str | None = None) -> list[Route]:
