@@ -79,13 +79,13 @@ def test_openapi_lists_every_route_and_the_system_routes_answer(mem) -> None:
         assert status.status_code == 200
         assert {"running", "budgets", "hot", "decisions", "jobs"} <= status.json().keys()
         r = client.post("/v1/model/generate", json={"prompt": "hi", "user_id": "alice"})
-        assert r.status_code == 400 and r.json()["error"] == "ModelUnavailable"
+        assert r.status_code == 503 and r.json()["error"] == "ModelUnavailable"
         _, secret = KeyStore(mem.vault.catalog.engine).create("user:alice")
         alice = {"Authorization": f"Bearer {secret}"}
         r = client.get("/v1/scheduler/status", headers=alice)
         assert r.status_code == 403 and r.json()["error"] == "PermissionDenied"
         r = client.post("/v1/model/generate", json={"prompt": "hi"}, headers=alice)
-        assert r.status_code == 400 and r.json()["error"] == "ModelUnavailable"
+        assert r.status_code == 503 and r.json()["error"] == "ModelUnavailable"
 
 
 def test_memories_add_search_get_update_history_delete(api: Api) -> None:

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..governance import PermissionDenied
 from ..keys import KeyStore
+from ..model.client import ModelUnavailable
 from . import mcp, rest, store_api
 from .auth import Authenticator, Unauthenticated
 
@@ -49,6 +50,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ExtractionError, 422),
     (InvalidInput, 400),
     (StoreError, 503),
+    (ModelUnavailable, 503),
 )
 
 

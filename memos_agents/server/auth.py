@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 from fastapi.security.utils import get_authorization_scheme_param
 
+from ..cube import MemCube, Scope, check_name
 from ..errors import InvalidInput, MemOSError
-from ..governance import SYSTEM, PermissionDenied
+from ..governance import SYSTEM, Action, PermissionDenied
 from ..keys import ApiKey, KeyStore
 
 if TYPE_CHECKING:
@@ -53,6 +54,31 @@ class Caller:
                                       detail=f"key {self.key.id} is limited to other vaults")
             raise PermissionDenied(f"this API key may not reach vault {vault!r}")
         return vault
+
+    def scope_user(self, requested: str | None, vault: str, op: str) -> str:
+        """`user_id`, and another user's memory refused (PermissionDenied, audited by the gate)
+        unless the principal has a role in the vault: a body's `user_id` is checked, not trusted."""
+        user = check_name(self.user_id(requested), "user_id")
+        if self.principal not in (SYSTEM, f"user:{user}"):
+            scope = Scope(vault=check_name(vault, "vault"), user_id=user)
+            self.mem.gate(op, Action.read, scope=scope, check_only=True)
+        return user
+
+    def own_user(self, requested: str | None, vault: str, op: str) -> str | None:
+        """`scope_user`, but None (every user) for a caller that is no user and names none."""
+        if requested is None and not self.principal.startswith("user:"):
+            return None
+        return self.scope_user(requested, vault, op)
+
+    def reach(self, cube_id: str) -> None:
+        """PermissionDenied (audited) when the key is limited to vaults the cube is not in;
+        checked before the facade is called, so a refused write writes nothing."""
+        if self.key is not None and self.key.vaults is not None:
+            self.vault(self.mem.vault.get(cube_id, expired=True).scope.vault)
+
+    def reaches(self, cube: MemCube) -> bool:
+        """Whether the key reaches the vault of `cube`."""
+        return self.key is None or self.key.vaults is None or cube.scope.vault in self.key.vaults
 
 
 class Authenticator:

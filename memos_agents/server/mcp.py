@@ -79,12 +79,6 @@ def calling() -> Iterator[Caller]:
         raise ToolError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def reach(who: Caller, cube_id: str) -> None:
-    """PermissionDenied (audited) when the caller's key is limited to vaults the cube is not in."""
-    if who.key is not None and who.key.vaults is not None:
-        who.vault(who.mem.vault.get(cube_id, expired=True).scope.vault)
-
-
 def add_memory(
     content: str,
     user_id: UserId = None,
@@ -98,7 +92,8 @@ def add_memory(
     """Remember a text. fast stores it as one memory; fine stores the facts a chat model
     extracts from it (when the server has one). Returns the memories written."""
     with calling() as who:
-        cubes = who.mem.add(content, user_id=who.user_id(user_id), vault=who.vault(vault),
+        vault = who.vault(vault)
+        cubes = who.mem.add(content, user_id=who.scope_user(user_id, vault, "add"), vault=vault,
                             session_id=session_id, agent_id=agent_id, tags=tags, mode=mode,
                             visibility=visibility)
         return {"memories": [cube_json(c) for c in cubes]}
@@ -119,7 +114,9 @@ def search_memory(
     dense + keyword + graph routes fused; dense: cosine alone). `window`: that many turns of
     the same session either side of each hit, as its context."""
     with calling() as who:
-        hits = who.mem.search(query, user_id=who.user_id(user_id), vault=who.vault(vault), k=k,
+        vault = who.vault(vault)
+        hits = who.mem.search(query, user_id=who.scope_user(user_id, vault, "search"),
+                              vault=vault, k=k,
                               session_id=session_id, agent_id=agent_id, tags=tags, mode=mode,
                               window=window)
         out = []
@@ -134,7 +131,7 @@ def search_memory(
 def get_memory(cube_id: str, user_id: UserId = None) -> dict[str, Any]:
     """One memory by id (`user_id`: refuse it unless it belongs to that user)."""
     with calling() as who:
-        reach(who, cube_id)
+        who.reach(cube_id)
         return cube_json(who.mem.get(cube_id, user_id=user_id))
 
 
@@ -148,7 +145,8 @@ def list_memories(
 ) -> dict[str, Any]:
     """A user's memories in a vault (optionally one session), oldest first, a page at a time."""
     with calling() as who:
-        cubes = who.mem.list(user_id=who.user_id(user_id), vault=who.vault(vault),
+        vault = who.vault(vault)
+        cubes = who.mem.list(user_id=who.scope_user(user_id, vault, "list"), vault=vault,
                              session_id=session_id, include_deleted=include_deleted,
                              limit=limit, offset=offset)
         return {"memories": [cube_json(c) for c in cubes]}
@@ -164,7 +162,7 @@ def update_memory(
     """Replace a memory's content as a new version (earlier ones stay in memory_history).
     With `expected_version` (the version you read), a Conflict error if it changed since."""
     with calling() as who:
-        reach(who, cube_id)
+        who.reach(cube_id)
         return cube_json(who.mem.update(cube_id, content, user_id=user_id, tags=tags,
                                         expected_version=expected_version))
 
@@ -172,14 +170,14 @@ def update_memory(
 def delete_memory(cube_id: str, user_id: UserId = None) -> dict[str, Any]:
     """Delete a memory: it is no longer found (its versions stay in memory_history)."""
     with calling() as who:
-        reach(who, cube_id)
+        who.reach(cube_id)
         return cube_json(who.mem.delete(cube_id, user_id=user_id))
 
 
 def memory_history(cube_id: str, user_id: UserId = None) -> dict[str, Any]:
     """Every version of a memory, oldest first, with who changed it, when and how."""
     with calling() as who:
-        reach(who, cube_id)
+        who.reach(cube_id)
         versions = who.mem.history(cube_id, user_id=user_id)
         return {"versions": [
             {"version": v.version, "op": v.op, "changed_by": v.changed_by,
@@ -202,8 +200,9 @@ def publish(
     """Publish to a channel: `content` becomes a new shared memory; `cube_ids` are existing
     shared or public memories of the user. Subscribers receive them with `poll`."""
     with calling() as who:
-        sent = who.mem.publish(channel, content, user_id=who.user_id(user_id),
-                               cube_ids=cube_ids or (), vault=who.vault(vault),
+        vault = who.vault(vault)
+        sent = who.mem.publish(channel, content, user_id=who.scope_user(user_id, vault, "publish"),
+                               cube_ids=cube_ids or (), vault=vault,
                                agent_id=agent_id, session_id=session_id, tags=tags)
         return {"deliveries": [{"seq": d.seq, "published_by": d.published_by, **cube_json(d.cube)}
                                for d in sent]}
@@ -237,7 +236,8 @@ def graph(user_id: UserId = None, vault: Vault = None) -> dict[str, Any]:
     """The topic -> concept -> fact hierarchy of a user's memory: `text` (a tree to read) and
     `topics` (the same as data)."""
     with calling() as who:
-        tree = who.mem.graph(user_id=who.user_id(user_id), vault=who.vault(vault))
+        vault = who.vault(vault)
+        tree = who.mem.graph(user_id=who.scope_user(user_id, vault, "graph"), vault=vault)
         return {"text": tree.render(), "topics": tree.model_dump(mode="json")["topics"]}
 
 

@@ -22,9 +22,6 @@ from .rest_models import (
     Deliveries,
     Publish,
     Subscribe,
-    in_key_vaults,
-    reach,
-    scope_user,
 )
 
 if TYPE_CHECKING:
@@ -51,10 +48,10 @@ def publish(channel: str, body: Publish, who: CallerDep) -> Deliveries:
     as a new shared memory of the publisher) to a channel."""
     ids = [*([body.cube_id] if body.cube_id is not None else []), *body.cube_ids]
     for cube_id in ids:
-        reach(who, cube_id)
+        who.reach(cube_id)
     vault = who.vault(body.vault)
     out = who.mem.publish(
-        channel, body.memory, user_id=scope_user(who, body.user_id, vault, "publish"),
+        channel, body.memory, user_id=who.scope_user(body.user_id, vault, "publish"),
         cube_ids=ids, agent_id=body.agent_id, session_id=body.session_id, vault=vault,
         tags=body.tags,
     )
@@ -72,7 +69,7 @@ def poll(channel: str, subscriber: Subscriber, who: CallerDep, limit: int = 100)
     """Up to `limit` deliveries since the last ack, oldest first (only memories this key may
     read); nothing moves until `ack`."""
     found = who.mem.poll(channel, subscriber, limit=limit)
-    return Deliveries(items=[d for d in found if in_key_vaults(who, d.cube)])
+    return Deliveries(items=[d for d in found if who.reaches(d.cube)])
 
 
 @router.post("/{channel}/ack")
@@ -108,7 +105,7 @@ async def _stream(
     while True:
         new = [d for d in batch if d.seq > sent]
         for d in new:
-            if in_key_vaults(who, d.cube):
+            if who.reaches(d.cube):
                 yield {"id": str(d.seq), "event": "delivery", "data": d.model_dump_json()}
         full = len(batch) >= limit
         if full and not new:

@@ -22,8 +22,6 @@ from .rest_models import (
     SearchRequest,
     SearchResponse,
     UpdateMemory,
-    reach,
-    scope_user,
 )
 
 router = APIRouter(tags=["memories"])
@@ -41,7 +39,7 @@ def add_memories(body: AddMemories, who: CallerDep) -> Cubes:
                 else [m.model_dump(exclude_none=True) for m in body.messages])
     vault = who.vault(body.vault)
     cubes = who.mem.add(
-        messages, user_id=scope_user(who, body.user_id, vault, "add"), vault=vault,
+        messages, user_id=who.scope_user(body.user_id, vault, "add"), vault=vault,
         agent_id=body.agent_id, session_id=body.session_id, tags=body.tags, ttl=body.ttl,
         mode=body.mode, metadata=body.metadata, visibility=body.visibility,
     )
@@ -53,7 +51,7 @@ def add_document(body: AddDocument, who: CallerDep) -> Cubes:
     """Remember a document's text, split into chunks (one memory each)."""
     vault = who.vault(body.vault)
     cubes = who.mem.add_document(
-        body.text, user_id=scope_user(who, body.user_id, vault, "add_document"), vault=vault,
+        body.text, user_id=who.scope_user(body.user_id, vault, "add_document"), vault=vault,
         source=body.name, session_id=body.session_id, tags=body.tags,
     )
     return Cubes(items=cubes)
@@ -66,7 +64,7 @@ def search(body: SearchRequest, who: CallerDep) -> SearchResponse:
     vault = who.vault(body.vault)
     op = "explain" if body.explain else "search"
     kw: dict[str, Any] = dict(
-        user_id=scope_user(who, body.user_id, vault, op), vault=vault, k=body.k,
+        user_id=who.scope_user(body.user_id, vault, op), vault=vault, k=body.k,
         mode=body.mode, routes=body.routes, tags=body.tags, session_id=body.session_id,
         agent_id=body.agent_id, window=body.window,
     )
@@ -87,7 +85,7 @@ def search(body: SearchRequest, who: CallerDep) -> SearchResponse:
 @router.get("/memories/{cube_id}")
 def get_memory(cube_id: str, who: CallerDep, user_id: ScopeUser = None) -> MemCube:
     """One memory, if the key may read it."""
-    reach(who, cube_id)
+    who.reach(cube_id)
     return who.mem.get(cube_id, user_id=user_id)
 
 
@@ -105,7 +103,7 @@ def list_memories(
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
     vault = who.vault(vault)
-    got = who.mem.list(user_id=scope_user(who, user_id, vault, "list"), vault=vault,
+    got = who.mem.list(user_id=who.scope_user(user_id, vault, "list"), vault=vault,
                        session_id=session_id, limit=limit + 1, after=cursor)
     items = got[:limit]
     return Page(items=items, next_cursor=page_cursor(items[-1]) if len(got) > limit else None)
@@ -114,7 +112,7 @@ def list_memories(
 @router.patch("/memories/{cube_id}")
 def update_memory(cube_id: str, body: UpdateMemory, who: CallerDep) -> MemCube:
     """Replace a memory's content as a new version (409 when `expected_version` is stale)."""
-    reach(who, cube_id)
+    who.reach(cube_id)
     return who.mem.update(cube_id, body.content, user_id=body.user_id,
                           expected_version=body.expected_version)
 
@@ -122,7 +120,7 @@ def update_memory(cube_id: str, body: UpdateMemory, who: CallerDep) -> MemCube:
 @router.get("/memories/{cube_id}/history")
 def memory_history(cube_id: str, who: CallerDep, user_id: ScopeUser = None) -> History:
     """Every version of a memory, oldest first, with who changed it and when."""
-    reach(who, cube_id)
+    who.reach(cube_id)
     return History(items=who.mem.history(cube_id, user_id=user_id))
 
 
@@ -135,7 +133,7 @@ def delete_memory(
 ) -> MemCube | PurgeReceipt:
     """Soft delete (the memory becomes a tombstone, history keeps it); `purge=true` erases it
     from the catalog, the vector index, the graph and the blob folder, and returns a receipt."""
-    reach(who, cube_id)
+    who.reach(cube_id)
     if purge:
         return who.mem.purge(cube_id, user_id=user_id)
     return who.mem.delete(cube_id, user_id=user_id)

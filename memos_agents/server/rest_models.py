@@ -1,5 +1,5 @@
 """The REST API's request and response bodies (pydantic v2, so `/openapi.json` documents them),
-and the two checks a request's key adds: whose memory a call is about, which vault.
+and the `CallerDep` dependency (the checks a key adds are `auth.Caller`'s).
 
 Request bodies check types only (a wrong type is a 422); values (k, limits, names, sizes) are
 the facade's to check (an InvalidInput is a 400), so every face refuses the same things."""
@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..cube import MemCube, Scope, VersionRecord, check_name
-from ..governance import SYSTEM, Action
+from ..cube import MemCube, VersionRecord
 from ..retrieval.models import SearchExplain
 from ..store import Channel, Delivery
 from .auth import Caller, caller
@@ -171,33 +170,3 @@ class Generated(BaseModel):
     planned: bool = False
     notes: list[str] = Field(default_factory=list)
     cached_tokens: int = 0
-
-
-def scope_user(who: Caller, requested: str | None, vault: str, op: str) -> str:
-    """The user whose memory a call is about (`Caller.user_id`). Another user's is refused
-    (PermissionDenied, audited by the gate) unless the principal has a role in the vault."""
-    user = check_name(who.user_id(requested), "user_id")
-    if who.principal not in (SYSTEM, f"user:{user}"):
-        scope = Scope(vault=check_name(vault, "vault"), user_id=user)
-        who.mem.gate(op, Action.read, scope=scope, check_only=True)
-    return user
-
-
-def own_user(who: Caller, requested: str | None, vault: str, op: str) -> str | None:
-    """`scope_user`, but None (every user) for a caller that is no user and names none."""
-    if requested is None and not who.principal.startswith("user:"):
-        return None
-    return scope_user(who, requested, vault, op)
-
-
-def reach(who: Caller, cube_id: str) -> None:
-    """PermissionDenied (audited) when the key is limited to vaults the cube is not in; checked
-    before the facade is called, so a refused write writes nothing."""
-    if who.key is not None and who.key.vaults is not None:
-        who.vault(who.mem.vault.get(cube_id, expired=True).scope.vault)
-
-
-def in_key_vaults(who: Caller, cube: MemCube) -> bool:
-    """Whether the caller's key reaches the vault of `cube`."""
-    return who.key is None or who.key.vaults is None or cube.scope.vault in who.key.vaults
-

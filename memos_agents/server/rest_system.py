@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query
 from fastapi.encoders import jsonable_encoder
 
 from ..loader import MIPDocument, parse_mip
-from .rest_models import CallerDep, Generate, Generated, Imported, own_user, scope_user
+from .rest_models import CallerDep, Generate, Generated, Imported
 
 router = APIRouter()
 
@@ -26,7 +26,7 @@ def export(
     """The memories of one vault this key may read (of `user_id`, for a user key its own by
     default), with their versions and blobs, as a MIP document."""
     vault = who.vault(vault)
-    return who.mem.export(vault=vault, user_id=own_user(who, user_id, vault, "export"),
+    return who.mem.export(vault=vault, user_id=who.own_user(user_id, vault, "export"),
                           include_deleted=include_deleted)
 
 
@@ -41,7 +41,7 @@ def import_mip(
     and the key's right to write there, before anything is written."""
     doc = parse_mip(document, "the request body")
     vault = who.vault(vault)
-    cubes = who.mem.import_file(doc, vault=vault, user_id=own_user(who, user_id, vault, "import"))
+    cubes = who.mem.import_file(doc, vault=vault, user_id=who.own_user(user_id, vault, "import"))
     return Imported(items=cubes, count=len(cubes))
 
 
@@ -57,7 +57,7 @@ def generate(body: Generate, who: CallerDep) -> Generated:
     """Answer with the local model and the memories the scheduler plans for the prompt (or
     none, `plan: false`). 400 ModelUnavailable when no model process runs for this server."""
     vault = who.vault(body.vault)
-    user = scope_user(who, body.user_id, vault, "generate")
+    user = who.scope_user(body.user_id, vault, "generate")
     who.mem.model(start=False)  # never starts a model process on a request
     prompt = (body.prompt if isinstance(body.prompt, str)
               else [m.model_dump(exclude_none=True) for m in body.prompt])
