@@ -16,6 +16,11 @@ the speakers renamed); every (speaker, text) pair is distinct.
     python bench/ingest_search.py                 # 1000,10000,100000 (~10-15 min on 2 cores)
     python bench/ingest_search.py --quick         # 500,2000
     python bench/ingest_search.py --profile-turns 2000   # cProfile one ingest, breakdown
+
+After each step a second OS process opens the same data dir (as a server worker would, while
+the first keeps it open) and reports its `MemOS.open` time, the time until its first search
+returns (the scope index: restored from the keyword index snapshot, or built), its hybrid
+p50 / p95 and its RSS (`second_process`; `--no-second` skips it).
 """
 
 from __future__ import annotations
@@ -669,6 +674,49 @@ def measure_search(mem: MemOS, queries: list[dict[str, Any]], k: int) -> dict[st
     }
 
 
+SECOND = r"""
+import json, os, sys, time
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import psutil
+from memos_agents import MemOS
+d, user, k, qs = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.load(open(sys.argv[4]))
+rss = lambda: psutil.Process().memory_info().rss / 2**20
+t0 = time.perf_counter()
+mem = MemOS.open(d, graph_idle_timeout=120)
+out = {"open_s": time.perf_counter() - t0}
+mem.vault.embedder.embed_query("warm up the model")
+out["rss_mb_after_open"] = rss()
+t0 = time.perf_counter()
+mem.search(qs[0], user_id=user, k=k)
+out["first_search_s"] = time.perf_counter() - t0
+out["rss_mb_after_first_search"] = rss()
+lat = []
+for q in qs[1:]:
+    t0 = time.perf_counter()
+    mem.search(q, user_id=user, k=k)
+    lat.append((time.perf_counter() - t0) * 1000)
+lat.sort()
+out["search_ms"] = {"p50": lat[len(lat) // 2], "p95": lat[int(len(lat) * 0.95)]}
+out["rss_mb"] = rss()
+mem.close()
+print(json.dumps(out))
+"""
+
+
+def measure_second_process(data_dir: Path, queries: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """Open, first search (scope index ready), p50 / p95 and RSS of a second OS process on the
+    data dir while this one keeps it open."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump([q["q"] for q in queries], f)
+    try:
+        run = subprocess.run([sys.executable, "-c", SECOND, str(data_dir), USER, str(k), f.name],
+                             check=True, capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        os.unlink(f.name)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
@@ -988,6 +1036,8 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                         corpus, args.queries, args.seed, None if args.no_locomo else args.locomo
                     )
                 search = measure_search(mem, queries, args.k)
+                second = None if args.no_second else measure_second_process(data_dir, queries,
+                                                                             args.k)
                 step = {
                     "size": size,
                     "added": n,
@@ -997,6 +1047,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     "search": search,
                     "rss_mb": rss_mb(),
                     "graph_server_rss_mb": graph_rss_mb(data_dir / "graph"),
+                    "second_process": second,
                     "loadavg_before": la0,
                     "loadavg_after": loadavg(),
                 }
@@ -1009,6 +1060,13 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     f"(embed p50 {search['embed_query_ms']['p50']:.1f} ms), "
                     f"RSS {step['rss_mb']:,.0f} MB, load {step['loadavg_after']}"
                 )
+                if second is not None:
+                    console.print(
+                        f"  second process: open {second['open_s']:.2f} s, first search "
+                        f"{second['first_search_s']:.2f} s, p50 {second['search_ms']['p50']:.1f}"
+                        f" ms p95 {second['search_ms']['p95']:.1f} ms, RSS "
+                        f"{second['rss_mb']:,.0f} MB"
+                    )
             res["steps"] = steps
             res["corpus"] = {
                 "turns": corpus.count,
@@ -1263,6 +1321,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--locomo", type=Path, default=LOCOMO,
                     help="LoCoMo file whose turns are mixed in (default: bench/data/locomo)")
     ap.add_argument("--no-locomo", action="store_true", help="templates only")
+    ap.add_argument("--no-second", action="store_true",
+                    help="skip the second process's open / first search / RSS after each step")
     ap.add_argument("--embedder", default=None, help="e.g. all-MiniLM-L6-v2-int8 (default exact)")
     ap.add_argument(
         "--profile-turns",
