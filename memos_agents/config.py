@@ -19,6 +19,13 @@ class MemOSConfig(BaseSettings):
     chroma_url: str | None = Field(
         default=None, description="http(s)://host:port of a Chroma server; default embedded"
     )
+    vector_server: bool = Field(
+        default=False,
+        description=(
+            "share one Chroma server of the data dir between processes (started on demand, "
+            "stopped by the last of them to close); default in-process unless it runs"
+        ),
+    )
     graph_url: str | None = Field(
         default=None,
         description="neo4j://, bolt:// or falkordb://host:port; default the embedded FalkorDB",

@@ -307,7 +307,9 @@ class MemOS:
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "blobs").mkdir(exist_ok=True)
         catalog = Catalog(config.resolved_catalog_url(), key=load_key(data_dir))
-        index = ChromaIndex(path=data_dir / "chroma", url=config.chroma_url)
+        index = ChromaIndex(
+            path=data_dir / "chroma", url=config.chroma_url, shared=config.vector_server
+        )
         graph = open_graph(config.graph_url, data_dir, idle_timeout=config.graph_idle_timeout)
         spec = embedder or config.embedder
         if spec is None and catalog.get_meta("embedder") == INT8_MODEL:

@@ -1,5 +1,7 @@
 """Chroma backend: `PersistentClient` under the data dir, or `HttpClient` for a Chroma server.
 
+An embedded dir is opened in-process unless its shared server runs (`chroma_server`): then,
+or when `shared` asks for that server, every process goes through it, so all see one index.
 We always pass our own embeddings; Chroma's default embedding function (which downloads a
 model) is never called. One collection per (vault, user_id), named by a hash of the scope.
 """
@@ -15,6 +17,7 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError, StoreError
 from .base import VectorRecord
+from .chroma_server import Attachment, attach
 
 
 def collection_name(vault: str, user_id: str) -> str:
@@ -22,29 +25,47 @@ def collection_name(vault: str, user_id: str) -> str:
     return f"memos_{digest}"
 
 
+def _http_client(url: str, settings: Any) -> Any:
+    import chromadb
+
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"chroma url must be http(s)://host[:port], got {url!r}")
+    return chromadb.HttpClient(
+        host=u.hostname,
+        port=u.port or (443 if u.scheme == "https" else 8000),
+        ssl=u.scheme == "https",
+        settings=settings,
+    )
+
+
 class ChromaIndex:
-    def __init__(self, path: Path | None = None, url: str | None = None) -> None:
+    """Chroma at `url`; else the dir at `path`: through its shared server if one runs (or,
+    `shared`, after starting one), else in-process, holding the dir until `close`."""
+
+    def __init__(
+        self, path: Path | None = None, url: str | None = None, shared: bool = False
+    ) -> None:
         import chromadb
         from chromadb.config import Settings
 
         settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        self._attachment: Attachment | None = None
         try:
+            if not url:
+                assert path is not None
+                self._attachment = attach(path, shared=shared)
+                url = self._attachment.url
             if url:
-                u = urlparse(url)
-                if u.scheme not in ("http", "https") or not u.hostname:
-                    raise ConfigError(f"chroma url must be http(s)://host[:port], got {url!r}")
-                self.client: Any = chromadb.HttpClient(
-                    host=u.hostname,
-                    port=u.port or (443 if u.scheme == "https" else 8000),
-                    ssl=u.scheme == "https",
-                    settings=settings,
-                )
+                self.client: Any = _http_client(url, settings)
             else:
                 assert path is not None
                 self.client = chromadb.PersistentClient(path=str(path), settings=settings)
-        except ConfigError:
-            raise
         except Exception as exc:
+            if self._attachment is not None:
+                self._attachment.close()
+            if isinstance(exc, ConfigError | StoreError):
+                raise
             raise StoreError(f"cannot open Chroma ({url or path}): {exc}") from exc
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -131,4 +152,9 @@ class ChromaIndex:
         return sum(c.count() for c in self.client.list_collections() if c.name.startswith("memos_"))
 
     def close(self) -> None:
+        """Release the client (an in-process one frees the dir for a server) and the dir."""
         self._collections.clear()
+        self.client.close()
+        if self._attachment is not None:
+            self._attachment.close()
+            self._attachment = None
