@@ -263,11 +263,15 @@ def grant(
 
 @app.command()
 def down(data_dir: DirOpt = Path(".memos")) -> None:
-    """Stop the embedded graph server of this data dir (it also stops itself when idle)."""
+    """Stop the embedded graph server (it also stops itself when idle) and the shared vector
+    server of this data dir."""
     from ..graph.falkordb_server import stop_server
+    from ..vector.chroma_server import stop_server as stop_vector_server
 
     was = stop_server(data_dir / "graph")
     console.print("graph server stopped" if was else "no graph server was running")
+    was = stop_vector_server(data_dir / "chroma")
+    console.print("vector server stopped" if was else "no vector server was running")
 
 
 @app.command()

@@ -5,11 +5,15 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..errors import MemOSError
 from .common import DirOpt, JsonOpt, console, dump, err, opened
+
+if TYPE_CHECKING:
+    from ..vector.chroma_server import Attachment
 
 app = typer.Typer(help="The server's API keys: each names one principal, shown once.")
 
@@ -23,17 +27,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(
-    data_dir: DirOpt = Path(".memos"),
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8765,
-    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
-    scheduler: Annotated[bool, typer.Option(help="run the scheduler's worker")] = True,
-) -> None:
-    """Serve REST (/v1), the LangGraph store API (/store) and MCP (/mcp) over one data dir.
-    A key is required once any exists; a non-loopback address needs one to exist."""
-    import uvicorn
+def _share_vectors(data_dir: Path) -> Attachment | None:
+    """The dir's shared vector server for every worker (started here unless it runs), or None
+    when the vector index is not embedded."""
+    from ..config import MemOSConfig
+    from ..vector.chroma_server import attach
 
+    try:
+        embedded = MemOSConfig(data_dir=data_dir).chroma_url is None
+        return attach(data_dir / "chroma", shared=True) if embedded else None
+    except (MemOSError, ValueError) as exc:  # a bad MEMOS_* setting is a ValueError
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _check_auth(data_dir: Path, host: str) -> bool:
+    """Whether an active API key exists; exits if `host` is not loopback and none does."""
     from ..keys import KeyStore
 
     with opened(data_dir) as mem:
@@ -42,14 +51,36 @@ def serve(
         err.print(f"[red]error:[/red] refusing to serve on {host} without authentication: "
                   "create a key first (memos-agents key create --principal user:<id>)")
         raise typer.Exit(2)
-    os.environ["MEMOS_DIR"] = str(data_dir)
-    os.environ["MEMOS_SCHEDULER"] = "1" if scheduler else "0"
-    os.environ["MEMOS_SERVER_AUTH"] = "auto" if is_loopback(host) else "required"
-    if not have_keys:
-        err.print("[yellow]open mode:[/yellow] no API keys yet, every request is 'system' "
-                  "(loopback only); create a key to require one")
-    uvicorn.run("memos_agents.server.app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="warning")
+    return have_keys
+
+
+def serve(
+    data_dir: DirOpt = Path(".memos"),
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8765,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    scheduler: Annotated[bool, typer.Option(help="run the scheduler's worker")] = True,
+) -> None:
+    """Serve REST (/v1), the LangGraph store API (/store) and MCP (/mcp) over one data dir.
+    A key is required once any exists; a non-loopback address needs one to exist. Every
+    worker (and every other server of the dir) shares one vector server of the dir; the last
+    server to exit stops it if one of them started it."""
+    import uvicorn
+
+    vectors = _share_vectors(data_dir)
+    try:
+        have_keys = _check_auth(data_dir, host)
+        os.environ["MEMOS_DIR"] = str(data_dir)
+        os.environ["MEMOS_SCHEDULER"] = "1" if scheduler else "0"
+        os.environ["MEMOS_SERVER_AUTH"] = "auto" if is_loopback(host) else "required"
+        if not have_keys:
+            err.print("[yellow]open mode:[/yellow] no API keys yet, every request is 'system' "
+                      "(loopback only); create a key to require one")
+        uvicorn.run("memos_agents.server.app:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning")
+    finally:
+        if vectors is not None:
+            vectors.close()
 
 
 @app.command("create")
