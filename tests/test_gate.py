@@ -77,7 +77,8 @@ OPERATIONS: dict[str, tuple[str, Attack]] = {
 NOT_OPERATIONS = {
     "open": "makes a handle", "as_principal": "makes a view", "gate": "the gate itself",
     "readable": "a filter over cubes the caller already holds", "close": "this handle",
-    "model": "connects to the model process", "chat_model": "a chat model with no memory",
+    "model": "connects to the model process",
+    "chat_model": "a chat model; with user_id= each request is gated as chat_request",
     "model_runtime": "the process connection",
 }
 

@@ -3,6 +3,7 @@
     memory = MemOSMemory.from_defaults(mem=mem, user_id="alice")    # history + recall
     Memory.from_defaults(memory_blocks=[MemOSMemoryBlock(mem=mem, user_id="alice")])
     MemOSRetriever(mem, user_id="alice")                           # memories as nodes
+    MemOSLLM(llm=ChatOpenAI(...))      # a LangChain chat model that sends the memory options
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import lazy_loader as lazy
 
 if TYPE_CHECKING:
     from .block import MemOSMemoryBlock
+    from .llm import MemOSLLM
     from .memory import MemOSMemory
     from .retriever import MemOSRetriever
 
@@ -22,5 +24,6 @@ __getattr__, __dir__, __all__ = lazy.attach(
         "memory": ["MemOSMemory"],
         "block": ["MemOSMemoryBlock"],
         "retriever": ["MemOSRetriever"],
+        "llm": ["MemOSLLM"],
     },
 )

@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
             "ModelError",
             "ModelUnavailable",
             "ActivationRefused",
+            "ChatRequest",
         ],
         "memory": ["Generation", "lora_name"],
     },
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .chat import MemOSChatModel
     from .client import (
         ActivationRefused,
+        ChatRequest,
         Completion,
         ModelClient,
         ModelError,
