@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -29,21 +30,202 @@ def embedder():
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
+def data_dir(request, tmp_path: Path) -> Iterator[Path]:
+    """The test's data dir. Under ``--deployment=scaleout`` its stores are servers instead:
+    `MEMOS_CATALOG_URL`, `MEMOS_CHROMA_URL` and `MEMOS_GRAPH_URL` name this test's private
+    PostgreSQL schema, the session's Chroma server and its own FalkorDB database, so every
+    `MemOS.open` of the test (a reopen, a worker subprocess) joins the same deployment; the
+    dir then keeps only the audit key and the blobs."""
     d = tmp_path / "memos"
-    yield d
-    from memos_agents.graph.falkordb_server import stop_server
+    if deployment_of(request.config) == "embedded":
+        yield d
+        from memos_agents.graph.falkordb_server import stop_server
 
-    stop_server(d / "graph")
+        stop_server(d / "graph")
+        return
+    # a patcher of its own: a test's `monkeypatch.undo()` must not move it off the deployment
+    with scaleout_stores(request.getfixturevalue("scaleout_services")) as urls, \
+            pytest.MonkeyPatch.context() as env:
+        for name, url in urls.items():
+            env.setenv(f"MEMOS_{name.upper()}", url)
+        yield d
+    embedded = [p.name for p in (d / "chroma", d / "graph") if p.exists()]
+    assert not embedded, f"the test opened embedded stores under --deployment=scaleout: {embedded}"
 
 
 @pytest.fixture
 def mem(data_dir: Path, embedder):
+    """A MemOS on `data_dir`: the embedded stores, or the scale-out deployment's servers."""
     from memos_agents import MemOS
 
     m = MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30)
     yield m
     m.close()
+
+
+# ---- the scale-out deployment (--deployment=scaleout) -----------------------------------
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("memos-agents")
+    group.addoption(
+        "--deployment",
+        choices=("embedded", "scaleout"),
+        default="embedded",
+        help="the stores behind the `mem` / `data_dir` fixtures: the embedded defaults, or a "
+        "scale-out deployment (the local PostgreSQL, a Chroma server and a FalkorDB TCP server "
+        "started for the session)",
+    )
+    group.addoption(
+        "--scaleout-graph",
+        choices=("falkordb", "neo4j"),
+        default="falkordb",
+        help="the graph of --deployment=scaleout: the session's FalkorDB server, or the Neo4j "
+        "at NEO4J_URI (every node of its database is deleted after each test: a throwaway one)",
+    )
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "embedded_only(reason): the test inspects the embedded stores; skipped under "
+        "--deployment=scaleout",
+    )
+
+
+def pytest_runtest_setup(item) -> None:
+    marker = item.get_closest_marker("embedded_only")
+    if marker is not None and deployment_of(item.config) != "embedded":
+        reason = marker.args[0] if marker.args else "needs the embedded stores"
+        pytest.skip(f"embedded deployment only: {reason}")
+
+
+def deployment_of(config) -> str:
+    return str(config.getoption("--deployment", default="embedded"))
+
+
+def scaleout(config) -> bool:
+    """Whether this run's `mem` / `data_dir` fixtures are on the scale-out deployment."""
+    return deployment_of(config) == "scaleout"
+
+
+class ScaleoutServices:
+    """The session's Chroma server and FalkorDB TCP server (one numbered database per test)."""
+
+    def __init__(self, root: Path, graph: str = "falkordb") -> None:
+        from tests.scaleout_servers import start_chroma, start_falkordb
+
+        self.graph = graph
+        self.chroma = start_chroma(root / "chroma")
+        try:
+            self.falkordb = start_falkordb(root / "falkordb", databases=FALKOR_DATABASES)
+        except BaseException:
+            self.chroma.stop()
+            raise
+        self._next_db = 0
+
+    def next_db(self) -> int:
+        """The FalkorDB database of the next test (0 stays unused: the default of a client)."""
+        self._next_db = self._next_db % (FALKOR_DATABASES - 1) + 1
+        return self._next_db
+
+    def stop(self) -> None:
+        self.chroma.stop()
+        self.falkordb.stop()
+
+
+FALKOR_DATABASES = 1024
+
+
+@pytest.fixture(scope="session")
+def scaleout_services(request, tmp_path_factory) -> Iterator[ScaleoutServices]:
+    """One Chroma server and one FalkorDB TCP server for the whole session, stopped at its
+    end; needs the local PostgreSQL (skips without it)."""
+    if not _pg_available():
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: the scale-out catalog")
+    graph = str(request.config.getoption("--scaleout-graph", default="falkordb"))
+    if graph == "neo4j" and not os.environ.get("NEO4J_URI"):
+        pytest.skip("--scaleout-graph=neo4j needs NEO4J_URI")
+    services = ScaleoutServices(tmp_path_factory.mktemp("scaleout"), graph=graph)
+    yield services
+    services.stop()
+    assert not services.chroma.alive() and not services.falkordb.alive()
+
+
+def _new_schema() -> str:
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    eng = sa.create_engine(PG_URL)
+    try:
+        with eng.begin() as c:
+            c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    finally:
+        eng.dispose()
+    return schema
+
+
+def _drop_schema(schema: str) -> None:
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(PG_URL)
+    try:
+        with eng.begin() as c:
+            c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        eng.dispose()
+
+
+def _clear_chroma(services: ScaleoutServices) -> None:
+    """Delete every collection of the Chroma server (pytest runs tests one at a time)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=services.chroma.port,
+                                 settings=Settings(anonymized_telemetry=False))
+    try:
+        for col in client.list_collections():
+            client.delete_collection(col.name)
+    finally:
+        client.close()
+
+
+def _clear_graph(services: ScaleoutServices, db: int) -> None:
+    if services.graph == "neo4j":
+        from neo4j import GraphDatabase
+
+        auth = (os.environ.get("NEO4J_USER", "neo4j"), os.environ.get("NEO4J_PASSWORD", ""))
+        with GraphDatabase.driver(os.environ["NEO4J_URI"], auth=auth) as driver:
+            driver.execute_query("MATCH (n) DETACH DELETE n",
+                                 database_=os.environ.get("NEO4J_DATABASE") or None)
+        return
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=services.falkordb.port, db=db) as r:
+        r.flushdb()
+
+
+@contextlib.contextmanager
+def scaleout_stores(services: ScaleoutServices) -> Iterator[dict[str, str]]:
+    """Fresh stores of one test on the session's servers: a new PostgreSQL schema, the Chroma
+    server, a FalkorDB database of its own (or the Neo4j at NEO4J_URI); `catalog_url`,
+    `chroma_url` and `graph_url` for `MemOS.open`. Afterwards the schema is dropped, the graph
+    database flushed and the Chroma server's collections deleted: Chroma has no namespace an
+    URL can pick, so this relies on tests running one at a time."""
+    from tests.scaleout_servers import chroma_url, falkordb_url
+
+    schema, db = _new_schema(), services.next_db()
+    graph = os.environ["NEO4J_URI"] if services.graph == "neo4j" else None
+    try:
+        yield {
+            "catalog_url": f"{PG_URL}?options=-csearch_path%3D{schema}",
+            "chroma_url": chroma_url(services.chroma),
+            "graph_url": graph or falkordb_url(services.falkordb, db),
+        }
+    finally:
+        _drop_schema(schema)
+        _clear_chroma(services)
+        _clear_graph(services, db)
 
 
 def _pg_available() -> bool:
