@@ -86,3 +86,39 @@ def test_a_damaged_snapshot_is_not_used(built, data_dir, embedder, monkeypatch) 
         assert loads == ["ana"]  # loaded from the catalog instead
     finally:
         b.close()
+
+
+def test_the_tail_is_snapshotted_too(built, data_dir, embedder, monkeypatch) -> None:
+    """Once `EVERY` docs have joined the tail, the next search writes a snapshot with them
+    (the segment files linked, not rewritten): a later open catches up from there."""
+    from memos_agents.retrieval import snapshot
+
+    a, later = built
+    monkeypatch.setattr(snapshot, "EVERY", 2)
+    home = scope_dir(data_dir / "keyword-index", "default", "ana")
+    first = (home / "current").read_text()
+    for f in ("Omar bought a red kite.", "Ana painted the boathouse green."):
+        a.add(f, user_id="ana")
+    _keyword(a, "kite")  # catches up with its own writes: the tail is snapshotted
+    assert (home / "current").read_text() != first
+    ia = a.vault.router.loaded("default", "ana")
+    assert ia is not None and len(ia.docs) - ia.saved_n < snapshot.EVERY
+    b, loads = _open(data_dir, embedder, monkeypatch)
+    try:
+        caught: list[str] = []
+        changes = b.vault.catalog.scope_changes
+
+        def counted(*args: object, **kw: object) -> list:
+            got = changes(*args, **kw)
+            caught.extend(c.id for c in got)
+            return got
+
+        monkeypatch.setattr(b.vault.catalog, "scope_changes", counted)
+        for q in [*QUERIES, "red kite", "boathouse green", "ferret Pixel"]:
+            assert _keyword(b, q) == _keyword(a, q)  # same main segment and tail: same scores
+        ib = b.vault.router.loaded("default", "ana")
+        assert ib is not None and len(ib.docs) == len(ia.docs)
+        assert loads == [] and len(caught) < snapshot.EVERY  # only what came after it
+        assert later in [c for c, _ in _keyword(b, "ferret Pixel")]
+    finally:
+        b.close()

@@ -4,6 +4,7 @@ the same formula and the main segment's statistics plus the tail's."""
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ class BM25Segment:
             total += len(toks)
         self.avgdl = total / self.n if self.n else 1.0
         self.model = None
+        self.path: Path | None = None  # the folder it was last saved to or opened from
         if self.n:
             vocab: dict[str, int] = {"": 0}
             ids = [[vocab.setdefault(t, len(vocab)) for t in toks] or [0] for toks in docs]
@@ -35,11 +37,25 @@ class BM25Segment:
             self.vocab = vocab
 
     def save(self, path: Path) -> dict[str, Any]:
-        """Write the segment's arrays under `path` (bm25s files); its statistics, to keep with
-        them for `opened`."""
-        if self.model is not None:
+        """Write the segment's arrays under `path` (bm25s files; hard links to the files it
+        was saved to before, where it can); its statistics, to keep with them for `opened`."""
+        if self.model is not None and not self._linked(path):
             self.model.save(str(path), show_progress=False)
         return {"n": self.n, "avgdl": self.avgdl, "df": dict(self.df)}
+
+    def _linked(self, path: Path) -> bool:
+        """Whether every file of the folder it was saved to could be linked into `path`."""
+        if self.path is None:
+            return False
+        try:
+            path.mkdir(parents=True)
+            for f in self.path.iterdir():
+                os.link(f, path / f.name)
+        except OSError:
+            for f in path.glob("*"):
+                f.unlink(missing_ok=True)
+            return False
+        return True
 
     @classmethod
     def opened(cls, path: Path, stats: dict[str, Any], k1: float, b: float) -> BM25Segment:
@@ -52,6 +68,7 @@ class BM25Segment:
         if seg.n:
             seg.model = bm25s.BM25.load(str(path), mmap=True, show_progress=False)
             seg.vocab = seg.model.vocab_dict
+        seg.path = path
         return seg
 
     def scores(self, query: Sequence[str]) -> np.ndarray:

@@ -5,6 +5,7 @@ search, by the rows any process wrote since the index's change mark (see `Router
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -66,7 +67,7 @@ def doc_of(cube: MemCube) -> Doc:
         importance=cube.organisation.importance,
         state=lc.state.value,
         keyed="key" in cube.metadata,
-        tokens=tuple(keyword_tokens(text)),
+        tokens=tuple(map(sys.intern, keyword_tokens(text))),  # one object per word
         content_hash=hash((speaker or "", said)),
         dated=bool(time_phrases(cube.content)),
         when=spans_of(cube.metadata.get("when")),
@@ -123,6 +124,7 @@ class ScopeIndex:
         self._tails: dict[str, tuple[int, BM25Tail]] = {}
         # called (lock held) after the main segments were rebuilt: e.g. to write a snapshot
         self.on_built: Callable[[ScopeIndex], None] | None = None
+        self.saved_n = 0  # len(docs) when its last snapshot was written or read
 
     @property
     def key(self) -> tuple[str, str]:
@@ -151,12 +153,15 @@ class ScopeIndex:
 
     def restore(self, docs: Sequence[Doc], segments: dict[str, BM25Segment],
                 mark: tuple[int, int]) -> None:
-        """Take docs in the order `segments` were built over them (a snapshot's), at `mark`."""
+        """Take a snapshot's docs, `segments` built over the first of them (the others are
+        the tail), at `mark`."""
         with self.lock:
             self.load(())
             for d in docs:
                 self._append(d)
-            self._segments, self._main_n, self.mark = segments, len(self.docs), mark
+            self._segments, self.mark = segments, mark
+            self._main_n = min(seg.n for seg in segments.values())
+            self.saved_n = len(self.docs)
 
     @property
     def segments(self) -> dict[str, BM25Segment] | None:

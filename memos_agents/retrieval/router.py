@@ -131,6 +131,10 @@ class Router:
             if mark[0] >= idx.mark[0] and mark != idx.mark:
                 self._catch_up(idx, mark)
                 idx.mark = mark
+                root = self.snapshots
+                if (root is not None and idx.segments is not None
+                        and len(idx.docs) - idx.saved_n >= snapshot.EVERY):
+                    snapshot.save(root, idx)  # the tail too: a later open catches up less
         return idx
 
     def _new_index(self, vault: str, user_id: str) -> ScopeIndex:

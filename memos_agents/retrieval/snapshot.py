@@ -1,7 +1,8 @@
 """Durable snapshots of a scope index, shared by the processes of one data dir.
 
-When a `ScopeIndex` rebuilds its main BM25 segments it writes them (bm25s arrays) with its docs
-and its change mark under `<root>/<scope>/<seq>-<purged>-<id>/`, and points `<root>/<scope>/
+When a `ScopeIndex` rebuilds its main BM25 segments, and when `EVERY` docs have joined its tail
+since, it writes them (bm25s arrays; unchanged ones hard-linked) with its docs and its change
+mark under `<root>/<scope>/<seq>-<purged>-<id>/`, and points `<root>/<scope>/
 current` at that folder (an atomic rename). A process opening the scope maps the arrays
 (`mmap`: one copy in the page cache for every worker) and reads the docs instead of parsing
 every cube and rebuilding; the router then applies what was written since the snapshot's mark
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from .index import Doc, ScopeIndex, content_hash
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+EVERY = 2000  # docs added since the last snapshot that make the router write a new one
 
 
 def scope_dir(root: Path, vault: str, user_id: str) -> Path:
@@ -46,15 +49,18 @@ def _row(d: Doc) -> list[Any]:
 
 
 def _doc(r: list[Any]) -> Doc:
-    return Doc(id=r[0], session=r[1], created_at=r[2], valid_from=r[3], valid_to=r[4],
-               expires_at=r[5], speaker=r[6], entities=frozenset(r[7]), importance=r[8],
-               state=r[9], keyed=r[10], tokens=tuple(r[11]), content_hash=content_hash(r[16]),
+    """A doc of a snapshot row; its words, names and session interned (one object each)."""
+    intern = sys.intern
+    return Doc(id=r[0], session=r[1] and intern(r[1]), created_at=r[2], valid_from=r[3],
+               valid_to=r[4], expires_at=r[5], speaker=r[6] and intern(r[6]),
+               entities=frozenset(map(intern, r[7])), importance=r[8], state=intern(r[9]),
+               keyed=r[10], tokens=tuple(map(intern, r[11])), content_hash=content_hash(r[16]),
                alive=r[12], dated=r[13], when=tuple((a, b) for a, b in r[14]), version=r[15],
                text_key=r[16])
 
 
 def save(root: Path, idx: ScopeIndex) -> None:
-    """Write `idx` (its segments just built, lock held) as its scope's current snapshot."""
+    """Write `idx` (lock held) as its scope's current snapshot."""
     segments, mark = idx.segments, idx.mark
     if segments is None or mark is None:
         return
@@ -76,6 +82,9 @@ def save(root: Path, idx: ScopeIndex) -> None:
                     idx.vault, idx.user_id, exc)
         shutil.rmtree(tmp, ignore_errors=True)
         return
+    for key, seg in segments.items():
+        seg.path = home / name / key
+    idx.saved_n = len(idx.docs)
     _prune(home, keep={name})
 
 
@@ -108,7 +117,8 @@ def restore(root: Path, idx: ScopeIndex) -> bool:
             log.warning("keyword index snapshot of %s/%s not used: %s",
                         idx.vault, idx.user_id, exc)
         return False
-    if any(seg.n != len(docs) for seg in segments.values()):
+    if len({seg.n for seg in segments.values()}) != 1 or any(
+            seg.n > len(docs) for seg in segments.values()):
         return False
     idx.restore(docs, segments, (int(meta["mark"][0]), int(meta["mark"][1])))
     return True
