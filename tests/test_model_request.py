@@ -153,3 +153,24 @@ def test_chat_model_with_a_user_picks_the_memories_per_request(lm):
     assert "".join(str(c.content) for c in streamed) == second.content
     meta = [c.response_metadata["memos"] for c in streamed if "memos" in c.response_metadata]
     assert meta and meta[-1]["activation"] == hot.id and meta[-1]["cached_tokens"] > 0
+
+
+def test_the_servers_generate_route_uses_the_plan(lm):
+    from fastapi.testclient import TestClient
+
+    from memos_agents.keys import KeyStore
+    from memos_agents.server import create_app
+
+    hot = hot_cache(lm, "dana")
+    _, secret = KeyStore(lm.vault.catalog.engine).create("user:dana")
+    _, other = KeyStore(lm.vault.catalog.engine).create("user:erin")
+    body = {"prompt": Q1, "max_new_tokens": 16}
+    with TestClient(create_app(lm)) as c:
+        r = c.post("/v1/model/generate", json=body, headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["planned"] and out["activation"] == hot.id and out["cached_tokens"] > 0
+        assert out["text"] == lm.generate(Q1, user_id="dana", max_tokens=16).text
+        refused = c.post("/v1/model/generate", json={**body, "user_id": "dana"},
+                         headers={"Authorization": f"Bearer {other}"})
+        assert refused.status_code == 403 and refused.json()["error"] == "PermissionDenied"

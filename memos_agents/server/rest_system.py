@@ -55,7 +55,7 @@ def scheduler_status(who: CallerDep, limit: int = 20) -> dict[str, Any]:
 @router.post("/model/generate", tags=["model"])
 def generate(body: Generate, who: CallerDep) -> Generated:
     """Answer with the local model and the memories the scheduler plans for the prompt (or
-    none, `plan: false`). 400 ModelUnavailable when no model process runs for this server."""
+    none, `plan: false`). 503 ModelUnavailable when no model process runs for this server."""
     vault = who.vault(body.vault)
     user = who.scope_user(body.user_id, vault, "generate")
     who.mem.model(start=False)  # never starts a model process on a request
