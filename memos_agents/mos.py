@@ -310,12 +310,16 @@ class MemOS:
         index = ChromaIndex(
             path=data_dir / "chroma", url=config.chroma_url, shared=config.vector_server
         )
-        graph = open_graph(config.graph_url, data_dir, idle_timeout=config.graph_idle_timeout)
-        spec = embedder or config.embedder
-        if spec is None and catalog.get_meta("embedder") == INT8_MODEL:
-            spec = INT8_MODEL  # a packaged embedder: reopen the dir in the space it was built in
-        # one chat model for the reader (fine mode), query intents and topic names
-        vault = MemVault(catalog, index, graph, resolve_embedder(spec), llm=llm)
+        try:
+            graph = open_graph(config.graph_url, data_dir, idle_timeout=config.graph_idle_timeout)
+            spec = embedder or config.embedder
+            if spec is None and catalog.get_meta("embedder") == INT8_MODEL:
+                spec = INT8_MODEL  # a packaged embedder: reopen the dir in its own space
+            # one chat model for the reader (fine mode), query intents and topic names
+            vault = MemVault(catalog, index, graph, resolve_embedder(spec), llm=llm)
+        except BaseException:
+            index.close()  # frees the dir (and a shared vector server) for other processes
+            raise
         mem = cls(config, vault, MemReader(llm=llm), principal=principal)
         repaired = vault.reconcile()
         if repaired:
