@@ -76,6 +76,10 @@ def comparable(doc) -> list:
     ]
 
 
+@pytest.mark.embedded_only(
+    "opens a second, empty data dir: on the scale-out deployment its MEMOS_* URLs name the "
+    "test's own stores, not empty ones"
+)
 def test_mip_round_trip_into_an_empty_dir(mem: MemOS, tmp_path: Path, embedder) -> None:
     cubes = mem.add(
         [
