@@ -201,7 +201,8 @@ def _ensure(chroma_dir: Path, managed: bool) -> str:
 def _spawn(chroma_dir: Path, fd: int, managed: bool) -> str:
     """Start `chroma run` on a free loopback port, holding `fd`'s lock; wait until it answers."""
     command = _chroma_command()
-    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
+    # warnings only: at INFO the server logs every request (about 3 KB each)
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "RUST_LOG": "warn"}
     code: int | None = None
     for _ in range(_START_TRIES):
         port = _free_port()
