@@ -17,13 +17,13 @@ Files in the Chroma dir:
 - ``server.log``: the server's output.
 
 The server leads a session (and process group) of its own; `stop_server` sends it SIGTERM,
-then SIGKILL to the group after `timeout` seconds.
+then SIGKILL to the group after `timeout` seconds. Without flock (Windows) a dir is only
+ever opened in-process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -58,12 +58,21 @@ _KILL_WAIT = 10.0
 log = logging.getLogger(__name__)
 
 
-def _flock(path: Path, mode: int) -> int | None:
-    """A descriptor of `path` holding a `mode` (LOCK_SH / LOCK_EX) flock, or None if taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def _try_flock(fd: int, exclusive: bool) -> bool:
+    """Take (or convert to) a shared / exclusive flock on `fd` without waiting; whether it did."""
+    import fcntl  # POSIX only: `attach` opens the dir in-process without locks elsewhere
+
     try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
+        return False
+    return True
+
+
+def _flock(path: Path, exclusive: bool) -> int | None:
+    """A descriptor of `path` holding a shared / exclusive flock, or None if that is taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if not _try_flock(fd, exclusive):
         os.close(fd)
         return None
     return fd
@@ -71,7 +80,9 @@ def _flock(path: Path, mode: int) -> int | None:
 
 def _held(chroma_dir: Path) -> bool:
     """Whether a server (or a process starting one) holds the dir's open lock exclusively."""
-    fd = _flock(chroma_dir / OPEN_LOCK, fcntl.LOCK_SH)
+    if sys.platform == "win32":
+        return False  # no flock, so no server
+    fd = _flock(chroma_dir / OPEN_LOCK, exclusive=False)
     if fd is None:
         return True
     os.close(fd)
@@ -169,6 +180,8 @@ def ensure_server(chroma_dir: Path) -> str:
 
 
 def _ensure(chroma_dir: Path, managed: bool) -> str:
+    if sys.platform == "win32":
+        raise ConfigError("the shared vector server needs flock (Linux or macOS)")
     chroma_dir = chroma_dir.resolve()
     try:
         chroma_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +191,7 @@ def _ensure(chroma_dir: Path, managed: bool) -> str:
         return url
     with _spawn_lock(chroma_dir, _LOCK_WAIT):
         deadline = time.monotonic() + _ATTACH_WAIT
-        while (fd := _flock(chroma_dir / OPEN_LOCK, fcntl.LOCK_EX)) is None:
+        while (fd := _flock(chroma_dir / OPEN_LOCK, exclusive=True)) is None:
             if url := running_server(chroma_dir):
                 return url
             state = _read_state(chroma_dir)
@@ -327,7 +340,7 @@ class Attachment:
         if user_fd is None:
             return
         try:
-            last = _try_flock(user_fd, fcntl.LOCK_EX)
+            last = _try_flock(user_fd, exclusive=True)
             state = _read_state(self.chroma_dir)
             if last and state is not None and state.get("managed"):
                 stop_server(self.chroma_dir)
@@ -337,19 +350,11 @@ class Attachment:
             os.close(user_fd)
 
 
-def _try_flock(fd: int, mode: int) -> bool:
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
 def _join(chroma_dir: Path) -> int:
     """A descriptor holding the users lock shared (waiting while a last user stops the server)."""
     fd = os.open(chroma_dir / USERS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + _LOCK_WAIT
-    while not _try_flock(fd, fcntl.LOCK_SH):
+    while not _try_flock(fd, exclusive=False):
         if time.monotonic() >= deadline:
             os.close(fd)
             raise StoreError(f"{chroma_dir / USERS_LOCK} stayed locked for {_LOCK_WAIT:.0f} s")
@@ -365,6 +370,10 @@ def attach(chroma_dir: Path, shared: bool = False) -> Attachment:
         chroma_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the vector dir {chroma_dir}: {exc}") from exc
+    if sys.platform == "win32":  # no flock: in-process, one process at a time
+        if shared:
+            raise ConfigError("the shared vector server needs flock (Linux or macOS)")
+        return Attachment(chroma_dir, None)
     if shared:
         user_fd = _join(chroma_dir)
         try:
@@ -373,7 +382,7 @@ def attach(chroma_dir: Path, shared: bool = False) -> Attachment:
             os.close(user_fd)
             raise
     deadline = time.monotonic() + _ATTACH_WAIT
-    while (fd := _flock(chroma_dir / OPEN_LOCK, fcntl.LOCK_SH)) is None:
+    while (fd := _flock(chroma_dir / OPEN_LOCK, exclusive=False)) is None:
         if url := running_server(chroma_dir):
             return Attachment(chroma_dir, url)
         if time.monotonic() >= deadline:
