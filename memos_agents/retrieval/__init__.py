@@ -13,12 +13,15 @@ graph, fused with time filters, recency and importance, every stage visible in `
 
 Presets (`PRESETS`): `hybrid` (every route, fused) and `dense` (the dense route alone, scored
 by cosine similarity). The keyword index and the per-scope bookkeeping (`ScopeIndex`) live in
-memory, per (vault, user). Nothing here ever reads outside the one (vault, user) scope it was
-built for.
+memory, per (vault, user), current before every search with what any process wrote (the
+catalog's change marks); beside an SQLite catalog they are snapshotted on disk, and a process
+opening a scope maps the snapshot instead of rebuilding. Nothing here ever reads outside the
+one (vault, user) scope it was built for.
 
     config.py   RetrievalConfig, ROUTES, PRESETS
     models.py   RoutedHit, SearchResult and the explain models
     index.py    ScopeIndex (BM25 segments from bm25.py, sessions, entity names)
+    snapshot.py ScopeIndex snapshots under the data dir (`keyword-index/`)
     routes.py   DenseRoute, KeywordRoute, GraphRoute
     fusion.py   fusion as pure functions over arrays
     filters.py  the pool filter, the query's time range, the last check of a cube
