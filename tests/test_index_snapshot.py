@@ -122,3 +122,30 @@ def test_the_tail_is_snapshotted_too(built, data_dir, embedder, monkeypatch) -> 
         assert later in [c for c, _ in _keyword(b, "ferret Pixel")]
     finally:
         b.close()
+
+
+def test_no_snapshot_holds_a_purged_cube(built, data_dir, embedder, monkeypatch) -> None:
+    """A purge empties the index entries of the cube (its retired versions too) and removes
+    the scope's snapshots; none is written again until the segments are rebuilt without it."""
+    from memos_agents.retrieval import snapshot
+
+    a, _ = built
+    monkeypatch.setattr(snapshot, "EVERY", 1)
+    gone = next(c for c in a.list(user_id="ana") if "narwhal" in c.content)
+    a.update(gone.id, "Ana photographed a beluga off Tromso.", user_id="ana")
+    _keyword(a, "beluga")
+    a.purge(gone.id, user_id="ana")
+    home = scope_dir(data_dir / "keyword-index", "default", "ana")
+    assert not home.exists()
+    ia = a.vault.router.loaded("default", "ana")
+    assert ia is not None and ia.holds_purged
+    assert [d.tokens for d in ia.docs if d.id == gone.id] == [(), ()]  # both versions emptied
+    a.add("Omar bought a red kite.", user_id="ana")
+    _keyword(a, "kite")
+    assert not home.exists()  # the segments still hold its postings: no snapshot
+    b, loads = _open(data_dir, embedder, monkeypatch)
+    try:
+        assert gone.id not in [c for c, _ in _keyword(b, "beluga narwhal Tromso")]
+        assert loads == ["ana"]
+    finally:
+        b.close()

@@ -9,7 +9,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -125,6 +125,7 @@ class ScopeIndex:
         # called (lock held) after the main segments were rebuilt: e.g. to write a snapshot
         self.on_built: Callable[[ScopeIndex], None] | None = None
         self.saved_n = 0  # len(docs) when its last snapshot was written or read
+        self.holds_purged = False  # the main segments hold postings of a purged cube
 
     @property
     def key(self) -> tuple[str, str]:
@@ -161,7 +162,7 @@ class ScopeIndex:
                 self._append(d)
             self._segments, self.mark = segments, mark
             self._main_n = min(seg.n for seg in segments.values())
-            self.saved_n = len(self.docs)
+            self.saved_n, self.holds_purged = len(self.docs), False
 
     @property
     def segments(self) -> dict[str, BM25Segment] | None:
@@ -215,13 +216,30 @@ class ScopeIndex:
             self._version += 1
 
     def remove(self, ids: Sequence[str]) -> None:
+        """Drop purged cubes: each of their entries (retired versions too) loses its words and
+        names; while the main segments still hold postings of one, `holds_purged` is set (no
+        snapshot is written until they are rebuilt without it)."""
         with self.lock:
-            for cid in ids:
+            gone = set(ids)
+            for cid in gone:
                 self.links.pop(cid, None)
-                i = self.pos.pop(cid, None)
-                if i is not None:
-                    self.docs[i].alive = False
+                self.pos.pop(cid, None)
+            for i, d in enumerate(self.docs):
+                if d.id in gone:
+                    self._forget(i)
             self._version += 1
+
+    def _forget(self, i: int) -> None:
+        d = self.docs[i]
+        self.entity_names.subtract([*d.entities, *([d.speaker] if d.speaker else [])])
+        self.entity_names += Counter()  # drop the names no fact holds any more
+        same = self.by_hash.get(d.content_hash, [])
+        if i in same:
+            same.remove(i)
+        self.docs[i] = replace(d, alive=False, tokens=(), text_key="", entities=frozenset(),
+                               speaker=None)
+        if i < self._main_n:
+            self.holds_purged = True
 
     # neighbours
     def _seat(self, i: int) -> tuple[list[int], int]:
@@ -284,7 +302,7 @@ class ScopeIndex:
                 cfg.bm25_b,
             ),
         }
-        self._main_n = n
+        self._main_n, self.holds_purged = n, False
         if self.on_built is not None:
             self.on_built(self)
 

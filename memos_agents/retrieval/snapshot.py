@@ -60,9 +60,10 @@ def _doc(r: list[Any]) -> Doc:
 
 
 def save(root: Path, idx: ScopeIndex) -> None:
-    """Write `idx` (lock held) as its scope's current snapshot."""
+    """Write `idx` (lock held) as its scope's current snapshot; not while its segments hold
+    postings of a purged cube (nothing of an erased cube is written to disk)."""
     segments, mark = idx.segments, idx.mark
-    if segments is None or mark is None:
+    if segments is None or mark is None or idx.holds_purged:
         return
     home = scope_dir(root, idx.vault, idx.user_id)
     name = f"{mark[0]}-{mark[1]}-{uuid.uuid4().hex[:12]}"
