@@ -7,7 +7,8 @@ the public search API (`mem.search(..., routes=[...])` / `mode=`):
 
     MemOS hybrid              the default (every route, fused)
     MemOS hybrid + window=1   the same hits, one session turn either side as context
-    MemOS hybrid - <route>    every route but one, fused (one row per route)
+    MemOS hybrid - <route>    hybrid's routes but one, fused (one row per hybrid route)
+    MemOS hybrid + <route>    hybrid's routes and one opt-in route (one row per such route)
     MemOS <route>             one route alone (one row per route; dense alone is the cosine)
 
 and, over the raw turns ("speaker: text"), BM25 (bm25s, its English stop list, no stemming)
@@ -31,6 +32,7 @@ tests on the second, fold B the reverse.
     python bench/locomo.py                 # bench/data/locomo/locomo_dev.json (2 conversations)
     python bench/locomo.py --limit 10 --routes-only --out /tmp/q.json  # quick, no baselines
     python bench/locomo.py --data locomo10.json --reuse /tmp/locomo-memos  # keep / reuse ingest
+    python bench/locomo.py --reuse /tmp/locomo-memos --routes-only --only "MemOS hybrid - graph"
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ sys.path.insert(0, str(REPO))
 
 from memos_agents import MemOS  # noqa: E402
 from memos_agents.formats import read_locomo  # noqa: E402
-from memos_agents.retrieval.config import ROUTES  # noqa: E402
+from memos_agents.retrieval.config import PRESETS, ROUTES  # noqa: E402
 
 LOCOMO = REPO / "bench" / "data" / "locomo" / "locomo_dev.json"
 KS = (1, 5, 10, 20)
@@ -72,14 +74,17 @@ DENSE_RAW = "dense MiniLM (raw turns)"
 
 
 def configurations(routes_only: bool) -> dict[str, dict[str, Any]]:
-    """Name -> the keyword arguments of `mem.search` for every MemOS row, derived from ROUTES."""
+    """Name -> the keyword arguments of `mem.search` for every MemOS row: hybrid without each
+    of its routes, hybrid with each opt-in route (one not in the preset), each route alone."""
+    hybrid = PRESETS["hybrid"]
     out: dict[str, dict[str, Any]] = {HYBRID: {}}
     if not routes_only:
         out[WINDOW] = {"window": 1}
+    for r in hybrid:
+        out[f"MemOS hybrid - {r}"] = {"routes": [x for x in hybrid if x != r]}
     for r in ROUTES:
-        rest = [x for x in ROUTES if x != r]
-        if len(rest) > 0:
-            out[f"MemOS hybrid - {r}"] = {"routes": rest}
+        if r not in hybrid:
+            out[f"MemOS hybrid + {r}"] = {"routes": [*hybrid, r]}
     for r in ROUTES:
         out[f"MemOS {r}"] = {"routes": [r]}
     return out
@@ -215,6 +220,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/locomo.json")
     ap.add_argument("--limit", type=int, default=0, help="questions per conversation (0: all)")
     ap.add_argument("--embedder", default=None, help="e.g. all-MiniLM-L6-v2-int8 (default exact)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="only these MemOS rows besides hybrid, e.g. 'MemOS hybrid - graph'")
     ap.add_argument("--routes-only", action="store_true",
                     help="only the MemOS route configurations (no raw-turn baselines, no window)")
     args = ap.parse_args()
@@ -224,6 +231,8 @@ def main() -> None:
     fresh = not (data_dir / "catalog.db").exists()
     count_tokens = token_counter()
     configs = configurations(args.routes_only)
+    if args.only:
+        configs = {n: kw for n, kw in configs.items() if n == HYBRID or n in args.only}
     mem = MemOS.open(data_dir, embedder=args.embedder, graph_idle_timeout=60)
     mem.search("warm up", user_id="warm-up", k=1)
     names = list(configs) + ([] if args.routes_only else [BM25, DENSE_RAW])
@@ -297,7 +306,8 @@ def main() -> None:
     result = summarise(systems, convs)
     result = {"data": shown_path(args.data), "commit": commit(), "limit": args.limit,
               "embedder": args.embedder or "all-MiniLM-L6-v2",
-              "configurations": {n: kw or {"routes": list(ROUTES)} for n, kw in configs.items()},
+              "configurations": {n: kw or {"routes": list(PRESETS["hybrid"])}
+                                 for n, kw in configs.items()},
               "ingest": ingest, "organisation": organisation, **result}
     print_tables(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,29 @@ class FactEvents(BaseModel):
     event: str | None = Field(default=None, description="what happened, at the first time")
 
 
+_GREETING = (r"hey|hi|hello|thanks|thank you|wow|oh|yeah|yep|yes|no|aw+|congrats|"
+             r"congratulations|sorry|bye|dear|ok|okay|haha|omg|whoa|woah|cheers|great|cool")
+
+
+def addressed(text: str, names: list[str]) -> set[str]:
+    """The names in `names` that `text` uses only to address someone ("Hey Caroline!",
+    "Thanks, Mel!", "..., Melanie."): a name set off by punctuation after the start of a
+    sentence, a comma or a greeting, and never named otherwise."""
+    out: set[str] = set()
+    for name in names:
+        esc = re.escape(name.strip())
+        if not esc:
+            continue
+        every = len(re.findall(rf"\b{esc}\b", text, re.IGNORECASE))
+        vocative = re.findall(
+            rf"(?:^|[,.!?;]\s*|\b(?:{_GREETING})\s*,?\s*)\b{esc}\b(?=\s*(?:[,.!?;]|$))",
+            text, re.IGNORECASE)
+        possessive = re.search(rf"\b{esc}'s\b", text, re.IGNORECASE)
+        if every and len(vocative) >= every and possessive is None:
+            out.add(name)
+    return out
+
+
 def coreference(text: str, speaker: str | None) -> tuple[list[str], list[Relation]]:
     """The entities a speaker's first person names: the speaker for "I / me / my", and
     "<speaker>'s <role>" for "my sister", "our kids", "my best friend"."""

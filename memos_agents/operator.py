@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 
 from .catalog import Catalog
 from .cube import Form, MemCube, SourceKind, State, utcnow
-from .events import FactEvents, TimeSpan, read_events
+from .events import FactEvents, TimeSpan, addressed, read_events
 from .graph.base import (
     ConceptLink,
     EntityLink,
@@ -85,6 +85,9 @@ class OperatorConfig(BaseModel):
     max_topics: int = 200
     supersede_similarity: float = 0.6
     concepts_per_fact: int = 4
+    drop_addressees: bool = Field(
+        default=True, description="a name a turn only addresses (\"Thanks, Mel!\") is not an "
+        "entity it mentions (`events.addressed`)")
     same_entity_fanout: int = Field(
         default=64, description="SAME_ENTITY chains only for entities on at most this many facts")
     background: bool = Field(
@@ -460,6 +463,9 @@ class MemOperator:
         said = cube.lifecycle.valid_from or cube.lifecycle.created_at
         ev = read_events(cube.content, cube.provenance.speaker, said)
         org = cube.organisation
+        if self.config.drop_addressees:
+            only = addressed(cube.content, org.entities)
+            org.entities = [e for e in org.entities if e not in only]
         known = {norm_entity(e) for e in org.entities}
         org.entities = [*org.entities, *(e for e in ev.entities if norm_entity(e) not in known)]
         if ev.times and "key" not in cube.metadata:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from memos_agents import MemOS
 from memos_agents.cli import app
-from memos_agents.events import coreference, read_events, resolve
+from memos_agents.events import addressed, coreference, read_events, resolve
 
 SAID = datetime(2023, 5, 8, 13, 56)  # a Monday
 
@@ -55,6 +55,30 @@ def test_event_phrase_and_coreference() -> None:
     assert names == ["Melanie", "Melanie's sister", "Melanie's kids"]
     assert {(r.owner, r.role) for r in rels} == {("Melanie", "sister"), ("Melanie", "kids")}
     assert coreference("The weather is nice.", "Melanie") == ([], [])
+
+
+def test_a_name_a_turn_only_addresses_is_not_a_mention() -> None:
+    names = ["Caroline", "Mel", "Melanie"]
+    assert addressed("Hey Caroline! How have you been?", names) == {"Caroline"}
+    assert addressed("Thanks, Mel! I loved it.", names) == {"Mel"}
+    assert addressed("That's great news, Caroline!", names) == {"Caroline"}
+    assert addressed("Wow, Melanie, I went hiking with Caroline.", names) == {"Melanie"}
+    assert addressed("I went with Melanie.", names) == set()
+    assert addressed("I told Mel, she laughed.", names) == set()
+    assert addressed("Melanie's kids are fun, Caroline.", names) == {"Caroline"}
+
+
+def test_the_graph_does_not_link_a_turn_to_the_person_it_addresses(mem: MemOS) -> None:
+    mem.add([{"role": "user", "speaker": "Caroline", "content": "Thanks, Melanie! I adopted "
+              "a dog with Jon.", "timestamp": "2023-05-08T13:56:00"}], user_id="conv-y")
+    mem.vault.operator.flush()
+    (cube,) = mem.list(user_id="conv-y")
+    assert "Melanie" not in cube.organisation.entities
+    assert {"Caroline", "Jon"} <= set(cube.organisation.entities)
+    rows = mem.vault.graph._read(
+        "MATCH (f:Fact)-[:MENTIONS]->(e:Entity) WHERE f.user_id = $u RETURN e.norm",
+        {"u": "conv-y"})
+    assert "melanie" not in {r[0] for r in rows}
 
 
 def _conversation(mem: MemOS, user: str = "conv-x") -> None:
