@@ -25,7 +25,7 @@ INFRASTRUCTURE = (
     "embeddings",
     "catalog", "settings", "jobs", "vector", "graph", "model.client", "model.chat",
     "model.protocol", "model.runtime", "model.kv", "model.engine", "model.training",
-    "model.server", "model.examples", "audit", "keys",
+    "model.server", "model.examples", "audit", "keys", "localhost",
 )
 OPERATION = (
     "reader", "lifecycle", "governance", "operator", "retrieval", "vault", "scheduler",

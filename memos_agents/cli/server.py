@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,21 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import MemOSError
+from ..localhost import is_loopback
 from .common import DirOpt, JsonOpt, console, dump, err, opened
 
 if TYPE_CHECKING:
     from ..vector.chroma_server import Attachment
 
 app = typer.Typer(help="The server's API keys: each names one principal, shown once.")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _share_vectors(data_dir: Path) -> Attachment | None:
@@ -144,4 +135,4 @@ def revoke_cmd(key_id: str, data_dir: DirOpt = Path(".memos")) -> None:
     console.print(f"revoked {rec.id} ({rec.principal})")
 
 
-__all__ = ["app", "is_loopback", "serve"]
+__all__ = ["app", "serve"]

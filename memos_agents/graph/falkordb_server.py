@@ -42,9 +42,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from filelock import FileLock, Timeout, lock_descriptor
+from filelock import lock_descriptor
 
 from ..errors import ConfigError, InvalidInput, StoreError
+from ..localhost import spawn_lock
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 SOCKET_NAME = "falkordb.sock"
 LOG_NAME = "falkordb.log"
 SPAWN_LOCK = "server.lock"
+GRAPH_SPAWN = "starting the graph server"
 RUN_LOCK = "server.pid"
 
 _MAX_SOCKET_PATH = 100  # bytes; sun_path holds 108 on Linux, 104 on macOS
@@ -203,18 +205,6 @@ def _lock(fd: int, timeout: float) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _spawn_lock(graph_dir: Path, timeout: float) -> Iterator[None]:
-    try:
-        with FileLock(graph_dir / SPAWN_LOCK, timeout=timeout, mode=0o600):
-            yield
-    except Timeout as exc:
-        raise StoreError(
-            f"another process has held {graph_dir / SPAWN_LOCK} for over {timeout:.0f} s "
-            "while starting the graph server"
-        ) from exc
-
-
 def _running(graph_dir: Path) -> bool:
     """Whether a supervisor or its server of `graph_dir` is alive (it holds the run lock)."""
     try:
@@ -294,7 +284,7 @@ def ensure_server(graph_dir: Path, idle_timeout: float = 300.0) -> str:
     if state == "up":
         return sock
     if state is None:
-        with _spawn_lock(graph_dir, _SPAWN_LOCK_WAIT):
+        with spawn_lock(graph_dir / SPAWN_LOCK, _SPAWN_LOCK_WAIT, GRAPH_SPAWN):
             state = _probe(sock) or _wait_for_exit(graph_dir, sock)
             if state is None:
                 _spawn(graph_dir, sock, idle_timeout)
@@ -399,7 +389,7 @@ def stop_server(graph_dir: Path, timeout: float = 10.0) -> bool:
     if not graph_dir.is_dir():
         return False
     sock = socket_path(graph_dir)
-    with _spawn_lock(graph_dir, timeout):
+    with spawn_lock(graph_dir / SPAWN_LOCK, timeout, GRAPH_SPAWN):
         pids = _pids(graph_dir)
         if pids is None:
             return _stop_unsupervised(graph_dir, sock, timeout)

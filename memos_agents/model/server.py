@@ -40,7 +40,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle thread
 import argparse
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import socket
@@ -57,6 +56,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from ..errors import ConfigError
+from ..localhost import is_loopback
 from .protocol import RequestError
 
 log = logging.getLogger("memos_agents.model.server")
@@ -568,19 +568,10 @@ def serve(
 
 def _check_serving(host: str, token: str | None, blob_root: Path | None) -> None:
     """Refuse to serve without a token off loopback; make the blob root."""
-    if token is None and not _loopback(host):
+    if token is None and not is_loopback(host):
         raise ConfigError(f"refusing to serve without a token on {host} (not loopback)")
     if blob_root is not None:
         Path(blob_root).mkdir(parents=True, exist_ok=True)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -620,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"no token: set {TOKEN_ENV} (a random secret), or pass --no-auth explicitly")
     if token is not None and a.no_auth:
         p.error(f"--no-auth with {TOKEN_ENV} set: choose one")
-    if a.no_auth and not _loopback(a.host):
+    if a.no_auth and not is_loopback(a.host):
         p.error(f"--no-auth is refused on a host that is not loopback ({a.host})")
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr)
     serve(

@@ -34,15 +34,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from ..errors import ConfigError, StoreError
+from ..localhost import spawn_lock
 
 SPAWN_LOCK = "server.lock"
+VECTOR_SPAWN = "starting or stopping the vector server"
 OPEN_LOCK = "open.lock"
 USERS_LOCK = "users.lock"
 STATE_NAME = "server.json"
@@ -160,18 +159,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def _spawn_lock(chroma_dir: Path, timeout: float) -> Iterator[None]:
-    try:
-        with FileLock(chroma_dir / SPAWN_LOCK, timeout=timeout, mode=0o600):
-            yield
-    except Timeout as exc:
-        raise StoreError(
-            f"another process has held {chroma_dir / SPAWN_LOCK} for over {timeout:.0f} s "
-            "while starting or stopping the vector server"
-        ) from exc
-
-
 def ensure_server(chroma_dir: Path) -> str:
     """The URL of `chroma_dir`'s server, starting one if none answers.
 
@@ -189,7 +176,7 @@ def _ensure(chroma_dir: Path, managed: bool) -> str:
         raise ConfigError(f"cannot create the vector dir {chroma_dir}: {exc}") from exc
     if url := running_server(chroma_dir):
         return url
-    with _spawn_lock(chroma_dir, _LOCK_WAIT):
+    with spawn_lock(chroma_dir / SPAWN_LOCK, _LOCK_WAIT, VECTOR_SPAWN):
         deadline = time.monotonic() + _ATTACH_WAIT
         while (fd := _flock(chroma_dir / OPEN_LOCK, exclusive=True)) is None:
             if url := running_server(chroma_dir):
@@ -286,7 +273,7 @@ def stop_server(chroma_dir: Path, timeout: float = 10.0) -> bool:
     chroma_dir = Path(chroma_dir).resolve()
     if not chroma_dir.is_dir():
         return False
-    with _spawn_lock(chroma_dir, timeout):
+    with spawn_lock(chroma_dir / SPAWN_LOCK, timeout, VECTOR_SPAWN):
         state = _read_state(chroma_dir)
         if state is None or not _alive(pid := int(state["pid"])) or not _held(chroma_dir):
             return False
