@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -177,6 +177,17 @@ class PurgeReceipt(BaseModel):
     graph_facts: int
     blobs: int
     audit: PurgeAudit
+
+
+Planned = TypeVar("Planned", "Generation", "ChatRequest")
+
+
+def _planned(out: Planned, plan: Any) -> Planned:
+    """`out` (a Generation or ChatRequest) marked as planned by `plan`, with its reasons."""
+    if plan is not None:
+        out.planned = True
+        out.notes = [s.reason for s in plan.steps] + plan.notes
+    return out
 
 
 @dataclass
@@ -1298,11 +1309,7 @@ class MemOS:
         plan's too) must be readable by this principal, in a scope it may read."""
         self._model_kw("generate", user_id, Action.read, kw)
         plan = self._default_plan(prompt, user_id, kw)
-        out = self._models().generate(prompt, user_id=user_id, **kw)
-        if plan is not None:
-            out.planned = True
-            out.notes = [s.reason for s in plan.steps] + plan.notes
-        return out
+        return _planned(self._models().generate(prompt, user_id=user_id, **kw), plan)
 
     def generate_stream(self, prompt: Any, *, user_id: str, **kw: Any) -> Iterator[str]:
         """`generate`, as text pieces as they are produced (checked when called)."""
@@ -1320,11 +1327,7 @@ class MemOS:
         (turns already in the conversation), so the memory block stays the same."""
         self._model_kw("chat_request", user_id, Action.read, kw)
         plan = self._default_plan(prompt, user_id, kw)
-        out = self._models().chat_request(prompt, user_id=user_id, **kw)
-        if plan is not None:
-            out.planned = True
-            out.notes = [s.reason for s in plan.steps] + plan.notes
-        return out
+        return _planned(self._models().chat_request(prompt, user_id=user_id, **kw), plan)
 
     def _default_plan(self, prompt: Any, user_id: str, kw: dict[str, Any]) -> Any:
         """The scheduler's plan for a generation that names no memories, plan or `plan=False`

@@ -93,7 +93,7 @@ class Authenticator:
 
     def _keys_exist(self) -> bool:
         at, exist = self._any
-        if exist or time.monotonic() - at > ANY_KEY_TTL:
+        if time.monotonic() - at > ANY_KEY_TTL:
             exist = self.keys.any_active()
             self._any = (time.monotonic(), exist)
         return exist
