@@ -419,6 +419,7 @@ def test_an_old_chain_that_was_already_broken_stays_reported(
     assert "already broken" in verdict.reason
 
 
+@pytest.mark.embedded_only("edits the data dir's SQLite catalog file directly")
 def test_cli_names_the_reason(data_dir: Path) -> None:
     from memos_agents.cli import app
 

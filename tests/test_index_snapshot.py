@@ -13,6 +13,9 @@ import pytest
 from memos_agents import MemOS
 from memos_agents.retrieval.snapshot import scope_dir
 
+pytestmark = pytest.mark.embedded_only(
+    "keyword snapshots are written next to a SQLite catalog only (none on PostgreSQL)")
+
 FACTS = [
     "Ana keeps a lighthouse logbook.",
     "Ana photographed a narwhal off Tromso.",

@@ -264,6 +264,10 @@ def _files(folder: Path) -> dict[str, bytes]:
             for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.embedded_only(
+    "imports into a second, empty data dir: on the scale-out deployment its MEMOS_* URLs name "
+    "the test's own stores, not empty ones"
+)
 def test_export_carries_blobs_and_the_round_trip_is_lossless(
     mem: MemOS, tmp_path, embedder
 ) -> None:
