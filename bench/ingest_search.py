@@ -4,7 +4,11 @@ Everything goes through the public `MemOS` API on the defaults a user gets from
 `MemOS.open(path)`: embedded Chroma, the embedded FalkorDB graph server and the packaged
 all-MiniLM-L6-v2 embedder on CPU. The vault grows cumulatively (default 1e3 -> 1e4 -> 1e5
 cubes); after each step we measure warm search latency over ~200 distinct natural-language
-questions, and the process RSS.
+questions, and the process RSS, and the embedder's own throughput: `embed_documents` alone on
+the strings the vault embeds ("speaker: text") for 2,000 turns of the same corpus, in the
+batches `mem.add` embeds, in the same process and load (`embedder_turns_per_s`); the ingest's
+share of it is `ingest_vs_embedder` (target >= 0.8: what the write path costs beyond the
+embedding).
 
 Cubes are partitioned per (vault, user_id): one Chroma collection per partition. Every cube
 here belongs to one user, so each search runs over the whole vault: the worst case.
@@ -78,6 +82,8 @@ TARGET_INGEST = 300.0  # turns/s
 TARGET_P95_MS = 30.0  # at 1e5 cubes
 TARGET_RSS_MB = 600.0
 TARGET_IMPORT_S = 0.5
+TARGET_INGEST_VS_EMBEDDER = 0.8  # ingest turns/s over the embedder's own batch turns/s
+EMBEDDER_SAMPLE = 2000  # turns the embedder alone is timed on after each step
 HEAVY_MODULES = (
     "torch",
     "chromadb",
@@ -625,6 +631,46 @@ def ingest(
     }
 
 
+def embedder_sample(seed: int, locomo: Path | None, n: int = EMBEDDER_SAMPLE) -> list[str]:
+    """The strings the vault embeds for the first `n` turns of the same corpus (a corpus of its
+    own, so the ingest stream is not touched): `vault.embed_text`, "speaker: text"."""
+    from memos_agents.cube import MemCube, Provenance, Scope, SourceKind
+    from memos_agents.vault import embed_text
+
+    scope = Scope(vault="bench", user_id=USER)
+    out = []
+    for t in Corpus(seed, locomo, fact_limit=0).take(n):
+        cube = MemCube(content=t["content"], scope=scope, provenance=Provenance(
+            source_kind=SourceKind.message, created_by="bench", speaker=t.get("speaker")))
+        out.append(embed_text(cube))
+    return out
+
+
+def measure_embedder(mem: MemOS, texts: list[str], batch: int) -> dict[str, Any]:
+    """The embedder's own throughput: `embed_documents` alone over `texts`, in the batches one
+    `mem.add` embeds (`batch` messages, at most `mos.BATCH` a call), in this process, right after
+    an ingest step (same load, same warm model)."""
+    from memos_agents.mos import BATCH
+
+    step = max(1, min(batch, BATCH))
+    embed = mem.vault.embedder.embed_documents
+    cpu0 = psutil.Process().cpu_times()
+    t0 = time.perf_counter()
+    for start in range(0, len(texts), step):
+        embed(texts[start : start + step])
+    wall = time.perf_counter() - t0
+    cpu1 = psutil.Process().cpu_times()
+    cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    return {
+        "turns": len(texts),
+        "batch": step,
+        "seconds": wall,
+        "turns_per_s": len(texts) / wall,
+        "turns_per_cpu_second": len(texts) / max(cpu, 1e-9),
+        "loadavg_after": loadavg(),
+    }
+
+
 def percentiles(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1000.0
     return {
@@ -848,6 +894,8 @@ def print_report(console: Console, res: dict[str, Any]) -> None:
     t.add_column("cubes", justify="right")
     t.add_column(f"ingest turns/s\n(≥{TARGET_INGEST:.0f})", justify="right")
     t.add_column("turns per\nCPU-second", justify="right")
+    t.add_column("embedder\nturns/s", justify="right")
+    t.add_column(f"ingest /\nembedder\n(≥{TARGET_INGEST_VS_EMBEDDER:g})", justify="right")
     t.add_column("search p50 ms", justify="right")
     t.add_column(f"search p95 ms\n(<{TARGET_P95_MS:.0f} at 1e5)", justify="right")
     t.add_column("mode=dense\np50 / p95 ms", justify="right")
@@ -866,6 +914,9 @@ def print_report(console: Console, res: dict[str, Any]) -> None:
             f"{r['size']:,}",
             f"{r['ingest_turns_per_s']:,.0f}{mark(r['ingest_turns_per_s'] >= TARGET_INGEST)}",
             f"{r['ingest']['turns_per_cpu_second']:,.0f}" if "ingest" in r else "-",
+            "-" if (et := r.get("embedder_turns_per_s")) is None else f"{et:,.0f}",
+            "-" if (ratio := r.get("ingest_vs_embedder")) is None
+            else f"{ratio:.2f}{mark(ratio >= TARGET_INGEST_VS_EMBEDDER)}",
             f"{s['p50']:.1f}",
             f"{s['p95']:.1f}{mark(p95_ok)}",
             "-" if (dn := r["search"].get("dense_search_ms")) is None
@@ -915,6 +966,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
     sizes = [r["size"] for r in res["steps"]]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     a.plot(sizes, [r["ingest_turns_per_s"] for r in res["steps"]], "o-", label="ingest")
+    if all("embedder_turns_per_s" in r for r in res["steps"]):
+        a.plot(sizes, [r["embedder_turns_per_s"] for r in res["steps"]], "x--",
+               label="embedder alone (same batches)")
     a.axhline(TARGET_INGEST, color="grey", ls="--", label=f"target ≥{TARGET_INGEST:.0f}")
     a.set(
         xscale="log",
@@ -998,6 +1052,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "search_p95_ms_max_at_1e5": TARGET_P95_MS,
             "rss_mb_max": TARGET_RSS_MB,
             "import_s_max": TARGET_IMPORT_S,
+            "ingest_vs_embedder_min": TARGET_INGEST_VS_EMBEDDER,
         },
         "note": PARTITION_NOTE,
         "loadavg_start": loadavg(),
@@ -1023,6 +1078,8 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             }
             res["environment"] = environment()
             corpus = Corpus(args.seed, None if args.no_locomo else args.locomo, fact_limit=sizes[0])
+            sample = embedder_sample(args.seed, None if args.no_locomo else args.locomo,
+                                     min(EMBEDDER_SAMPLE, sizes[-1]))
             queries: list[dict[str, Any]] = []
             steps, done, session = [], 0, 0
             for size in sizes:
@@ -1035,6 +1092,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     queries = build_queries(
                         corpus, args.queries, args.seed, None if args.no_locomo else args.locomo
                     )
+                emb = measure_embedder(mem, sample, args.batch)
                 search = measure_search(mem, queries, args.k)
                 second = None if args.no_second else measure_second_process(data_dir, queries,
                                                                              args.k)
@@ -1044,6 +1102,9 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     "ingest_s": spent,
                     "ingest_turns_per_s": n / spent,
                     "ingest": ing,
+                    "embedder_turns_per_s": emb["turns_per_s"],
+                    "ingest_vs_embedder": n / spent / emb["turns_per_s"],
+                    "embedder": emb,
                     "search": search,
                     "rss_mb": rss_mb(),
                     "graph_server_rss_mb": graph_rss_mb(data_dir / "graph"),
@@ -1055,7 +1116,8 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 s = search["search_ms"]
                 console.print(
                     f"[bold]{size:,}[/] cubes: {step['ingest_turns_per_s']:,.0f} turns/s "
-                    f"({ing['turns_per_cpu_second']:,.0f} per CPU-s), "
+                    f"({ing['turns_per_cpu_second']:,.0f} per CPU-s; embedder alone "
+                    f"{emb['turns_per_s']:,.0f} turns/s, ratio {step['ingest_vs_embedder']:.2f}), "
                     f"search p50 {s['p50']:.1f} ms p95 {s['p95']:.1f} ms "
                     f"(embed p50 {search['embed_query_ms']['p50']:.1f} ms), "
                     f"RSS {step['rss_mb']:,.0f} MB, load {step['loadavg_after']}"
