@@ -46,6 +46,9 @@ install: $(UV)
 	  "pyproject.toml / constraints.txt (dependencies changed): run 'make lock' and commit it"; exit 1; }
 	$(UV) pip install -q $(UV_TARGET) $(UV_INDEXES) --no-deps --require-hashes -r $(LOCK)
 	$(UV) pip install -q $(UV_TARGET) --no-deps --no-build-isolation -e .
+	@# bytecode for every installed module, also where PYTHONDONTWRITEBYTECODE is set (each
+	@# process would compile torch, transformers and chromadb from source: seconds per start)
+	$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null || true
 
 # unlocked: today's newest releases inside pyproject.toml's ranges (torch still the CPU pin)
 install-latest: $(UV)
