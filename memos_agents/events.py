@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -116,21 +117,35 @@ _GREETING = (r"hey|hi|hello|thanks|thank you|wow|oh|yeah|yep|yes|no|aw+|congrats
              r"congratulations|sorry|bye|dear|ok|okay|haha|omg|whoa|woah|cheers|great|cool")
 
 
+@lru_cache(maxsize=8192)
+def _name_re(esc: str) -> re.Pattern[str]:
+    return re.compile(rf"\b{esc}\b", re.IGNORECASE)
+
+
+@lru_cache(maxsize=8192)
+def _address_res(esc: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """A name as a vocative, and as a possessive."""
+    return (re.compile(rf"(?:^|[,.!?;]\s*|\b(?:{_GREETING})\s*,?\s*)\b{esc}\b"
+                       r"(?=\s*(?:[,.!?;]|$))", re.IGNORECASE),
+            re.compile(rf"\b{esc}'s\b", re.IGNORECASE))
+
+
 def addressed(text: str, names: list[str]) -> set[str]:
     """The names in `names` that `text` uses only to address someone ("Hey Caroline!",
     "Thanks, Mel!", "..., Melanie."): a name set off by punctuation after the start of a
-    sentence, a comma or a greeting, and never named otherwise."""
+    sentence, a comma or a greeting, and never named otherwise. The patterns of each name are
+    compiled once per process (a write reads every entity of every fact: compiling them
+    each time, past the `re` module's cache, was most of the cost)."""
     out: set[str] = set()
     for name in names:
         esc = re.escape(name.strip())
         if not esc:
             continue
-        every = len(re.findall(rf"\b{esc}\b", text, re.IGNORECASE))
-        vocative = re.findall(
-            rf"(?:^|[,.!?;]\s*|\b(?:{_GREETING})\s*,?\s*)\b{esc}\b(?=\s*(?:[,.!?;]|$))",
-            text, re.IGNORECASE)
-        possessive = re.search(rf"\b{esc}'s\b", text, re.IGNORECASE)
-        if every and len(vocative) >= every and possessive is None:
+        every = len(_name_re(esc).findall(text))
+        if not every:
+            continue
+        vocative, possessive = _address_res(esc)
+        if len(vocative.findall(text)) >= every and possessive.search(text) is None:
             out.add(name)
     return out
 

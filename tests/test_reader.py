@@ -257,3 +257,22 @@ def test_fine_mode_facts_that_cannot_be_stored_are_an_extraction_error() -> None
     reader = MemReader(llm=FakeListChatModel(responses=[reply]))
     with pytest.raises(ExtractionError, match="NUL"):
         reader.read_messages([{"content": "Alice has a secret"}], mode="fine")
+
+
+def test_concept_stop_list_is_scikit_learns_without_importing_it() -> None:
+    """The English stop list is a copy of scikit-learn's (importing scikit-learn for it took
+    seconds of a process's first write); reading concepts does not import it."""
+    import subprocess
+    import sys
+
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from memos_agents.reader import _ENGLISH_STOP_WORDS
+
+    assert frozenset(ENGLISH_STOP_WORDS) == _ENGLISH_STOP_WORDS
+    code = ("import sys; from memos_agents.reader import extract_concepts; "
+            "extract_concepts('the sunset painting dried overnight'); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
