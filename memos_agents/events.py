@@ -268,16 +268,41 @@ def resolve(phrase: str, said_at: datetime, future: bool = False) -> TimeSpan | 
     ruled = _by_rule(phrase, base)
     if ruled is not None:
         return TimeSpan(phrase=phrase, start=ruled[0], end=ruled[1], grain=ruled[2])
-    import dateparser
-
     text = re.sub(r"^(?:in|on|since|during|by|until|early|late|mid|of) ", "", phrase,
                   flags=re.IGNORECASE)
-    got = dateparser.parse(text, languages=["en"], settings=_parser_settings(said_at, future))
+    got = _dateparse(text, said_at, future)
     if got is None:
         return None
     grain = _grain(phrase)
-    start, end = _widen(got.date(), grain)
+    start, end = _widen(got, grain)
     return TimeSpan(phrase=phrase, start=start, end=end, grain=grain)
+
+
+_MONTH_NUMBER = {m.casefold(): i + 1 for i, m in enumerate(_MONTH.split("|"))}
+# what dateparser read a bare month name as, per (name, future, year and month said, day said
+# if past the 28th): the same for every moment of the days 1-28 of a month other than the one
+# named (a June said in May is the June before or after that May), and for every moment of
+# each later day (dateparser starts from the day said: "February" said on 30 January 2024,
+# looking back, is February 2020); checked for every day and three times of day of 2023 and
+# 2024 (`tests/test_operator.py` samples it). Other phrases are parsed each time.
+_MONTH_READ: dict[tuple[str, bool, int, int, int], date | None] = {}
+
+
+def _dateparse(text: str, said_at: datetime, future: bool) -> date | None:
+    """The day `dateparser` reads `text` as, said at `said_at`."""
+    month = _MONTH_NUMBER.get(text.casefold())
+    key = (text, future, said_at.year, said_at.month, said_at.day if said_at.day > 28 else 0)
+    if month is not None and month != said_at.month and key in _MONTH_READ:
+        return _MONTH_READ[key]
+    import dateparser
+
+    got = dateparser.parse(text, languages=["en"], settings=_parser_settings(said_at, future))
+    day = None if got is None else got.date()
+    if month is not None and month != said_at.month:
+        if len(_MONTH_READ) >= 100_000:
+            _MONTH_READ.clear()
+        _MONTH_READ[key] = day
+    return day
 
 
 def time_phrases(text: str) -> list[re.Match[str]]:

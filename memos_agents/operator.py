@@ -35,6 +35,7 @@ import math
 import queue
 import re
 import threading
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,23 @@ class Placement(BaseModel):
     concepts: list[str] = Field(default_factory=list)
     topic: str | None = None
     events: FactEvents | None = None
+
+
+@dataclass
+class FactReading:
+    """What the operator reads in one fact's text (`MemOperator.read_fact`): its concepts and
+    events, and what `apply` sets on the cube: the entities (addressees dropped, the ones its
+    first person names added) and `metadata["when"]` (None: left alone)."""
+
+    concepts: list[str]
+    events: FactEvents
+    entities: list[str]
+    when: list[dict[str, Any]] | None = None
+
+    def apply(self, cube: MemCube) -> None:
+        cube.organisation.entities = list(self.entities)
+        if self.when is not None:
+            cube.metadata["when"] = self.when
 
 
 class TopicView(BaseModel):
@@ -311,6 +329,39 @@ def _ctfidf(concepts: list[list[str]], labels: np.ndarray, k: int, j: int) -> li
     return [surface[n].most_common(1)[0][0] for _, n in reversed(scored[-2:])]
 
 
+class _Holding:
+    """How many of these texts hold a phrase (`sum(p in t for t in texts)`), by `str.find`
+    over the texts joined by NUL (no stored text holds one): one C-level scan per phrase
+    instead of a Python loop over every text; what a re-clustering asks of each keyphrase
+    of each topic against every fact of the scope."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.naive = any("\0" in t for t in texts)
+        self.joined = "\0".join(texts)
+        self.starts: list[int] = []
+        at = 0
+        for t in texts:
+            self.starts.append(at)
+            at += len(t) + 1
+
+    def count(self, phrase: str, stop: int | None = None) -> int:
+        """The number of texts that hold `phrase`; once past `stop`, `stop + 1`."""
+        if not self.texts:
+            return 0
+        if self.naive or "\0" in phrase:
+            n = sum(phrase in t for t in self.texts)
+            return n if stop is None else min(n, stop + 1)
+        n, pos, starts, end = 0, 0, self.starts, len(self.joined)
+        while (i := self.joined.find(phrase, pos)) >= 0:
+            n += 1
+            if stop is not None and n > stop:
+                break
+            k = bisect_right(starts, i)  # the text after the one that holds it
+            pos = starts[k] if k < len(starts) else end + 1
+        return n
+
+
 def _unit(m: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(m, axis=1, keepdims=True)
     n[n == 0] = 1.0
@@ -422,20 +473,49 @@ class MemOperator:
         self._worker = None
 
     # -- placement (before the graph write) ---------------------------------------------------
+    def read_facts(self, cubes: Sequence[MemCube]) -> dict[str, FactReading]:
+        """What `annotate` reads in the text of each plaintext cube (concepts, events, the
+        entities and times to set), without setting anything: no vectors needed, so the vault
+        reads while it embeds."""
+        return {c.id: self.read_fact(c) for c in cubes if c.form is Form.plaintext}
+
+    def read_fact(self, cube: MemCube) -> FactReading:
+        """`concepts_of` and `read_events` of one cube, nothing set on it yet."""
+        concepts = self.concepts_of(cube)
+        said = cube.lifecycle.valid_from or cube.lifecycle.created_at
+        ev = read_events(cube.content, cube.provenance.speaker, said)
+        entities = list(cube.organisation.entities)
+        if self.config.drop_addressees:
+            only = addressed(cube.content, entities)
+            entities = [e for e in entities if e not in only]
+        known = {norm_entity(e) for e in entities}
+        entities = [*entities, *(e for e in ev.entities if norm_entity(e) not in known)]
+        when = None
+        if ev.times and "key" not in cube.metadata:
+            when = [
+                {"phrase": t.phrase, "start": t.start.isoformat(), "end": t.end.isoformat(),
+                 **({"event": ev.event} if i == 0 and ev.event else {})}
+                for i, t in enumerate(ev.times)
+            ]
+        return FactReading(concepts=concepts, events=ev, entities=entities, when=when)
+
     def annotate(
-        self, cubes: Sequence[MemCube], vectors: dict[str, list[float]]
+        self, cubes: Sequence[MemCube], vectors: dict[str, list[float]],
+        readings: dict[str, FactReading] | None = None,
     ) -> dict[str, Placement]:
         """Concepts and a topic for each live plaintext cube; sets `organisation.concept` /
-        `organisation.topic` on the cubes. Vectors are the ones the vault just computed."""
+        `organisation.topic` on the cubes. Vectors are the ones the vault just computed;
+        `readings` what `read_facts` read in these cubes (read here if not given)."""
         out: dict[str, Placement] = {}
         by_scope: dict[tuple[str, str], list[MemCube]] = defaultdict(list)
         for c in cubes:
             if c.form is not Form.plaintext:
                 continue
-            concepts = self.concepts_of(c)
-            out[c.id] = Placement(concepts=concepts, events=self.read_events(c))
-            if concepts:
-                c.organisation.concept = concepts[0]
+            r = readings[c.id] if readings is not None else self.read_fact(c)
+            r.apply(c)
+            out[c.id] = Placement(concepts=r.concepts, events=r.events)
+            if r.concepts:
+                c.organisation.concept = r.concepts[0]
             if c.id in vectors and c.is_live():
                 by_scope[(c.scope.vault, c.scope.user_id)].append(c)
         with self._lock:
@@ -460,21 +540,9 @@ class MemOperator:
         the date it was said: `valid_from`, else when it was stored). The entities it names
         join `organisation.entities`; its times are kept in `metadata["when"]` (not on keyed
         store items, whose metadata is their value)."""
-        said = cube.lifecycle.valid_from or cube.lifecycle.created_at
-        ev = read_events(cube.content, cube.provenance.speaker, said)
-        org = cube.organisation
-        if self.config.drop_addressees:
-            only = addressed(cube.content, org.entities)
-            org.entities = [e for e in org.entities if e not in only]
-        known = {norm_entity(e) for e in org.entities}
-        org.entities = [*org.entities, *(e for e in ev.entities if norm_entity(e) not in known)]
-        if ev.times and "key" not in cube.metadata:
-            cube.metadata["when"] = [
-                {"phrase": t.phrase, "start": t.start.isoformat(), "end": t.end.isoformat(),
-                 **({"event": ev.event} if i == 0 and ev.event else {})}
-                for i, t in enumerate(ev.times)
-            ]
-        return ev
+        r = self.read_fact(cube)
+        r.apply(cube)
+        return r.events
 
     def concepts_of(self, cube: MemCube) -> list[str]:
         """The fact's keyphrases and their head words (names, and the speaker's relations
@@ -637,15 +705,16 @@ class MemOperator:
         for cs, t in zip(concepts, labels, strict=True):
             in_topics[int(t)].update(concept_norm(x) for x in cs)
         spread = Counter(n for ns in in_topics for n in ns)  # topics a concept is in
-        everything = [c.content.casefold() for c in cubes]
+        everything = _Holding([c.content.casefold() for c in cubes])
+        common = math.floor(0.1 * len(cubes))
         phrases = [[p for p in _keyphrases(m, speakers) if spread[concept_norm(p)]  # no chat
-                    and sum(p.casefold() in t for t in everything) <= 0.1 * len(cubes)]
+                    and everything.count(p.casefold(), common) <= common]
                    for m in members]  # nor on a tenth of the scope's facts ("photo")
         is_name = self._name_test(cubes[0].scope.vault, cubes[0].scope.user_id)
         out = []
         for j, m in enumerate(members):
-            texts = [c.content.casefold() for c in m]
-            held = {p: sum(p.casefold() in t for t in texts) for p in phrases[j]}
+            texts = _Holding([c.content.casefold() for c in m])
+            held = {p: texts.count(p.casefold()) for p in phrases[j]}
             scored = sorted(
                 ((n / max(len(m), 1))
                  * math.log(1 + k / spread[concept_norm(p)]) ** 2 * (1 + 0.5 * p.count(" ")), p)
@@ -793,4 +862,5 @@ class MemOperator:
         return gone
 
 
-__all__ = ["MemOperator", "OperatorConfig", "Placement", "TopicTree", "TopicView"]
+__all__ = ["FactReading", "MemOperator", "OperatorConfig", "Placement", "TopicTree",
+           "TopicView"]

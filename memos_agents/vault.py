@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from .cube import LIVE_STATES, MAX_ID_LEN, Form, MemCube, Scope, SearchHit, Stat
 from .embeddings import Embedder
 from .errors import ConfigError, IntegrityError, InvalidInput, NotFound, StoreError
 from .graph.base import FactNode, GraphStore
-from .operator import MemOperator, Placement
+from .operator import FactReading, MemOperator, Placement
 from .reader import MemoryIntent, extract_entities, read_intent
 from .redaction import Redaction, RedactionPolicy, redact
 from .retrieval import PRESETS, RetrievalConfig, RoutedHit, Router, SearchExplain
@@ -214,6 +216,8 @@ class MemVault:
         self.index = index
         self.graph = graph
         self.embedder = embedder
+        self._pool: ThreadPoolExecutor | None = None  # the embedding thread of `add`
+        self._pool_lock = threading.Lock()
         self._check_embedder()
         self.operator = MemOperator(
             catalog, index, graph, scope_index=lambda v, u: self.router.scope_index(v, u),
@@ -271,8 +275,8 @@ class MemVault:
         and graph (committed). With `organise` false (or for keyed store items) nothing is
         superseded."""
         self.prepare(cubes)
-        vectors = self._embed(cubes)
-        placements = self.operator.annotate(cubes, vectors)
+        vectors, readings = self._embed_and_read(cubes)
+        placements = self.operator.annotate(cubes, vectors, readings)
         replaced = self.operator.supersede_candidates(cubes, vectors) if organise else []
         for new, old_id, _ in replaced:
             if old_id not in new.provenance.derived_from:
@@ -290,6 +294,25 @@ class MemVault:
         self.prepare([cube])
         self.catalog.write_version(cube, op, changed_by, expected_version)
         self.sync([cube])
+
+    def _embed_and_read(
+        self, cubes: Sequence[MemCube]
+    ) -> tuple[dict[str, list[float]], dict[str, FactReading]]:
+        """`_embed` on the vault's embedding thread while this one reads the texts
+        (`operator.read_facts`, pure Python: concepts, entities, times): the embedder leaves
+        the GIL while it runs, so the reading costs little wall time. Nothing is set on the
+        cubes here: an embedding failure still leaves them as they were."""
+        if not any(c.form is Form.plaintext and c.is_live() for c in cubes):
+            return {}, self.operator.read_facts(cubes)
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-embed")
+            embedding = self._pool.submit(self._embed, cubes)
+        try:
+            readings = self.operator.read_facts(cubes)
+        finally:
+            vectors = embedding.result()  # its StoreError first: nothing was stored
+        return vectors, readings
 
     def _embed(self, cubes: Sequence[MemCube]) -> dict[str, list[float]]:
         live = [c for c in cubes if c.form is Form.plaintext and c.is_live()]
@@ -506,6 +529,9 @@ class MemVault:
         return out
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.operator.close()
         self.index.close()
         self.graph.close()

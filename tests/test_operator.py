@@ -307,3 +307,35 @@ def test_supersede_keeps_valid_to_in_time(mem: MemOS) -> None:
     assert got.lifecycle.state is State.superseded
     assert got.lifecycle.valid_to == T0 + timedelta(days=3)
     assert new.provenance.derived_from == [old.id]
+
+
+def test_month_names_read_once_per_month_said_as_dateparser_reads_them() -> None:
+    """A bare month name ("on June") is read by dateparser once per (month said, day if past
+    the 28th) and reused: the same day dateparser gives for any moment of it, the February
+    leap-year quirk included (said on 29-31 January, looking back, it is a leap February)."""
+    import random
+
+    import dateparser
+
+    from memos_agents import events
+
+    rng = random.Random(7)
+    events._MONTH_READ.clear()
+    names = ["January", "February", "June", "December"]
+    for _ in range(120):
+        name, future = rng.choice(names), rng.random() < 0.5
+        year, month = rng.choice([2023, 2024]), rng.randint(1, 12)
+        day = rng.choice([1, 15, 28, 29, 30, 31, rng.randint(1, 31)])
+        day = min(day, [31, 29 if year == 2024 else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30,
+                        31][month - 1])
+        said = datetime(year, month, day, rng.randint(0, 23), rng.randint(0, 59), tzinfo=UTC)
+        got = events.resolve(f"on {name}", said, future=future)
+        want = dateparser.parse(name, languages=["en"],
+                                settings=events._parser_settings(said, future))
+        assert got is not None and want is not None
+        assert (got.start.year, got.start.month) == (want.year, want.month), (name, said, future)
+    assert events._MONTH_READ  # reused, not parsed each time
+    jan30 = datetime(2024, 1, 30, 9, tzinfo=UTC)
+    feb = events.resolve("in February", jan30)
+    assert feb is not None and feb.start.year == dateparser.parse(
+        "February", languages=["en"], settings=events._parser_settings(jan30, False)).year
