@@ -669,6 +669,9 @@ class MemOperator:
         km = KMeans(n_clusters=k, n_init=2, random_state=0, max_iter=100).fit(x)
         labels_of = km.labels_
         concepts = [self.concepts_of(c) for c in cubes]
+        # labelling (YAKE over every topic) takes seconds: outside the lock, which every
+        # write's `annotate` takes to place its facts
+        names = self._label(cubes, concepts, labels_of, k)
         with self._lock:
             topics = self._state(vault, user_id)
             topics.generation += 1
@@ -679,7 +682,7 @@ class MemOperator:
             topics.sums = sums
             topics.centroids = _unit(sums)
             topics.sizes = np.bincount(labels_of, minlength=k).tolist()
-            topics.labels = self._label(cubes, concepts, labels_of, k)
+            topics.labels = names
             topics.n_total = topics.n_clustered = len(cubes)
             assignment = {c.id: topics.tids[int(j)] for c, j in zip(cubes, labels_of, strict=True)}
             nodes = [TopicNode(tid=t, vault=vault, user_id=user_id, label=lab, size=s)
