@@ -77,11 +77,30 @@ def test_a_second_open_restores_the_snapshot_and_catches_up(built, data_dir, emb
         b.close()
 
 
-def test_a_damaged_snapshot_is_not_used(built, data_dir, embedder, monkeypatch) -> None:
+def _damage(folder: Path, how: str) -> None:
+    cols = folder / "columns"
+    if how == "garbage":
+        (cols / "tokens.npy").write_bytes(b"\x93NUMPY garbage")
+    elif how == "missing":
+        (cols / "alive.npy").unlink()
+    elif how == "dtype":  # a column of the wrong type
+        np.save(cols / "created_at.npy", np.load(cols / "created_at.npy").astype(np.float32))
+    elif how == "short":  # a column shorter than the others
+        np.save(cols / "version.npy", np.load(cols / "version.npy")[:-1])
+    elif how == "codes":  # a word code past the table
+        toks = np.load(cols / "tokens.npy")
+        toks[0] = 10**6
+        np.save(cols / "tokens.npy", toks)
+    else:
+        (folder / "tables.json").write_text('{"words": [1')
+
+
+@pytest.mark.parametrize("how", ["garbage", "missing", "dtype", "short", "codes", "tables"])
+def test_a_damaged_snapshot_is_not_used(built, data_dir, embedder, monkeypatch, how) -> None:
     a, _ = built
     home = scope_dir(data_dir / "keyword-index", "default", "ana")
     folder = home / (home / "current").read_text()
-    (folder / "docs.json").write_text("[[1, 2")
+    _damage(folder, how)
     b, loads = _open(data_dir, embedder, monkeypatch)
     try:
         for q in QUERIES:  # the same best hit (built over every fact: other BM25 statistics)

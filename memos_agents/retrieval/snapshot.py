@@ -4,8 +4,9 @@ When a `ScopeIndex` rebuilds its main BM25 segments, and when `EVERY` docs have 
 since, it writes them (bm25s arrays; unchanged ones hard-linked) with its docs and its change
 mark under `<root>/<scope>/<seq>-<purged>-<id>/`, and points `<root>/<scope>/
 current` at that folder (an atomic rename). A process opening the scope maps the arrays
-(`mmap`: one copy in the page cache for every worker) and reads the docs instead of parsing
-every cube and rebuilding; the router then applies what was written since the snapshot's mark
+(`mmap`: one copy in the page cache for every worker) and reads the docs' columns (numpy
+arrays and a few string tables: no object per doc) instead of parsing every cube and
+rebuilding; the router then applies what was written since the snapshot's mark
 (`Router.scope_index`). A snapshot that is missing, partial or built with other BM25 settings
 is not used: the scope is loaded from the catalog as before."""
 
@@ -17,18 +18,18 @@ import json
 import logging
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from .bm25 import BM25Segment
 from .config import RetrievalConfig
-from .index import Doc, ScopeIndex, content_hash
+from .index import FLAT_COLUMNS, ROW_COLUMNS, TABLES, Columns, ScopeIndex
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: the docs as columns (`.npy` under `columns/`, `tables.json`); 1: `docs.json`
 EVERY = 2000  # docs added since the last snapshot that make the router write a new one
 
 
@@ -42,21 +43,36 @@ def _params(config: RetrievalConfig) -> list[float]:
     return [config.bm25_k1, config.bm25_b, config.context_turns, config.window_turns]
 
 
-def _row(d: Doc) -> list[Any]:
-    return [d.id, d.session, d.created_at, d.valid_from, d.valid_to, d.expires_at, d.speaker,
-            sorted(d.entities), d.importance, d.state, d.keyed, list(d.tokens), d.alive, d.dated,
-            [list(w) for w in d.when], d.version, d.text_key]
+def _write_columns(folder: Path, c: Columns) -> None:
+    """The docs as arrays (`columns/<name>.npy`) and their string tables (`tables.json`)."""
+    cols = folder / "columns"
+    cols.mkdir()
+    for name in ROW_COLUMNS:
+        np.save(cols / f"{name}.npy", c.view(name), allow_pickle=False)
+    for name in FLAT_COLUMNS:
+        np.save(cols / f"{name}.npy", c.flat_view(name), allow_pickle=False)
+    np.save(cols / "ids.npy", c.ids[: c.n], allow_pickle=False)
+    tables = {k: c.tables[k].items for k in TABLES}
+    when = {str(i): [list(w) for w in spans] for i, spans in c.when.items()}
+    (folder / "tables.json").write_text(json.dumps({**tables, "when": when}), "utf-8")
 
 
-def _doc(r: list[Any]) -> Doc:
-    """A doc of a snapshot row; its words, names and session interned (one object each)."""
-    intern = sys.intern
-    return Doc(id=r[0], session=r[1] and intern(r[1]), created_at=r[2], valid_from=r[3],
-               valid_to=r[4], expires_at=r[5], speaker=r[6] and intern(r[6]),
-               entities=frozenset(map(intern, r[7])), importance=r[8], state=intern(r[9]),
-               keyed=r[10], tokens=tuple(map(intern, r[11])), content_hash=content_hash(r[16]),
-               alive=r[12], dated=r[13], when=tuple((a, b) for a, b in r[14]), version=r[15],
-               text_key=r[16])
+def _read_columns(folder: Path) -> Columns:
+    """`_write_columns`' arrays, checked (ValueError, OSError: not usable)."""
+    cols = folder / "columns"
+
+    def arr(name: str) -> np.ndarray:
+        return np.load(cols / f"{name}.npy", allow_pickle=False)
+
+    got = json.loads((folder / "tables.json").read_text("utf-8"))
+    tables = {k: got[k] for k in TABLES}
+    if not all(isinstance(v, list) and all(isinstance(s, str) for s in v)
+               for v in tables.values()):
+        raise ValueError("tables: not lists of strings")
+    when = {int(i): tuple((float(a), float(b)) for a, b in spans)
+            for i, spans in got["when"].items()}
+    return Columns.of({k: arr(k) for k in ROW_COLUMNS}, {k: arr(k) for k in FLAT_COLUMNS},
+                      arr("ids"), tables, when)
 
 
 def save(root: Path, idx: ScopeIndex) -> None:
@@ -71,7 +87,7 @@ def save(root: Path, idx: ScopeIndex) -> None:
     try:
         tmp.mkdir(parents=True)
         stats = {key: seg.save(tmp / key) for key, seg in segments.items()}
-        (tmp / "docs.json").write_text(json.dumps([_row(d) for d in idx.docs]), "utf-8")
+        _write_columns(tmp, idx.columns)
         meta = {"format": FORMAT, "vault": idx.vault, "user_id": idx.user_id, "mark": mark,
                 "params": _params(idx.config), "segments": stats}
         (tmp / "meta.json").write_text(json.dumps(meta), "utf-8")
@@ -112,14 +128,14 @@ def restore(root: Path, idx: ScopeIndex) -> bool:
         cfg = idx.config
         segments = {key: BM25Segment.opened(folder / key, stats, cfg.bm25_k1, cfg.bm25_b)
                     for key, stats in meta["segments"].items()}
-        docs = [_doc(r) for r in json.loads((folder / "docs.json").read_text("utf-8"))]
+        docs = _read_columns(folder)
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         if not isinstance(exc, FileNotFoundError):
             log.warning("keyword index snapshot of %s/%s not used: %s",
                         idx.vault, idx.user_id, exc)
         return False
     if len({seg.n for seg in segments.values()}) != 1 or any(
-            seg.n > len(docs) for seg in segments.values()):
+            seg.n > docs.n for seg in segments.values()):
         return False
     idx.restore(docs, segments, (int(meta["mark"][0]), int(meta["mark"][1])))
     return True
