@@ -60,6 +60,7 @@ from .graph.base import (
     norm_entity,
 )
 from .reader import extract_concepts
+from .retrieval.index import content_hash_of
 from .text import keyword_tokens
 from .vector.base import VectorIndex
 
@@ -816,7 +817,7 @@ class MemOperator:
             speaker = norm_entity(c.provenance.speaker) if c.provenance.speaker else None
             if not cue:
                 # a verbatim repeat of a fact (not a conversation turn): merge into the new one
-                h = hash((c.provenance.speaker or "", " ".join(c.content.split()).casefold()))
+                h = content_hash_of(c.provenance.speaker, c.content)
                 with idx.lock:
                     olds = [idx.docs[i].id for i in idx.by_hash.get(h, [])
                             if idx.docs[i].alive and idx.docs[i].id not in batch
