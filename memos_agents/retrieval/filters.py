@@ -12,23 +12,9 @@ import numpy as np
 from ..cube import MemCube, Scope
 from ..reader import MemoryIntent, TimeRange
 from ..text import keyword_tokens
-from .index import INDEXED, LIVE, Doc, ScopeIndex
+from .index import INDEXED, LIVE, ScopeIndex
 
 CubesOf = Callable[[Sequence[str]], dict[str, MemCube]]
-
-
-def _drop_reason(d: Doc, session: str | None, t_now: float, t_as: float | None) -> str | None:
-    if session and d.session != session:
-        return "session"
-    if d.expires_at is not None and d.expires_at <= t_now:
-        return "expired"
-    if t_as is None:
-        return None if d.state in LIVE else "superseded"
-    # a cube that existed at `as_of` but was updated in place since stays a candidate: the
-    # router serves the version that held then
-    if min(d.valid_from, d.created_at) > t_as or (d.valid_to is not None and d.valid_to <= t_as):
-        return "as_of"
-    return None
 
 
 def filter_rows(
@@ -44,26 +30,41 @@ def filter_rows(
     """The rows of `order` that may be served, each drop counted by reason in `dropped`."""
     t_now = now.timestamp()
     t_as = as_of.timestamp() if as_of else None
-    out = []
-    for i in order:
-        d = idx.docs[i]
-        if not d.alive:
-            continue
-        reason = _drop_reason(d, scope.session_id, t_now, t_as)
-        if reason is None:
-            out.append(i)
+    rows = np.asarray(order, dtype=np.int64)
+    rows = rows[idx.col("alive")[rows]]
+    left = np.ones(len(rows), dtype=bool)
+
+    def drop(reason: str, bad: np.ndarray) -> None:
+        hit = left & bad
+        if k := int(hit.sum()):
+            dropped[reason] += k
+        left[hit] = False
+
+    if scope.session_id:
+        code = idx.columns.tables["sessions"].code.get(scope.session_id, -2)
+        drop("session", idx.col("session")[rows] != code)
+    with np.errstate(invalid="ignore"):
+        drop("expired", idx.col("expires_at")[rows] <= t_now)  # NaN (none): False
+        if t_as is None:
+            states = idx.columns.tables["states"]
+            live = [c for s, c in states.code.items() if s in LIVE]
+            drop("superseded", ~np.isin(idx.col("state")[rows], live))
         else:
-            dropped[reason] += 1
+            # a cube that existed at `as_of` but was updated in place since stays a candidate:
+            # the router serves the version that held then
+            start = np.minimum(idx.col("valid_from")[rows], idx.col("created_at")[rows])
+            drop("as_of", (start > t_as) | (idx.col("valid_to")[rows] <= t_as))
+    out: list[int] = rows[left].tolist()
     if tags:
         wanted = set(tags)
-        cubes = cubes_of([idx.docs[i].id for i in out])
-        keep = [i for i in out if (c := cubes.get(idx.docs[i].id)) is not None
+        cubes = cubes_of(idx.ids_of(out))
+        keep = [i for i in out if (c := cubes.get(idx.id_of(i))) is not None
                 and wanted & set(c.organisation.tags)]
         dropped["tags"] += len(out) - len(keep)
         out = keep
     if scope.agent_id:
-        cubes = cubes_of([idx.docs[i].id for i in out])
-        keep = [i for i in out if (c := cubes.get(idx.docs[i].id)) is not None
+        cubes = cubes_of(idx.ids_of(out))
+        keep = [i for i in out if (c := cubes.get(idx.id_of(i))) is not None
                 and c.scope.agent_id == scope.agent_id]
         dropped["agent"] += len(out) - len(keep)
         out = keep
@@ -125,7 +126,7 @@ def _anchored(idx: ScopeIndex, tr: TimeRange) -> TimeRange | None:
     scores = idx.keyword_scores(toks)["keyword"]
     if not len(scores) or scores.max() <= 0:
         return None
-    at = to_dt(idx.docs[int(scores.argmax())].valid_from)
+    at = to_dt(float(idx.col("valid_from")[int(scores.argmax())]))
     if tr.direction == "before":
         return tr.model_copy(update={"end": at})
     return tr.model_copy(update={"start": at})

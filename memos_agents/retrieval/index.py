@@ -498,6 +498,18 @@ class ScopeIndex:
         ids = self._c.ids
         return [ids[i].decode() for i in rows]
 
+    def state_of(self, i: int) -> str:
+        return self._c.tables["states"].items[int(self._c.rows["state"][i])]
+
+    def names_of_rows(self, rows: Sequence[int]
+                      ) -> tuple[list[str | None], list[frozenset[str]]]:
+        """The speakers and the entity sets of these rows."""
+        c = self._c
+        names = c.tables["names"].items
+        spk = c.rows["speaker"][np.asarray(rows, dtype=np.int64)].tolist()
+        return ([None if s < 0 else names[s] for s in spk],
+                [frozenset([names[j] for j in c.names_of(i)]) for i in rows])
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(dead mask, valid_from) over all docs, cached until the docs change."""
         if self._arrays is None or self._arrays[0] != self._version:

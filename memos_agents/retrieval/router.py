@@ -278,7 +278,7 @@ class Router:
             t0 = time.perf_counter()
             scores, parts, shared = self._fuse(idx, q, order, found, in_range)
             ranked = sorted(range(len(order)), key=lambda j: -scores[j])
-            ids = [idx.docs[order[j]].id for j in ranked]
+            ids = idx.ids_of(order[j] for j in ranked)
             head = ranked[: max(q.k * 3, q.cfg.explain_top)]
             detail: dict[str, object] = {"fusion": q.cfg.fusion}
             if shared is not None:
@@ -293,7 +293,7 @@ class Router:
         return Ranking(ids=ids, scores={c: float(scores[j]) for c, j in zip(ids, ranked,
                                                                            strict=True)},
                        dense=dense, routes_of=routes_of,
-                       parts={idx.docs[order[j]].id: {n: float(v[j]) for n, v in parts.items()}
+                       parts={idx.id_of(order[j]): {n: float(v[j]) for n, v in parts.items()}
                               for j in head},
                        time_range=time_range, time_filter=tf_mode, idx=idx)
 
@@ -307,9 +307,12 @@ class Router:
         in_range: np.ndarray = np.zeros(len(order), dtype=bool)
         if time_range is None or not (time_range.start or time_range.end):
             return order, in_range, time_range, "none"
-        said = np.array([time_range.contains(to_dt(idx.docs[i].valid_from)) for i in order],
-                        dtype=bool)
-        in_range = said | np.array([told_of(idx.docs[i], time_range) for i in order], dtype=bool)
+        froms = idx.col("valid_from")[order].tolist()
+        said = np.array([time_range.contains(to_dt(t)) for t in froms], dtype=bool)
+        when = idx.columns.when
+        lo, hi = time_range.bounds()
+        in_range = said | np.array([any(a < hi and b > lo for a, b in when.get(i, ()))
+                                    for i in order], dtype=bool)
         mode = time_mode(q.cfg.time_filter, q.intent, time_range, said)
         if mode == "hard":
             if not in_range.any():
@@ -323,7 +326,7 @@ class Router:
               in_range: np.ndarray
               ) -> tuple[np.ndarray, dict[str, np.ndarray], fusion.Shared | None]:
         cfg, intent, m = q.cfg, q.intent, len(order)
-        ids = [idx.docs[i].id for i in order]
+        ids = idx.ids_of(order)
         signals: dict[str, np.ndarray] = {}
         for f in found:
             signals.update(f.signals(order, ids))
@@ -333,19 +336,17 @@ class Router:
             # where each turn's session neighbours sit in `order` (sorted), if they are in it
             rows = np.asarray(order, dtype=np.int64)
             terms.prev, terms.next = (fusion.locate(rows, t) for t in idx.adjacent(order))
-        docs = [idx.docs[i] for i in order]
         names = [n for n in dict.fromkeys(norm_entity(e) for e in intent.entities)
                  if n in idx.entity_names]
         if m and names and cfg.w_entity:
-            terms.entity = fusion.entity_match([d.speaker for d in docs],
-                                               [d.entities for d in docs], names)
+            terms.entity = fusion.entity_match(*idx.names_of_rows(order), names)
         w_rec = cfg.w_recency_asked if intent.wants_recent else cfg.w_recency
         if m and w_rec:
-            terms.times = np.array([d.valid_from for d in docs])
+            terms.times = idx.col("valid_from")[order]
         if m and cfg.w_time_stated and intent.answer_kind == "time":
-            terms.dated = np.array([d.dated for d in docs], dtype=bool)
+            terms.dated = idx.col("dated")[order]
         if m and cfg.w_importance:
-            terms.importance = np.array([d.importance for d in docs])
+            terms.importance = idx.col("importance")[order]
         if m > 1 and cfg.w_graph_neighbour and any(f.route == "graph" for f in found):
             terms.shared = self._shared(idx, q, ids)
         term_weights = {"prev_dense": cfg.w_prev_dense, "neighbour": cfg.neighbour,
@@ -477,8 +478,8 @@ class Router:
             for h in hits:
                 i = idx.pos.get(h.cube.id)
                 want[h.cube.id] = [] if i is None else [
-                    idx.docs[j].id for j in idx.neighbours(i, window, window)
-                    if idx.docs[j].state in LIVE
+                    idx.id_of(j) for j in idx.neighbours(i, window, window)
+                    if idx.state_of(j) in LIVE
                 ]
         cubes = self.catalog.get_many(sorted({c for ids in want.values() for c in ids}))
         for h in hits:
@@ -515,8 +516,8 @@ def _shared_detail(idx: ScopeIndex, order: Sequence[int], head: Sequence[int],
         for j in head:
             g = int(shared.via[j])
             if g >= 0:
-                via[idx.docs[order[j]].id] = [shared.names[g],
-                                              idx.docs[order[int(shared.src[j])]].id]
+                via[idx.id_of(order[j])] = [shared.names[g],
+                                            idx.id_of(order[int(shared.src[j])])]
     return {"nodes": len(shared.groups), "via": via}
 
 

@@ -87,7 +87,7 @@ class Found:
         for name, lst in self.top.items():
             for i, s in lst:
                 if s > 0:
-                    yield idx.docs[i].id, name
+                    yield idx.id_of(i), name
 
 
 class Route(Protocol):
@@ -161,7 +161,7 @@ class KeywordRoute:
         terms = q.intent.keywords
         kw = idx.keyword_scores(terms) if terms else {}
         top = {name: top_rows(arr, q.n) for name, arr in kw.items()}
-        stage = stage_of(self.name, t0, [(idx.docs[i].id, s) for i, s in top.get("keyword", [])],
+        stage = stage_of(self.name, t0, [(idx.id_of(i), s) for i, s in top.get("keyword", [])],
                          q.cfg.explain_top,
                          {"terms": terms, "context_hits": len(top.get("context", [])),
                           "window_hits": len(top.get("window", []))})
