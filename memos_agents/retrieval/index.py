@@ -110,11 +110,16 @@ ROW_COLUMNS: dict[str, Any] = {
     "purged": np.bool_,  # emptied by `remove` (not in `by_hash`)
     "state": np.int16, "session": np.int32, "speaker": np.int32,  # codes into tables; -1: none
     "tok_start": np.int64, "tok_len": np.int32, "ent_start": np.int64, "ent_len": np.int32,
+    "when_start": np.int64, "when_len": np.int32,
 }
 """The per-row columns of a `ScopeIndex` (besides `ids`) and their dtypes."""
-FLAT_COLUMNS: dict[str, Any] = {"tokens": np.int32, "entities": np.int32}
+FLAT_COLUMNS: dict[str, Any] = {"tokens": np.int32, "entities": np.int32, "when": np.float64}
 """The flat columns: word ids into `words` (rows' slices: tok_start/tok_len), name ids into
-`names` (ent_start/ent_len)."""
+`names` (ent_start/ent_len), the `Doc.when` spans as start, end, start, end... stamps
+(when_start/when_len)."""
+SLICES = (("tokens", "tok_start", "tok_len"), ("entities", "ent_start", "ent_len"),
+          ("when", "when_start", "when_len"))
+"""Each flat column and the row columns of its slices."""
 TABLES = ("words", "names", "sessions", "states")
 """The string tables the codes point into."""
 
@@ -170,12 +175,10 @@ class Columns:
         self.flat_n = {k: 0 for k in FLAT_COLUMNS}
         self.ids = np.zeros(0, dtype="S1")
         self.tables = {k: Table() for k in TABLES}
-        self.when: dict[int, tuple[tuple[float, float], ...]] = {}
 
     @classmethod
     def of(cls, rows: dict[str, np.ndarray], flat: dict[str, np.ndarray], ids: np.ndarray,
-           tables: dict[str, Sequence[str]],
-           when: dict[int, tuple[tuple[float, float], ...]]) -> Columns:
+           tables: dict[str, Sequence[str]]) -> Columns:
         """Columns from arrays (a snapshot's); ValueError if they do not fit together."""
         n = len(ids)
         if set(rows) != set(ROW_COLUMNS) or set(flat) != set(FLAT_COLUMNS) or set(tables) != set(
@@ -193,20 +196,18 @@ class Columns:
         c.flat = {k: np.ascontiguousarray(v) for k, v in flat.items()}
         c.flat_n = {k: len(v) for k, v in flat.items()}
         c.tables = {k: Table(v) for k, v in tables.items()}
-        c.when = dict(when)
-        for flat_key, (start, length), table in (("tokens", ("tok_start", "tok_len"), "words"),
-                                                 ("entities", ("ent_start", "ent_len"), "names")):
+        for flat_key, start, length in SLICES:
             s, ln, f = rows[start], rows[length], c.flat[flat_key]
             if n and ((s < 0).any() or (ln < 0).any() or (s + ln).max() > len(f)):
                 raise ValueError(f"{flat_key}: slices out of range")
+        for flat_key, table in (("tokens", "words"), ("entities", "names")):
+            f = c.flat[flat_key]
             if len(f) and (f.min() < -1 or f.max() >= len(c.tables[table])):
                 raise ValueError(f"{flat_key}: codes out of range")
         for code, table in (("session", "sessions"), ("speaker", "names"), ("state", "states")):
             v = rows[code]
             if n and (v.min() < -1 or v.max() >= len(c.tables[table])):
                 raise ValueError(f"{code}: codes out of range")
-        if any(not 0 <= r < n for r in c.when):
-            raise ValueError("when: rows out of range")
         return c
 
     def view(self, name: str) -> np.ndarray:
@@ -244,6 +245,14 @@ class Columns:
         s, ln = int(self.rows["ent_start"][i]), int(self.rows["ent_len"][i])
         return self.flat["entities"][s : s + ln].tolist()
 
+    def when_of(self, i: int) -> tuple[tuple[float, float], ...]:
+        ln = int(self.rows["when_len"][i])
+        if not ln:
+            return ()
+        s = int(self.rows["when_start"][i])
+        v = self.flat["when"][s : s + ln].tolist()
+        return tuple(zip(v[::2], v[1::2], strict=True))
+
     def token_lists(self) -> list[list[str]]:
         """Every row's tokens (strings)."""
         words = self.tables["words"].items
@@ -258,11 +267,9 @@ class Columns:
         n = out.n = len(rows)
         out.rows = {k: a[rows].copy() for k, a in self.rows.items()}
         out.ids = self.ids[rows].copy()
-        out.when = {j: self.when[r] for j, r in enumerate(rows.tolist()) if r in self.when}
         sess = self.tables["sessions"]
         out.tables["states"] = Table(self.tables["states"].items)
-        for flat_key, (start, length) in (("tokens", ("tok_start", "tok_len")),
-                                          ("entities", ("ent_start", "ent_len"))):
+        for flat_key, start, length in SLICES:
             s, ln = out.rows[start], out.rows[length].astype(np.int64)
             total = int(ln.sum())
             new_start = np.zeros(n, dtype=np.int64)
@@ -498,6 +505,10 @@ class ScopeIndex:
         ids = self._c.ids
         return [ids[i].decode() for i in rows]
 
+    def when_of(self, i: int) -> tuple[tuple[float, float], ...]:
+        """Doc `i`'s `when` spans."""
+        return self._c.when_of(i)
+
     def state_of(self, i: int) -> str:
         return self._c.tables["states"].items[int(self._c.rows["state"][i])]
 
@@ -532,7 +543,7 @@ class ScopeIndex:
             importance=float(r["importance"][i]), state=t["states"].items[int(r["state"][i])],
             keyed=bool(r["keyed"][i]), tokens=tuple([words[j] for j in c.words_of(i)]),
             content_hash=int(r["content_hash"][i]), alive=bool(r["alive"][i]),
-            dated=bool(r["dated"][i]), when=c.when.get(i, ()), version=int(r["version"][i]),
+            dated=bool(r["dated"][i]), when=c.when_of(i), version=int(r["version"][i]),
         )
 
     def live_token_sets(self) -> list[set[str]]:
@@ -632,14 +643,19 @@ class ScopeIndex:
         words = t["words"]
         toks = [words.add(w) for w in d.tokens]
         r["tok_start"][i], r["tok_len"][i] = c.push_flat("tokens", toks), len(toks)
-        if d.when:
-            c.when[i] = tuple(d.when)
+        self._set_when(i, d)
         c.n = i + 1
         self.pos._k.add(c.ids[i], i)
         self.by_hash._k.add(h, i)
         self.entity_names.update(d.entities)
         if d.speaker:
             self.entity_names[d.speaker] += 1
+
+    def _set_when(self, i: int, d: Doc) -> None:
+        flat = [float(x) for span in d.when for x in span]
+        c = self._c
+        c.rows["when_start"][i] = c.push_flat("when", flat) if flat else 0
+        c.rows["when_len"][i] = len(flat)
 
     def _set_names(self, i: int, d: Doc) -> None:
         c = self._c
@@ -702,9 +718,8 @@ class ScopeIndex:
         if (sorted(names.code.get(e, -1) for e in d.entities) != c.names_of(i)
                 or r["speaker"][i] != (names.code.get(d.speaker, -1) if d.speaker else -1)):
             self._set_names(i, d)  # the old slice is left unused (counts are kept as they were)
-        c.when.pop(i, None)
-        if d.when:
-            c.when[i] = tuple(d.when)
+        if c.when_of(i) != tuple(d.when):
+            self._set_when(i, d)  # the old slice is left unused
 
     def remove(self, ids: Sequence[str]) -> None:
         """Drop purged cubes: each of their entries (retired versions too) loses its words and
@@ -735,15 +750,13 @@ class ScopeIndex:
             held.append(names[int(r["speaker"][i])])
         self.entity_names.subtract(held)
         self.entity_names += Counter()  # drop the names no fact holds any more
-        for start, length, flat in (("tok_start", "tok_len", "tokens"),
-                                    ("ent_start", "ent_len", "entities")):
+        for flat, start, length in SLICES:
             s, ln = int(r[start][i]), int(r[length][i])
             c.flat[flat][s : s + ln] = -1
             r[length][i] = 0
         r["speaker"][i] = -1
         r["content_hash"][i] = 0
         r["alive"][i], r["held"][i], r["purged"][i] = False, False, True
-        c.when.pop(i, None)
         if i < self._main_n:
             self.holds_purged = True
 

@@ -309,9 +309,8 @@ class Router:
             return order, in_range, time_range, "none"
         froms = idx.col("valid_from")[order].tolist()
         said = np.array([time_range.contains(to_dt(t)) for t in froms], dtype=bool)
-        when = idx.columns.when
         lo, hi = time_range.bounds()
-        in_range = said | np.array([any(a < hi and b > lo for a, b in when.get(i, ()))
+        in_range = said | np.array([any(a < hi and b > lo for a, b in idx.when_of(i))
                                     for i in order], dtype=bool)
         mode = time_mode(q.cfg.time_filter, q.intent, time_range, said)
         if mode == "hard":

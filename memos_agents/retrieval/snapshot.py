@@ -29,7 +29,7 @@ from .index import FLAT_COLUMNS, ROW_COLUMNS, TABLES, Columns, ScopeIndex
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: the docs as columns (`.npy` under `columns/`, `tables.json`); 1: `docs.json`
+FORMAT = 3  # 3: the docs as columns (`.npy` under `columns/`, `tables.json`); 1: `docs.json`
 EVERY = 2000  # docs added since the last snapshot that make the router write a new one
 
 
@@ -53,8 +53,7 @@ def _write_columns(folder: Path, c: Columns) -> None:
         np.save(cols / f"{name}.npy", c.flat_view(name), allow_pickle=False)
     np.save(cols / "ids.npy", c.ids[: c.n], allow_pickle=False)
     tables = {k: c.tables[k].items for k in TABLES}
-    when = {str(i): [list(w) for w in spans] for i, spans in c.when.items()}
-    (folder / "tables.json").write_text(json.dumps({**tables, "when": when}), "utf-8")
+    (folder / "tables.json").write_text(json.dumps(tables), "utf-8")
 
 
 def _read_columns(folder: Path) -> Columns:
@@ -69,10 +68,8 @@ def _read_columns(folder: Path) -> Columns:
     if not all(isinstance(v, list) and all(isinstance(s, str) for s in v)
                for v in tables.values()):
         raise ValueError("tables: not lists of strings")
-    when = {int(i): tuple((float(a), float(b)) for a, b in spans)
-            for i, spans in got["when"].items()}
     return Columns.of({k: arr(k) for k in ROW_COLUMNS}, {k: arr(k) for k in FLAT_COLUMNS},
-                      arr("ids"), tables, when)
+                      arr("ids"), tables)
 
 
 def save(root: Path, idx: ScopeIndex) -> None:
