@@ -322,6 +322,29 @@ def test_bm25_tail_matches_the_formula_and_follows_new_docs() -> None:
     assert again[600:] == pytest.approx(expected([*tail, ["miso", "miso", "trip"]]), rel=1e-5)
 
 
+def test_graph_route_ranks_an_entitys_facts_by_meaning_not_by_age(mem: MemOS) -> None:
+    """The graph route takes every fact of the query's entity and ranks them by the cosine of
+    their stored vectors to the query (`graph_entity_facts="dense"`, the default): an old fact
+    that answers, sharing no word with the question, is first even when the entity has more
+    facts than the route keeps; keeping the newest ones (`"newest"`) loses it."""
+    later = [turn("Ana", f"The weather on day {i} was grey and the bus was late.", T0, i)
+             for i in range(2, 10)]
+    mem.add([turn("Ana", "I fired a clay bowl in the kiln.", T0, 1)], user_id="ana",
+            session_id="s1")
+    mem.add(later, user_id="ana", session_id="s2")
+    mem.vault.operator.flush()
+    router = mem.vault.router
+
+    def graph_first(mode: str) -> list[str]:
+        router.config = router.config.model_copy(update={"graph_entity_facts": mode,
+                                                         "candidates": 4})
+        return contents(mem.search("What pottery does Ana make?", user_id="ana", k=3,
+                                   routes=["graph"]))
+
+    assert graph_first("dense")[0] == "I fired a clay bowl in the kiln."
+    assert "I fired a clay bowl in the kiln." not in graph_first("newest")
+
+
 def test_graph_hop_skips_concepts_as_broad_as_the_fanout_bound(mem: MemOS) -> None:
     """A neighbour concept on more facts than `graph_fanout` is not expanded (its facts would
     cost a scan); a narrow one is."""
@@ -332,7 +355,8 @@ def test_graph_hop_skips_concepts_as_broad_as_the_fanout_bound(mem: MemOS) -> No
     router = mem.vault.router
 
     def hop(fanout: int) -> tuple[list, list]:
-        router.config = router.config.model_copy(update={"graph_fanout": fanout})
+        router.config = router.config.model_copy(update={"graph_fanout": fanout,
+                                                         "graph_hop": "related"})
         res = mem.explain("How is the kiln?", user_id="ana", k=3)
         graph = next(s for s in res.explain.stages if s.name == "graph")
         return [b for _, b, _, _ in graph.detail["hop"]], graph.detail["hop_used"]

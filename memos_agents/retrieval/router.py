@@ -99,7 +99,7 @@ class Router:
         self.routes: dict[str, Route] = {
             "dense": DenseRoute(index, embedder),
             "keyword": KeywordRoute(),
-            "graph": GraphRoute(graph),
+            "graph": GraphRoute(graph, index, embedder),
             "walk": WalkRoute(graph),
         }
         self.settle = settle  # (vault, user): wait for the scope's pending organisation

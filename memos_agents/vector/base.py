@@ -31,8 +31,9 @@ class VectorIndex(Protocol):
         embedding: Sequence[float],
         n: int,
         where: dict[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> list[tuple[str, float]]:
-        """Ids with cosine similarity, best first."""
+        """Ids with cosine similarity, best first (among `ids` only, when given)."""
         ...
 
     def embeddings(

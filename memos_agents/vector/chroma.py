@@ -117,12 +117,14 @@ class ChromaIndex:
         embedding: Sequence[float],
         n: int,
         where: dict[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> list[tuple[str, float]]:
         col = self._collection(vault, user_id, create=False)
-        if col is None:
+        if col is None or (ids is not None and not ids):
             return []
         res = col.query(
             query_embeddings=[list(embedding)],
+            ids=list(ids) if ids is not None else None,
             n_results=n,
             where=where or None,
             include=["distances"],
