@@ -339,3 +339,25 @@ def test_month_names_read_once_per_month_said_as_dateparser_reads_them() -> None
     feb = events.resolve("in February", jan30)
     assert feb is not None and feb.start.year == dateparser.parse(
         "February", languages=["en"], settings=events._parser_settings(jan30, False)).year
+
+
+def test_day_and_week_phrases_computed_as_dateparser_reads_them() -> None:
+    """"today", "yesterday", "last week" ... are the day said plus so many days, as dateparser
+    reads them, whatever the time of day, the case or the direction."""
+    import random
+
+    import dateparser
+
+    from memos_agents import events
+
+    rng = random.Random(11)
+    for _ in range(60):
+        text = rng.choice(list(events._DAYS_FROM))
+        text = rng.choice([text, text.capitalize(), text.title()])
+        said = datetime(rng.choice([2023, 2024]), rng.randint(1, 12), rng.randint(1, 28),
+                        rng.choice([0, 13, 23]), rng.choice([0, 59]), tzinfo=UTC)
+        future = rng.random() < 0.5
+        want = dateparser.parse(text, languages=["en"],
+                                settings=events._parser_settings(said, future))
+        assert want is not None
+        assert events._dateparse(text, said, future) == want.date(), (text, said, future)
