@@ -745,10 +745,9 @@ class MemOperator:
         idx = self.scope_index(vault, user_id)
         with idx.lock:
             counts = Counter(idx.entity_names)
-            docs = [set(d.tokens) for d in idx.docs if d.alive]
         stems = {n: keyword_tokens(n) for n in counts}
         wanted = {w for ws in stems.values() for w in ws}
-        df = Counter(w for toks in docs for w in toks & wanted)
+        df = idx.live_doc_freq(wanted)
 
         def is_name(name: str) -> bool:
             norm = norm_entity(name)
