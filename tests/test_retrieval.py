@@ -324,7 +324,7 @@ def test_bm25_tail_matches_the_formula_and_follows_new_docs() -> None:
 
 def test_graph_route_ranks_an_entitys_facts_by_meaning_not_by_age(mem: MemOS) -> None:
     """The graph route takes every fact of the query's entity and ranks them by the cosine of
-    their stored vectors to the query (`graph_entity_facts="dense"`, the default): an old fact
+    their stored vectors to the query (`graph_entity_facts="dense"`, opt-in): an old fact
     that answers, sharing no word with the question, is first even when the entity has more
     facts than the route keeps; keeping the newest ones (`"newest"`) loses it."""
     later = [turn("Ana", f"The weather on day {i} was grey and the bus was late.", T0, i)
