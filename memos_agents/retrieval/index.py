@@ -546,14 +546,6 @@ class ScopeIndex:
             dated=bool(r["dated"][i]), when=c.when_of(i), version=int(r["version"][i]),
         )
 
-    def live_token_sets(self) -> list[set[str]]:
-        """The token set of every live doc (`{set(d.tokens) for d in docs if d.alive}`)."""
-        with self.lock:
-            c = self._c
-            words = c.tables["words"].items
-            return [{words[j] for j in c.words_of(i)}
-                    for i in np.flatnonzero(c.view("alive")).tolist()]
-
     def live_doc_freq(self, words: Iterable[str]) -> Counter[str]:
         """How many live docs hold each of `words` (a word no live doc holds: absent)."""
         with self.lock:
@@ -604,17 +596,12 @@ class ScopeIndex:
             for d in sorted(docs, key=lambda d: (d.created_at, d.id)):
                 self._append(d)
 
-    def restore(self, docs: Sequence[Doc] | Columns, segments: dict[str, BM25Segment],
+    def restore(self, docs: Columns, segments: dict[str, BM25Segment],
                 mark: tuple[int, int]) -> None:
-        """Take a snapshot's docs (`Columns`, or `Doc`s), `segments` built over the first of
-        them (the others are the tail), at `mark`."""
+        """Take a snapshot's docs, `segments` built over the first of them (the others are the
+        tail), at `mark`."""
         with self.lock:
-            if isinstance(docs, Columns):
-                self._reset(docs)
-            else:
-                self.load(())
-                for d in docs:
-                    self._append(d)
+            self._reset(docs)
             self._segments, self.mark = segments, mark
             self._main_n = min(seg.n for seg in segments.values())
             self.saved_n, self.holds_purged = self._c.n, False

@@ -310,8 +310,7 @@ class Router:
         froms = idx.col("valid_from")[order].tolist()
         said = np.array([time_range.contains(to_dt(t)) for t in froms], dtype=bool)
         lo, hi = time_range.bounds()
-        in_range = said | np.array([any(a < hi and b > lo for a, b in idx.when_of(i))
-                                    for i in order], dtype=bool)
+        in_range = said | np.array([told_of(idx.when_of(i), lo, hi) for i in order], dtype=bool)
         mode = time_mode(q.cfg.time_filter, q.intent, time_range, said)
         if mode == "hard":
             if not in_range.any():
@@ -520,10 +519,10 @@ def _shared_detail(idx: ScopeIndex, order: Sequence[int], head: Sequence[int],
     return {"nodes": len(shared.groups), "via": via}
 
 
-def told_of(doc: Doc, tr: TimeRange) -> bool:
-    """Whether a fact tells of a day in `tr` ("last week", said on 15 May, is 8-14 May)."""
-    lo, hi = tr.bounds()
-    return any(start < hi and end > lo for start, end in doc.when)
+def told_of(when: Sequence[tuple[float, float]], lo: float, hi: float) -> bool:
+    """Whether a fact's `when` spans tell of a day in [lo, hi) ("last week", said on 15 May,
+    is 8-14 May)."""
+    return any(start < hi and end > lo for start, end in when)
 
 
 def graph_paths(idx: ScopeIndex, stages: Sequence[Stage],

@@ -229,7 +229,7 @@ class GraphRoute:
                     detail: dict[str, Any]) -> None:
         """Every fact of the query's entities (the graph's candidates), ranked by the cosine
         of its stored vector to the query (the vector index, restricted to those facts): the
-        best `n` score their entity match times their cosine scaled to [0, 1] over them."""
+        best `n` score their entity match times their cosine relative to the nearest's."""
         assert self.index is not None and self.embedder is not None
         s, v, n = q.scope.vault, q.scope.user_id, q.n
         got = dict(self.graph.facts_mentioning(s, v, entities,
@@ -262,8 +262,8 @@ class GraphRoute:
         s, v, n = q.scope.vault, q.scope.user_id, q.n
         for fid, m in self.graph.facts_about(s, v, concepts, limit=n):
             scores[fid] = scores.get(fid, 0.0) + m
-        # the hop is off by default: on the LoCoMo dev subset RELATED co-occurrence neighbours
-        # ("research" -> "setback", "express") cost recall@10 once facts are ranked by meaning
+        # `graph_hop="none"` goes with `graph_entity_facts="dense"`: RELATED co-occurrence
+        # neighbours ("research" -> "setback", "express") cost LoCoMo recall@10 then
         related = ([] if q.cfg.graph_hop == "none"
                    else self.graph.related_concepts(s, v, concepts, limit=10))
         if q.cfg.graph_hop == "broader":
