@@ -20,6 +20,8 @@ the speakers renamed); every (speaker, text) pair is distinct.
     python bench/ingest_search.py                 # 1000,10000,100000 (~10-15 min on 2 cores)
     python bench/ingest_search.py --quick         # 500,2000
     python bench/ingest_search.py --profile-turns 2000   # cProfile one ingest, breakdown
+    python bench/ingest_search.py --sizes 100000 --data-dir D   # build D and keep it, then
+    python bench/ingest_search.py --data-dir D --reuse   # re-measure search on D, no ingest
 
 After each step a second OS process opens the same data dir (as a server worker would, while
 the first keeps it open) and reports its `MemOS.open` time, the time until its first search
@@ -95,6 +97,7 @@ HEAVY_MODULES = (
     "numpy",
     "langchain_core",
 )
+BUILT = "bench-built.json"  # in a kept --data-dir: the config that built it (for --reuse)
 PARTITION_NOTE = (
     "cubes are partitioned per (vault, user_id) (one Chroma collection each); all cubes here "
     "belong to one user, so every search scans the whole vault: the worst case"
@@ -1075,6 +1078,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "user_partition": USER,
             "quick": args.quick,
             "locomo_every": 5,
+            "locomo": None if args.no_locomo else str(args.locomo),
             "embedder": args.embedder or "all-MiniLM-L6-v2",
         },
         "targets": {
@@ -1097,6 +1101,9 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     if not tmp and data_dir.exists() and any(data_dir.iterdir()):
         raise SystemExit(f"--data-dir {data_dir} is not empty; the benchmark needs a fresh vault")
     console.print(f"data dir: {data_dir}{' (temporary)' if tmp else ''}")
+    if not tmp:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / BUILT).write_text(json.dumps(res["config"]), encoding="utf-8")
     try:
         with opened(data_dir, args.embedder) as (mem, open_s):
             t0 = time.perf_counter()
@@ -1176,6 +1183,47 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             shutil.rmtree(data_dir, ignore_errors=True)
     res["loadavg_end"] = loadavg()
     res["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return res
+
+
+def run_reuse(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """Search latency, RSS and the second process on a dir an earlier run built and kept (its
+    config from `BUILT`): the same queries, no ingest."""
+    if args.data_dir is None or not (Path(args.data_dir) / BUILT).is_file():
+        raise SystemExit(f"--reuse needs --data-dir of a dir this bench built (no {BUILT} there)")
+    data_dir = Path(args.data_dir)
+    built = json.loads((data_dir / BUILT).read_text(encoding="utf-8"))
+    locomo = None if built.get("locomo") is None else Path(built["locomo"])
+    corpus = Corpus(built["seed"], locomo, fact_limit=built["sizes"][0])
+    corpus.take(built["sizes"][0])
+    queries = build_queries(corpus, built["n_queries"], built["seed"], locomo)
+    res: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "built": built,
+        "loadavg_start": loadavg(),
+        "environment": environment(),
+    }
+    with opened(data_dir, built.get("embedder")) as (mem, open_s):
+        mem.vault.embedder.embed_query("warm up the model")
+        res["open_s"] = open_s
+        res["cubes"] = mem.stats().get("cubes")
+        res["search"] = search = measure_search(mem, queries, built["k"])
+        res["rss_mb"] = rss_mb()
+        res["second_process"] = None if args.no_second else measure_second_process(
+            data_dir, queries, built["k"])
+    res["loadavg_end"] = loadavg()
+    s, d = search["search_ms"], search["dense_search_ms"]
+    console.print(
+        f"{res['cubes']} cubes: hybrid p50 {s['p50']:.1f} p95 {s['p95']:.1f} ms, dense p50 "
+        f"{d['p50']:.1f} p95 {d['p95']:.1f} ms (ratio {s['p95'] / d['p95']:.2f}), RSS "
+        f"{res['rss_mb']:,.0f} MB, answer in top-k {search['answer_in_top_k']:.0%}"
+    )
+    if (sp := res["second_process"]) is not None:
+        console.print(
+            f"  second process: open {sp['open_s']:.2f} s, first search {sp['first_search_s']:.2f}"
+            f" s, p50 {sp['search_ms']['p50']:.1f} p95 {sp['search_ms']['p95']:.1f} ms, RSS "
+            f"{sp['rss_mb']:,.0f} MB"
+        )
     return res
 
 
@@ -1417,6 +1465,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-locomo", action="store_true", help="templates only")
     ap.add_argument("--no-second", action="store_true",
                     help="skip the second process's open / first search / RSS after each step")
+    ap.add_argument("--reuse", action="store_true",
+                    help="measure search on the kept --data-dir of an earlier run (no ingest)")
     ap.add_argument("--embedder", default=None, help="e.g. all-MiniLM-L6-v2-int8 (default exact)")
     ap.add_argument(
         "--profile-turns",
@@ -1434,8 +1484,14 @@ def main(argv: list[str] | None = None) -> int:
         run_profile(args, console)
         console.print(f"wrote {args.out / 'ingest_profile.txt'}, .json, .prof")
         return 0
-    res = run_benchmark(args, console)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.reuse:
+        res = run_reuse(args, console)
+        path = args.out / "ingest_search_reuse.json"
+        path.write_text(json.dumps(res, indent=2), encoding="utf-8")
+        console.print(f"wrote {path}")
+        return 0
+    res = run_benchmark(args, console)
     stem = "ingest_search_quick" if args.quick else "ingest_search"
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     plot(res, args.out / f"{stem}.png")
