@@ -1078,7 +1078,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "user_partition": USER,
             "quick": args.quick,
             "locomo_every": 5,
-            "locomo": None if args.no_locomo else str(args.locomo),
+            "locomo": None if args.no_locomo else _in_repo(args.locomo),
             "embedder": args.embedder or "all-MiniLM-L6-v2",
         },
         "targets": {
@@ -1186,6 +1186,13 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return res
 
 
+def _in_repo(path: Path) -> str:
+    """`path` relative to the repository where it is inside it (a dir built from a worktree
+    is reused from another checkout), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def run_reuse(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Search latency, RSS and the second process on a dir an earlier run built and kept (its
     config from `BUILT`): the same queries, no ingest."""
@@ -1193,7 +1200,7 @@ def run_reuse(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         raise SystemExit(f"--reuse needs --data-dir of a dir this bench built (no {BUILT} there)")
     data_dir = Path(args.data_dir)
     built = json.loads((data_dir / BUILT).read_text(encoding="utf-8"))
-    locomo = None if built.get("locomo") is None else Path(built["locomo"])
+    locomo = None if built.get("locomo") is None else REPO / built["locomo"]
     corpus = Corpus(built["seed"], locomo, fact_limit=built["sizes"][0])
     corpus.take(built["sizes"][0])
     queries = build_queries(corpus, built["n_queries"], built["seed"], locomo)

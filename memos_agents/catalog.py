@@ -91,6 +91,8 @@ cubes_t = Table(
     Index("ix_memos_cubes_scope", "vault", "user_id", "state"),
     Index("ix_memos_cubes_index_state", "index_state"),
     Index("ix_memos_cubes_seq", "vault", "user_id", "seq"),
+    # a scope's cubes of one form (KV caches, adapters) without a scan of its plaintext
+    Index("ix_memos_cubes_form", "vault", "user_id", "form", "state"),
 )
 
 versions_t = Table(
@@ -260,6 +262,7 @@ class Catalog:
         create_tables(metadata, self.engine, f"catalog ({url})")
         self._add_seal_column()
         self._add_seq_column()
+        self._add_form_index()
         if self.get_meta("schema_version") is None:
             with suppress(Conflict):  # another process opening a new catalog wrote it first
                 self.set_meta("schema_version", SCHEMA_VERSION)
@@ -343,6 +346,15 @@ class Catalog:
         except SQLAlchemyError as exc:  # another process opening this catalog added it first
             if not has_seq():
                 raise StoreError(f"cannot add the seq column to {self.url!r}: {exc}") from exc
+
+    def _add_form_index(self) -> None:
+        """A catalog from before the form index gains it (an index only: rows untouched)."""
+        ix = next(i for i in cubes_t.indexes if i.name == "ix_memos_cubes_form")
+        try:
+            ix.create(self.engine, checkfirst=True)
+        except SQLAlchemyError as exc:  # another process opening this catalog added it first
+            if ix.name not in {i["name"] for i in inspect(self.engine).get_indexes(cubes_t.name)}:
+                raise StoreError(f"cannot add {ix.name} to {self.url!r}: {exc}") from exc
 
     def _bump(self, conn: Connection, scopes: Iterable[tuple[str, str]],
               purged: int = 0) -> dict[tuple[str, str], int]:

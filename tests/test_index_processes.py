@@ -166,3 +166,31 @@ def test_an_old_catalog_gains_change_marks(tmp_path: Path) -> None:
         assert cat.scope_changes("default", "ana", 1) == []
     finally:
         cat.close()
+
+
+def test_an_old_catalog_gains_the_form_index(tmp_path: Path) -> None:
+    """A catalog from before the form index gains it on open, and the query for a scope's KV
+    caches uses it instead of scanning the scope's plaintext."""
+    import sqlalchemy as sa
+
+    from memos_agents.catalog import Catalog
+    from memos_agents.cube import Form
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Catalog(url).close()
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        c.execute(sa.text("DROP INDEX ix_memos_cubes_form"))
+    eng.dispose()
+    cat = Catalog(url)
+    try:
+        names = {i["name"] for i in sa.inspect(cat.engine).get_indexes("memos_cubes")}
+        assert "ix_memos_cubes_form" in names
+        q = cat._active(Form.activation, "default", "ana")
+        sql = str(q.compile(cat.engine, compile_kwargs={"literal_binds": True}))
+        with cat.engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}")))
+        assert "ix_memos_cubes_form" in plan
+        assert cat.active_cubes(form=Form.activation, vault="default", user_id="ana") == []
+    finally:
+        cat.close()
