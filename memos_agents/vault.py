@@ -532,6 +532,7 @@ class MemVault:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.router.close()
         self.operator.close()
         self.index.close()
         self.graph.close()

@@ -55,12 +55,6 @@ def test_neighbour_and_prev_terms() -> None:
         pytest.approx([0.0, 0.3, 0.15])
 
 
-def test_entity_match_speaker_counts_more_than_a_mention() -> None:
-    got = fusion.entity_match(["ana", None, "bo"],
-                              [frozenset(), frozenset({"ana"}), frozenset()], ["ana"])
-    assert got.tolist() == [1.0, 0.5, 0.0]
-
-
 def test_fuse_adds_the_terms_to_the_base() -> None:
     signals = {"dense": np.array([0.1, 0.9, 0.5])}
     terms = Terms(in_range=np.array([True, False, False]), anchored=True,

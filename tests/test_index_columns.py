@@ -133,3 +133,26 @@ def test_the_content_hash_is_stable() -> None:
     assert content_hash_of("Ana", " I  like\nMISO ") == content_hash_of("Ana", "i like miso")
     assert content_hash_of(None, "x") == content_hash_of("", "x") != content_hash_of("Ana", "x")
     assert content_hash_of("Ana", "i like miso") == 1732791397847317201
+
+
+def _entity_match_of_docs(docs: list[Doc], names: list[str]) -> list[float]:
+    return [sum(1.0 if d.speaker == n else 0.5 if n in d.entities else 0.0 for n in names)
+            / len(names) for d in docs]
+
+
+def test_entity_match_and_rows_of_agree_with_the_docs(tmp_path: Path) -> None:
+    """The column-wise entity match and id lookup give what the docs say, row by row, also for
+    rows added after the ids were sorted, retired rows and unknown ids."""
+    idx = _built(tmp_path)
+    rows = [0, 1, 2, 5, 8, 63, 700, 701, 760]
+    docs = [idx.docs[i] for i in rows]
+    for names in (["ana"], ["omar", "lena"], ["ana", "nobody"]):
+        got = idx.entity_match(rows, names).tolist()
+        assert got == _entity_match_of_docs(docs, names)
+    assert set(idx.entity_match(range(len(idx.docs)), ["ana"]).tolist()) == {0.0, 0.5, 1.0}
+    asked = ["c0005", "c0008", "c0003", "c0755", "nope", "c" + "9" * 80]
+    want = [idx.pos.get(c, -1) for c in asked]
+    assert want[0] is not None and want[0] >= 700  # c0005 was retired and appended again
+    assert idx.pos.rows_of(asked).tolist() == want
+    assert want[-2:] == [-1, -1]
+    assert _restored(tmp_path).pos.rows_of(asked).tolist() == want

@@ -270,3 +270,44 @@ def test_a_time_range_holds_facts_that_tell_of_it_not_only_those_said_in_it(mem:
     texts = [h.cube.content for h in res.hits]
     assert "I went to the pottery fair last week." in texts
     assert "I love the pottery fair." not in texts and "The kiln is cold." in texts
+
+
+def test_the_dense_route_runs_beside_the_index_routes_and_its_errors_reach_the_caller(
+        mem: MemOS) -> None:
+    """A hybrid search runs the dense route on the router's thread while the calling thread
+    runs the keyword and graph routes; the hits are those of the same routes one after
+    another, and a failure of the dense route is the search's error."""
+    import threading
+
+    from memos_agents.errors import StoreError
+
+    _kiln(mem)
+    router = mem.vault.router
+    dense = router.routes["dense"]
+    q = "How is the kiln doing with the bowls?"
+    threads: list[str] = []
+    find = dense.find
+
+    def recorded(*a, **kw):
+        threads.append(threading.current_thread().name)
+        return find(*a, **kw)
+
+    dense.find = recorded  # type: ignore[method-assign]
+    beside = scored(mem.search(q, user_id="ana", k=5))
+    assert threads and threads[-1].startswith("memos-route")
+    router._beside = lambda q, routes: []  # type: ignore[method-assign]
+    try:
+        one_by_one = scored(mem.search(q, user_id="ana", k=5))
+    finally:
+        del router._beside
+    assert threads[-1] == threading.current_thread().name
+    assert one_by_one == beside
+
+    def broken(*a, **kw):
+        raise StoreError("chroma is down")
+
+    dense.find = broken  # type: ignore[method-assign]
+    with pytest.raises(StoreError, match="chroma is down"):
+        mem.search(q, user_id="ana", k=5)
+    del dense.find
+    assert scored(mem.search(q, user_id="ana", k=5)) == beside

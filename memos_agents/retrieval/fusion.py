@@ -28,7 +28,7 @@ class Terms:
 
     prev: Located | None = None  # each row's previous session turn
     next: Located | None = None  # each row's next session turn
-    entity: np.ndarray | None = None  # entity match per row (see `entity_match`)
+    entity: np.ndarray | None = None  # entity match per row (`ScopeIndex.entity_match`)
     in_range: np.ndarray | None = None  # inside the query's time range
     anchored: bool = False  # the time range is "before / after <event>"
     times: np.ndarray | None = None  # valid_from per row
@@ -129,16 +129,6 @@ def graph_neighbour_term(base: np.ndarray, shared: Shared, w: float
         via[rows[better]] = g
         src[rows[better]] = other[better]
     return w * best, via, src
-
-
-def entity_match(speakers: Sequence[str | None], entities: Sequence[frozenset[str]],
-                 names: Sequence[str]) -> np.ndarray:
-    """Per row: the mean over `names` of 1 (the row's speaker), 0.5 (mentioned), else 0."""
-    out = np.zeros(len(speakers))
-    for j, (speaker, ents) in enumerate(zip(speakers, entities, strict=True)):
-        out[j] = sum(1.0 if speaker == n else 0.5 if n in ents else 0.0
-                     for n in names) / len(names)
-    return out
 
 
 def recency_term(times: np.ndarray, w: float) -> np.ndarray:

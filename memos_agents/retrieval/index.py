@@ -348,13 +348,17 @@ class _Keyed:
             self.tail.setdefault(key, []).append(row)
             self.tail_n += 1
 
-    def candidates(self, keys: np.ndarray, probe: Any) -> list[int]:
-        """Rows filed under `probe` (unchecked), ascending."""
+    def sorted_for(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted keys, their rows), sorted anew once the tail has grown."""
         if self.sorted_keys is None or self.tail_n > max(1024, len(keys) // 8):
             order = np.argsort(keys, kind="stable")
             self.sorted_keys, self.sorted_rows = keys[order], order.astype(np.int64)
             self.tail, self.tail_n = {}, 0
-        sk = self.sorted_keys
+        return self.sorted_keys, self.sorted_rows
+
+    def candidates(self, keys: np.ndarray, probe: Any) -> list[int]:
+        """Rows filed under `probe` (unchecked), ascending."""
+        sk, _ = self.sorted_for(keys)
         lo = int(np.searchsorted(sk, probe, "left"))
         hi = int(np.searchsorted(sk, probe, "right"))
         out = self.sorted_rows[lo:hi].tolist()
@@ -379,6 +383,27 @@ class RowsById:
             if held[r] and ids[r] == b:
                 return r
         return default
+
+    def rows_of(self, cids: Sequence[str]) -> np.ndarray:
+        """The rows of these ids at once (-1: not held): one sorted search for all of them,
+        `get` only for an id with more than one row or rows added since the last sort."""
+        c = self._idx._c
+        out = np.full(len(cids), -1, dtype=np.int64)
+        if not c.n or not len(cids):
+            return out
+        ids, held, k = c.ids[: c.n], c.rows["held"], self._k
+        enc = [x.encode() for x in cids]
+        fits = np.array([len(b) <= ids.dtype.itemsize for b in enc])
+        probes = np.array(enc, dtype=ids.dtype)
+        sk, sr = k.sorted_for(ids)
+        lo = np.searchsorted(sk, probes, "left")
+        hi = np.searchsorted(sk, probes, "right")
+        r = sr[np.minimum(lo, len(sr) - 1)]
+        one = fits & (hi - lo == 1) & held[r] & (ids[r] == probes)
+        out[one] = r[one]
+        for j in np.flatnonzero(fits & ~one).tolist():
+            out[j] = self.get(cids[j], -1)
+        return out
 
     def __contains__(self, cid: object) -> bool:
         return isinstance(cid, str) and self.get(cid) is not None
@@ -502,8 +527,11 @@ class ScopeIndex:
         return self._c.ids[i].decode()
 
     def ids_of(self, rows: Iterable[int]) -> list[str]:
-        ids = self._c.ids
-        return [ids[i].decode() for i in rows]
+        got = self._c.ids[np.fromiter(rows, dtype=np.int64)]
+        try:
+            return got.astype(str).tolist()  # ASCII ids (ours are hex) decode in one call
+        except UnicodeDecodeError:
+            return [b.decode() for b in got.tolist()]
 
     def when_of(self, i: int) -> tuple[tuple[float, float], ...]:
         """Doc `i`'s `when` spans."""
@@ -512,14 +540,29 @@ class ScopeIndex:
     def state_of(self, i: int) -> str:
         return self._c.tables["states"].items[int(self._c.rows["state"][i])]
 
-    def names_of_rows(self, rows: Sequence[int]
-                      ) -> tuple[list[str | None], list[frozenset[str]]]:
-        """The speakers and the entity sets of these rows."""
+    def entity_match(self, rows: Sequence[int], names: Sequence[str]) -> np.ndarray:
+        """Per row: the mean over `names` of 1 (the row's speaker), 0.5 (mentioned), else 0."""
         c = self._c
-        names = c.tables["names"].items
-        spk = c.rows["speaker"][np.asarray(rows, dtype=np.int64)].tolist()
-        return ([None if s < 0 else names[s] for s in spk],
-                [frozenset([names[j] for j in c.names_of(i)]) for i in rows])
+        at = np.asarray(rows, dtype=np.int64)
+        m = len(at)
+        out = np.zeros(m)
+        if not m or not names:
+            return out
+        lens = c.rows["ent_len"][at].astype(np.int64)
+        owner = np.repeat(np.arange(m), lens)  # each of the rows' entity codes: its row
+        first = np.repeat(c.rows["ent_start"][at].astype(np.int64) - (np.cumsum(lens) - lens),
+                          lens)
+        ents = c.flat["entities"][first + np.arange(len(owner))]
+        speaker = c.rows["speaker"][at]
+        code = c.tables["names"].code
+        for name in names:
+            j = code.get(name)
+            if j is None:
+                continue
+            said = np.zeros(m, dtype=bool)
+            said[owner[ents == j]] = True
+            out += np.where(speaker == j, 1.0, np.where(said, 0.5, 0.0))
+        return out / len(names)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(dead mask, valid_from) over all docs, cached until the docs change."""

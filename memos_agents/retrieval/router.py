@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +106,7 @@ class Router:
         self.settle = settle  # (vault, user): wait for the scope's pending organisation
         self._scopes: dict[tuple[str, str], ScopeIndex] = {}
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # routes that run beside the index's
         self.reranker: Reranker | None = None
         side = catalog.side_dir
         # where scope indexes keep their snapshots (beside an SQLite catalog; None: nowhere)
@@ -252,13 +254,32 @@ class Router:
                        dense=found.by_id if route.name == "dense" else {},
                        routes_of={c: [route.name] for c, _ in ranked}, idx=idx)
 
+    def _beside(self, q: Query, routes: Sequence[Route]) -> list[Future[Found]]:
+        """Routes that do not read the scope index (dense: the embedder and Chroma, which
+        leave the GIL) run on the router's thread while this one runs the index's routes."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-route")
+            return [self._pool.submit(r.find, q, None) for r in routes]
+
+    def close(self) -> None:
+        """Stop the routes' thread (a later search starts it again)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     def _fused(self, q: Query, plan: Sequence[Route], run: Run) -> Ranking:
         """Every route of the plan, the pool, the filter and the fusion."""
         idx = self.scope_index(q.scope.vault, q.scope.user_id)
         first = [r for r in plan if not r.seeded]
-        outside = [r.find(q, None) for r in first if not r.needs_index]
+        inside = [r for r in first if r.needs_index]
+        outside = [r for r in first if not r.needs_index]
+        ahead = self._beside(q, outside) if inside else []
+        found = [] if ahead else [r.find(q, None) for r in outside]
         with idx.lock:
-            found = [*outside, *(r.find(q, idx) for r in first if r.needs_index)]
+            found += [r.find(q, idx) for r in inside]
+            found += [f.result() for f in ahead]
             if len(first) < len(plan):  # seeded routes: from the best of the others
                 q.seeds = seed_facts(found, idx, q.cfg.walk_seeds)
                 found += [r.find(q, idx) for r in plan if r.seeded]
@@ -276,9 +297,10 @@ class Router:
                                     detail={"pool": len(pool), "dropped": dict(run.dropped),
                                             "time_filter": tf_mode}))
             t0 = time.perf_counter()
-            scores, parts, shared = self._fuse(idx, q, order, found, in_range)
-            ranked = sorted(range(len(order)), key=lambda j: -scores[j])
-            ids = idx.ids_of(order[j] for j in ranked)
+            pool_ids = idx.ids_of(order)
+            scores, parts, shared = self._fuse(idx, q, order, pool_ids, found, in_range)
+            ranked = np.argsort(-scores, kind="stable").tolist()
+            ids = [pool_ids[j] for j in ranked]
             head = ranked[: max(q.k * 3, q.cfg.explain_top)]
             detail: dict[str, object] = {"fusion": q.cfg.fusion}
             if shared is not None:
@@ -286,14 +308,15 @@ class Router:
             run.stages.append(Stage(name="fuse", took_ms=elapsed_ms(t0), total=len(order),
                                     detail=detail))
             routes_of: dict[str, list[str]] = {}
+            id_at = dict(zip(order, pool_ids, strict=True))
             for f in found:
-                for cid, name in f.labels(idx):
+                for cid, name in f.labels(id_at):
                     routes_of.setdefault(cid, []).append(name)
         dense = next((f.by_id for f in found if f.route == "dense"), {})
         return Ranking(ids=ids, scores={c: float(scores[j]) for c, j in zip(ids, ranked,
                                                                            strict=True)},
                        dense=dense, routes_of=routes_of,
-                       parts={idx.id_of(order[j]): {n: float(v[j]) for n, v in parts.items()}
+                       parts={pool_ids[j]: {n: float(v[j]) for n, v in parts.items()}
                               for j in head},
                        time_range=time_range, time_filter=tf_mode, idx=idx)
 
@@ -320,11 +343,10 @@ class Router:
             in_range = np.ones(len(order), dtype=bool)
         return order, in_range, time_range, mode
 
-    def _fuse(self, idx: ScopeIndex, q: Query, order: list[int], found: Sequence[Found],
-              in_range: np.ndarray
+    def _fuse(self, idx: ScopeIndex, q: Query, order: list[int], ids: Sequence[str],
+              found: Sequence[Found], in_range: np.ndarray
               ) -> tuple[np.ndarray, dict[str, np.ndarray], fusion.Shared | None]:
         cfg, intent, m = q.cfg, q.intent, len(order)
-        ids = idx.ids_of(order)
         signals: dict[str, np.ndarray] = {}
         for f in found:
             signals.update(f.signals(order, ids))
@@ -337,7 +359,7 @@ class Router:
         names = [n for n in dict.fromkeys(norm_entity(e) for e in intent.entities)
                  if n in idx.entity_names]
         if m and names and cfg.w_entity:
-            terms.entity = fusion.entity_match(*idx.names_of_rows(order), names)
+            terms.entity = idx.entity_match(order, names)
         w_rec = cfg.w_recency_asked if intent.wants_recent else cfg.w_recency
         if m and w_rec:
             terms.times = idx.col("valid_from")[order]

@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -46,12 +47,15 @@ class Query:
     as_of: datetime | None = None
     seeds: list[tuple[str, float]] = field(default_factory=list)  # for `seeded` routes
     vector: list[float] | None = None  # the query's embedding, once a route has computed it
+    _embedding: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def embedded(self, embedder: Embedder) -> list[float]:
-        """The query's embedding (computed once per search, shared by the routes)."""
-        if self.vector is None:
-            self.vector = embedder.embed_query(self.intent.content or self.text)
-        return self.vector
+        """The query's embedding (computed once per search, shared by the routes, which may
+        run on two threads)."""
+        with self._embedding:
+            if self.vector is None:
+                self.vector = embedder.embed_query(self.intent.content or self.text)
+            return self.vector
 
 
 @dataclass
@@ -72,7 +76,8 @@ class Found:
 
     def rows(self, idx: ScopeIndex) -> set[int]:
         """The scope index rows it brings to the pool."""
-        out = {i for cid in self.by_id if (i := idx.pos.get(cid)) is not None}
+        at = idx.pos.rows_of(list(self.by_id))
+        out = set(at[at >= 0].tolist())
         for lst in self.top.values():
             out.update(i for i, s in lst if s > 0)
         return out
@@ -87,14 +92,15 @@ class Found:
         return {self.route: np.array([self.by_id.get(c, missing) for c in ids],
                                      dtype=np.float64)}
 
-    def labels(self, idx: ScopeIndex) -> Iterable[tuple[str, str]]:
-        """(cube id, signal name) for everything it found."""
+    def labels(self, id_at: Mapping[int, str]) -> Iterable[tuple[str, str]]:
+        """(cube id, signal name) for everything it found (its top rows: those in `id_at`,
+        row -> cube id)."""
         for cid in self.by_id:
             yield cid, self.route
         for name, lst in self.top.items():
             for i, s in lst:
-                if s > 0:
-                    yield idx.id_of(i), name
+                if s > 0 and (cid := id_at.get(i)) is not None:
+                    yield cid, name
 
 
 class Route(Protocol):
