@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -246,10 +247,13 @@ def _cube_from_row(row: Any) -> MemCube:
 class Catalog:
     """Cubes, versions and settings in one relational database."""
 
-    def __init__(self, url: str, key: bytes | None = None) -> None:
+    def __init__(self, url: str, key: bytes | None = None,
+                 local_dir: Path | None = None) -> None:
         """`key`: seal rows with it (MemOS.open passes the data dir's audit key); without
-        one, rows are neither sealed nor checked."""
+        one, rows are neither sealed nor checked. `local_dir`: where this process may keep
+        files derived from a server catalog (MemOS.open passes the data dir)."""
         self.url = url
+        self.local_dir = local_dir
         self._seal_key = (
             None if key is None else hmac.new(key, b"memos-agents cube seal", "sha256").digest()
         )
@@ -266,6 +270,7 @@ class Catalog:
         if self.get_meta("schema_version") is None:
             with suppress(Conflict):  # another process opening a new catalog wrote it first
                 self.set_meta("schema_version", SCHEMA_VERSION)
+        self.catalog_id = self._meta_once("catalog_id", uuid.uuid4().hex)
         self.settings = SettingsStore(self.engine, legacy=self)  # typed settings, own table
 
     def _seal(self, cube_id: str, version: int, data: str) -> str | None:
@@ -380,10 +385,15 @@ class Catalog:
 
     @property
     def side_dir(self) -> Path | None:
-        """The folder of an SQLite catalog file (the data dir on the default), where files
-        derived from the catalog may be kept; None for a server database or one in memory."""
+        """Where files derived from the catalog may be kept: the folder of an SQLite catalog
+        file (the data dir on the default; every process of it shares them); for a server
+        database, a folder of `local_dir` named by the catalog's id (this machine's own: a
+        database created anew has another id); None in memory or without a `local_dir`."""
         url = self.engine.url
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        if url.get_backend_name() != "sqlite":
+            return None if self.local_dir is None else (
+                self.local_dir / "catalogs" / self.catalog_id)
+        if url.database in (None, "", ":memory:"):
             return None
         return Path(url.database).resolve().parent
 
@@ -414,6 +424,17 @@ class Catalog:
             done = c.execute(update(meta_t).where(meta_t.c.key == key).values(value=value))
             if done.rowcount == 0:
                 c.execute(insert(meta_t).values(key=key, value=value))
+
+    def _meta_once(self, key: str, value: str) -> str:
+        """The value of `key`, set to `value` if it has none (the first writer wins)."""
+        got = self.get_meta(key)
+        if got is None:
+            # another process opening this catalog may write it first
+            with suppress(Conflict), self._begin() as c:
+                c.execute(insert(meta_t).values(key=key, value=value))
+            got = self.get_meta(key)
+        assert got is not None
+        return got
 
     def delete_meta(self, key: str) -> None:
         with self._begin() as c:

@@ -317,7 +317,8 @@ class MemOS:
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "blobs").mkdir(exist_ok=True)
-        catalog = Catalog(config.resolved_catalog_url(), key=load_key(data_dir))
+        catalog = Catalog(config.resolved_catalog_url(), key=load_key(data_dir),
+                          local_dir=data_dir)
         index = ChromaIndex(
             path=data_dir / "chroma", url=config.chroma_url, shared=config.vector_server
         )

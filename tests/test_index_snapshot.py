@@ -171,3 +171,54 @@ def test_no_snapshot_holds_a_purged_cube(built, data_dir, embedder, monkeypatch)
         assert loads == ["ana"]
     finally:
         b.close()
+
+
+def test_a_server_catalog_keeps_snapshots_in_the_data_dir_and_a_purge_ends_old_ones(
+        tmp_path: Path, catalog_url: str, embedder, monkeypatch) -> None:
+    """On PostgreSQL the snapshots live in the data dir, in a folder named by the catalog's
+    id, and a second open restores them; a snapshot from before a purge (another machine's,
+    which the purging process could not remove) is removed when a process sees the purge, and
+    what it held is not found."""
+    import shutil
+
+    d = tmp_path / "node"
+    opened = lambda: MemOS.open(d, embedder=embedder, catalog_url=catalog_url,  # noqa: E731
+                                graph_idle_timeout=30)
+    a = opened()
+    try:
+        for f in FACTS:
+            a.add(f, user_id="ana")
+        _keyword(a, "lighthouse")
+        root = a.vault.router.snapshots
+        assert root is not None
+        if catalog_url.startswith("postgresql"):
+            assert root == d / "catalogs" / a.vault.catalog.catalog_id / "keyword-index"
+            assert len(a.vault.catalog.catalog_id) == 32
+        home = scope_dir(root, "default", "ana")
+        assert (home / "current").exists()
+        b = opened()
+        loads: list[str] = []
+        full = b.vault.catalog.scope_cubes
+        monkeypatch.setattr(b.vault.catalog, "scope_cubes",
+                            lambda *x, **kw: loads.append(x[1]) or full(*x, **kw))
+        try:
+            assert b.vault.catalog.catalog_id == a.vault.catalog.catalog_id
+            for q in QUERIES:
+                assert _keyword(b, q) == _keyword(a, q)
+            assert loads == []  # restored from the data dir's snapshot
+        finally:
+            b.close()
+        kept = tmp_path / "kept"
+        shutil.copytree(home, kept)
+        gone = next(c for c in a.list(user_id="ana") if "narwhal" in c.content)
+        a.purge(gone.id, user_id="ana")
+        assert not home.exists()
+        shutil.copytree(kept, home)  # a snapshot the purging process did not know of
+        c = opened()
+        try:
+            assert gone.id not in [cid for cid, _ in _keyword(c, "narwhal Tromso")]
+            assert not home.exists()
+        finally:
+            c.close()
+    finally:
+        a.close()

@@ -109,7 +109,8 @@ class Router:
         self._pool: ThreadPoolExecutor | None = None  # routes that run beside the index's
         self.reranker: Reranker | None = None
         side = catalog.side_dir
-        # where scope indexes keep their snapshots (beside an SQLite catalog; None: nowhere)
+        # where scope indexes keep their snapshots (beside an SQLite catalog, or in the data
+        # dir for a server catalog; None: nowhere)
         self.snapshots: Path | None = None if side is None else side / "keyword-index"
 
     # the scope cache
@@ -169,6 +170,10 @@ class Router:
         if mark[1] != purged:
             there = self.catalog.scope_ids(idx.vault, idx.user_id)
             idx.remove([cid for cid in idx.pos if cid not in there])
+            if self.snapshots is not None:
+                # a snapshot from before the purge holds what was purged: on a server catalog
+                # each machine keeps its own, and the purging process could not remove them
+                snapshot.drop(self.snapshots, idx.vault, idx.user_id)
 
     def loaded(self, vault: str, user_id: str) -> ScopeIndex | None:
         return self._scopes.get((vault, user_id))
