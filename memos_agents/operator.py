@@ -298,6 +298,9 @@ def _relations(
     return links, weights
 
 
+LABEL_SAMPLE = 50  # facts of a topic YAKE reads for its label: those nearest its centroid
+
+
 def _keyphrases(cubes: Sequence[MemCube], names: set[str], top: int = 30) -> list[str]:
     """YAKE keyphrases (1-3 words) of these facts' texts read as one document, without the
     ones that hold a name (`names`, normalised) or an entity of the facts."""
@@ -305,7 +308,7 @@ def _keyphrases(cubes: Sequence[MemCube], names: set[str], top: int = 30) -> lis
         return []
     import yake
 
-    text = "\n".join(c.content for c in cubes[:400])
+    text = "\n".join(c.content for c in cubes)
     avoid = names | {norm_entity(e) for c in cubes for e in c.organisation.entities}
     words = {w for n in avoid for w in n.split()}
     found = yake.KeywordExtractor(lan="en", n=3, top=top, dedupLim=0.8).extract_keywords(text)
@@ -672,7 +675,8 @@ class MemOperator:
         concepts = [self.concepts_of(c) for c in cubes]
         # labelling (YAKE over every topic) takes seconds: outside the lock, which every
         # write's `annotate` takes to place its facts
-        names = self._label(cubes, concepts, labels_of, k)
+        near = (x * _unit(km.cluster_centers_)[labels_of]).sum(1)  # cosine to its centroid
+        names = self._label(cubes, concepts, labels_of, k, near)
         with self._lock:
             topics = self._state(vault, user_id)
             topics.generation += 1
@@ -696,14 +700,19 @@ class MemOperator:
         return k
 
     def _label(self, cubes: list[MemCube], concepts: list[list[str]], labels: np.ndarray,
-               k: int) -> list[str]:
-        """Each topic's two most distinctive keyphrases (YAKE over the topic's texts, scored
+               k: int, near: np.ndarray) -> list[str]:
+        """Each topic's two most distinctive keyphrases (YAKE over the texts of the topic's
+        `LABEL_SAMPLE` facts nearest its centroid (`near`: each fact's cosine to it), scored
         c-TF-IDF style: on many of its facts, in few other topics; names left out) and the
         entity most of its facts name but the speakers; the fact concepts where YAKE finds
         nothing."""
         members: list[list[MemCube]] = [[] for _ in range(k)]
-        for c, j in zip(cubes, labels, strict=True):
+        at: list[list[int]] = [[] for _ in range(k)]
+        for i, (c, j) in enumerate(zip(cubes, labels, strict=True)):
             members[int(j)].append(c)
+            at[int(j)].append(i)
+        sample = [[m[r] for r in sorted(np.argsort(-near[a], kind="stable")[:LABEL_SAMPLE])]
+                  for m, a in zip(members, at, strict=True)]  # in the order written
         speakers = {norm_entity(c.provenance.speaker) for c in cubes if c.provenance.speaker}
         in_topics: list[set[str]] = [set() for _ in range(k)]
         for cs, t in zip(concepts, labels, strict=True):
@@ -713,7 +722,7 @@ class MemOperator:
         common = math.floor(0.1 * len(cubes))
         phrases = [[p for p in _keyphrases(m, speakers) if spread[concept_norm(p)]  # no chat
                     and everything.count(p.casefold(), common) <= common]
-                   for m in members]  # nor on a tenth of the scope's facts ("photo")
+                   for m in sample]  # nor on a tenth of the scope's facts ("photo")
         is_name = self._name_test(cubes[0].scope.vault, cubes[0].scope.user_id)
         out = []
         for j, m in enumerate(members):

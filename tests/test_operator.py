@@ -189,6 +189,42 @@ def test_store_items_are_never_superseded(mem: MemOS) -> None:
     assert len(mem.list(user_id="kv")) == 2
 
 
+def test_labels_read_the_facts_nearest_each_topic_centroid(mem: MemOS, monkeypatch) -> None:
+    """YAKE reads at most `LABEL_SAMPLE` facts of a topic for its label: those nearest its
+    centroid, in the order they were written."""
+    import numpy as np
+
+    from memos_agents import operator as opm
+
+    monkeypatch.setattr(opm, "LABEL_SAMPLE", 3)
+    read: list[list[str]] = []
+    keyphrases = opm._keyphrases
+    monkeypatch.setattr(opm, "_keyphrases",
+                        lambda cubes, names, top=30: read.append([c.id for c in cubes])
+                        or keyphrases(cubes, names, top))
+    _themed(mem)
+    op = mem.vault.operator
+    op.flush()
+    read.clear()
+    k = op.recluster("default", "alice")
+    assert len(read) == k and all(1 <= len(r) <= 3 for r in read)
+    written = [c.id for c in op.catalog.list(vault="default", user_id="alice",
+                                             states=[State.active], limit=100)]
+    assert all(r == sorted(r, key=written.index) for r in read)
+    topic_of = dict(mem.vault.graph._read(
+        "MATCH (f:Fact)-[:IN_TOPIC]->(t:Topic) WHERE f.user_id = $u RETURN f.id, t.tid",
+        {"u": "alice"}))
+    vecs = mem.vault.index.embeddings("default", "alice", list(topic_of))
+    for r in read:
+        members = [f for f, t in topic_of.items() if t == topic_of[r[0]]]
+        x = np.asarray([vecs[f] for f in members])
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        cos = dict(zip(members, (x @ (x.mean(0) / np.linalg.norm(x.mean(0)))).tolist(),
+                       strict=True))
+        rest = [cos[f] for f in members if f not in r]
+        assert not rest or min(cos[f] for f in r) >= max(rest) - 1e-3  # the nearest ones
+
+
 def test_chat_model_labels_topics(data_dir: Path, embedder) -> None:
     with MemOS.open(data_dir, embedder=embedder, graph_idle_timeout=30) as mem:
         op = mem.vault.operator
