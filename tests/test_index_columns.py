@@ -156,3 +156,15 @@ def test_entity_match_and_rows_of_agree_with_the_docs(tmp_path: Path) -> None:
     assert idx.pos.rows_of(asked).tolist() == want
     assert want[-2:] == [-1, -1]
     assert _restored(tmp_path).pos.rows_of(asked).tolist() == want
+
+
+def test_told_of_agrees_with_each_row_s_when_spans(tmp_path: Path) -> None:
+    """The column-wise time test: a row tells of [lo, hi) when one of its `when` spans
+    overlaps it, as its Doc says."""
+    idx = _built(tmp_path)
+    rows = list(range(len(idx.docs)))
+    for lo, hi in ((0.0, 1.0), (60.0, 61.0), (100.0, 90_000.0), (-np.inf, np.inf), (5e9, 6e9)):
+        want = [any(s < hi and e > lo for s, e in idx.docs[i].when) for i in rows]
+        assert idx.told_of(rows, lo, hi).tolist() == want
+    assert any(idx.told_of(rows, 100.0, 90_000.0)) and not any(idx.told_of(rows, 5e9, 6e9))
+    assert idx.told_of([], 0.0, 1.0).tolist() == []

@@ -540,21 +540,26 @@ class ScopeIndex:
     def state_of(self, i: int) -> str:
         return self._c.tables["states"].items[int(self._c.rows["state"][i])]
 
-    def entity_match(self, rows: Sequence[int], names: Sequence[str]) -> np.ndarray:
-        """Per row: the mean over `names` of 1 (the row's speaker), 0.5 (mentioned), else 0."""
+    def _gather(self, rows: Sequence[int], flat: str, start: str, length: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The values of a flat column held by these rows (`start` / `length`: its row
+        columns), and for each value the position in `rows` of the row that holds it."""
         c = self._c
         at = np.asarray(rows, dtype=np.int64)
-        m = len(at)
+        lens = c.rows[length][at].astype(np.int64)
+        owner = np.repeat(np.arange(len(at)), lens)
+        first = np.repeat(c.rows[start][at].astype(np.int64) - (np.cumsum(lens) - lens), lens)
+        return c.flat[flat][first + np.arange(len(owner))], owner
+
+    def entity_match(self, rows: Sequence[int], names: Sequence[str]) -> np.ndarray:
+        """Per row: the mean over `names` of 1 (the row's speaker), 0.5 (mentioned), else 0."""
+        m = len(rows)
         out = np.zeros(m)
         if not m or not names:
             return out
-        lens = c.rows["ent_len"][at].astype(np.int64)
-        owner = np.repeat(np.arange(m), lens)  # each of the rows' entity codes: its row
-        first = np.repeat(c.rows["ent_start"][at].astype(np.int64) - (np.cumsum(lens) - lens),
-                          lens)
-        ents = c.flat["entities"][first + np.arange(len(owner))]
-        speaker = c.rows["speaker"][at]
-        code = c.tables["names"].code
+        ents, owner = self._gather(rows, "entities", "ent_start", "ent_len")
+        speaker = self._c.rows["speaker"][np.asarray(rows, dtype=np.int64)]
+        code = self._c.tables["names"].code
         for name in names:
             j = code.get(name)
             if j is None:
@@ -563,6 +568,17 @@ class ScopeIndex:
             said[owner[ents == j]] = True
             out += np.where(speaker == j, 1.0, np.where(said, 0.5, 0.0))
         return out / len(names)
+
+    def told_of(self, rows: Sequence[int], lo: float, hi: float) -> np.ndarray:
+        """Per row: whether its `when` spans tell of a day in [lo, hi) ("last week", said on
+        15 May, is 8-14 May)."""
+        out = np.zeros(len(rows), dtype=bool)
+        if not len(rows):
+            return out
+        spans, owner = self._gather(rows, "when", "when_start", "when_len")
+        start, end = spans[0::2], spans[1::2]
+        out[owner[0::2][(start < hi) & (end > lo)]] = True
+        return out
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(dead mask, valid_from) over all docs, cached until the docs change."""

@@ -37,7 +37,7 @@ from ..reader import MemoryIntent, TimeRange
 from ..vector.base import VectorIndex
 from . import fusion, snapshot
 from .config import ROUTES, RetrievalConfig, resolve_routes
-from .filters import current, filter_rows, resolve_time, scope_mismatch, time_mode, to_dt
+from .filters import current, filter_rows, resolve_time, scope_mismatch, time_mode
 from .index import INDEXED, LIVE, Doc, ScopeIndex, doc_of
 from .models import FusedScore, RoutedHit, SearchExplain, Stage, elapsed_ms
 from .routes import (
@@ -327,7 +327,7 @@ class Router:
 
     def _time(self, idx: ScopeIndex, q: Query, order: list[int],
               run: Run) -> tuple[list[int], np.ndarray, TimeRange | None, str]:
-        """The query's time range: rows in it (said then, or telling of then: see `told_of`),
+        """The query's time range: rows in it (said then, or telling of then: `ScopeIndex.told_of`),
         the rows kept (a hard filter keeps only those), the range and the filter mode. Whether
         the filter is hard is decided by the rows said in the range: a resolved "last week" is
         a guess of the day, good for weighing in, not for leaving the rest out."""
@@ -335,10 +335,10 @@ class Router:
         in_range: np.ndarray = np.zeros(len(order), dtype=bool)
         if time_range is None or not (time_range.start or time_range.end):
             return order, in_range, time_range, "none"
-        froms = idx.col("valid_from")[order].tolist()
-        said = np.array([time_range.contains(to_dt(t)) for t in froms], dtype=bool)
         lo, hi = time_range.bounds()
-        in_range = said | np.array([told_of(idx.when_of(i), lo, hi) for i in order], dtype=bool)
+        froms = idx.col("valid_from")[order]
+        said = (froms >= lo) & (froms < hi)
+        in_range = said | idx.told_of(order, lo, hi)
         mode = time_mode(q.cfg.time_filter, q.intent, time_range, said)
         if mode == "hard":
             if not in_range.any():
@@ -544,12 +544,6 @@ def _shared_detail(idx: ScopeIndex, order: Sequence[int], head: Sequence[int],
                 via[idx.id_of(order[j])] = [shared.names[g],
                                             idx.id_of(order[int(shared.src[j])])]
     return {"nodes": len(shared.groups), "via": via}
-
-
-def told_of(when: Sequence[tuple[float, float]], lo: float, hi: float) -> bool:
-    """Whether a fact's `when` spans tell of a day in [lo, hi) ("last week", said on 15 May,
-    is 8-14 May)."""
-    return any(start < hi and end > lo for start, end in when)
 
 
 def graph_paths(idx: ScopeIndex, stages: Sequence[Stage],
