@@ -187,3 +187,30 @@ def test_serve_stops_the_vector_server_it_started_and_leaves_one_it_found(d: Pat
     _interrupt(proc)
     assert chroma_server.running_server(d / "chroma") == url
     assert chroma_server.stop_server(d / "chroma")
+
+
+def test_workers_reattach_when_the_shared_server_is_killed(d: Path) -> None:
+    """kill -9 of the dir's vector server: the next call of either worker starts it again (one
+    server; the other finds it), and every vector acknowledged before is still found."""
+    a = Worker(d)
+    b = Worker(d)
+    try:
+        first = [a.ask("add", "alice restored a rowing boat at the lake"),
+                 b.ask("add", "alice sold tomatoes at the farmers market")]
+        state = json.loads((d / "chroma" / chroma_server.STATE_NAME).read_text())
+        os.killpg(state["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while chroma_server.running_server(d / "chroma") is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert first[0] in a.ask("search", "rowing boat at the lake")
+        assert first[1] in b.ask("search", "tomatoes at the market")
+        again = json.loads((d / "chroma" / chroma_server.STATE_NAME).read_text())
+        assert again["pid"] != state["pid"] and again.get("managed")
+        later = b.ask("add", "alice painted the boathouse blue")
+        assert later in a.ask("search", "painted the boathouse")
+        assert set(first) <= set(a.ask("search", "alice"))
+    finally:
+        assert a.close() == 0
+        assert b.close() == 0
+    assert chroma_server.running_server(d / "chroma") is None  # the last user stopped it

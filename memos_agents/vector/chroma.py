@@ -9,20 +9,31 @@ model) is never called. One collection per (vault, user_id), named by a hash of 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, StoreError
 from .base import VectorRecord
-from .chroma_server import Attachment, attach
+from .chroma_server import Attachment, answers, attach
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def collection_name(vault: str, user_id: str) -> str:
     digest = hashlib.sha256(f"{vault}\x00{user_id}".encode()).hexdigest()[:32]
     return f"memos_{digest}"
+
+
+def _settings() -> Any:
+    """Fresh client settings (a client writes its host and port into the ones it is given)."""
+    from chromadb.config import Settings
+
+    return Settings(anonymized_telemetry=False, allow_reset=False)
 
 
 def _http_client(url: str, settings: Any) -> Any:
@@ -41,15 +52,16 @@ def _http_client(url: str, settings: Any) -> Any:
 
 class ChromaIndex:
     """Chroma at `url`; else the dir at `path`: through its shared server if one runs (or,
-    `shared`, after starting one), else in-process, holding the dir until `close`."""
+    `shared`, after starting one), else in-process, holding the dir until `close`. A call that
+    finds the dir's server gone attaches to it again (restarted, for a shared user) and runs
+    once more."""
 
     def __init__(
         self, path: Path | None = None, url: str | None = None, shared: bool = False
     ) -> None:
         import chromadb
-        from chromadb.config import Settings
 
-        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        settings = _settings()
         self._attachment: Attachment | None = None
         try:
             if not url:
@@ -69,6 +81,21 @@ class ChromaIndex:
             raise StoreError(f"cannot open Chroma ({url or path}): {exc}") from exc
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def _call(self, op: Callable[[], T]) -> T:
+        """`op`; once more after reattaching if it failed because the dir's server is gone."""
+        try:
+            return op()
+        except Exception as exc:
+            att = self._attachment
+            if att is None or att.url is None or answers(att.url):
+                raise
+            log.warning("the vector server at %s has gone (%s); reattaching", att.url, exc)
+            with self._lock:
+                if not answers(att.url):
+                    self.client = _http_client(att.reconnect(), _settings())
+                    self._collections.clear()
+        return op()
 
     def _collection(self, vault: str, user_id: str, create: bool) -> Any:
         name = collection_name(vault, user_id)
@@ -94,8 +121,10 @@ class ChromaIndex:
             return col
 
     def upsert(self, vault: str, user_id: str, records: Sequence[VectorRecord]) -> None:
-        if not records:
-            return
+        if records:
+            self._call(lambda: self._upsert(vault, user_id, records))
+
+    def _upsert(self, vault: str, user_id: str, records: Sequence[VectorRecord]) -> None:
         col = self._collection(vault, user_id, create=True)
         for start in range(0, len(records), 5000):
             chunk = records[start : start + 5000]
@@ -106,9 +135,12 @@ class ChromaIndex:
             )
 
     def delete(self, vault: str, user_id: str, ids: Sequence[str]) -> None:
-        col = self._collection(vault, user_id, create=False)
-        if col is not None and ids:
-            col.delete(ids=list(ids))
+        def op() -> None:
+            col = self._collection(vault, user_id, create=False)
+            if col is not None and ids:
+                col.delete(ids=list(ids))
+
+        self._call(op)
 
     def query(
         self,
@@ -119,6 +151,11 @@ class ChromaIndex:
         where: dict[str, Any] | None = None,
         ids: Sequence[str] | None = None,
     ) -> list[tuple[str, float]]:
+        return self._call(lambda: self._query(vault, user_id, embedding, n, where, ids))
+
+    def _query(self, vault: str, user_id: str, embedding: Sequence[float], n: int,
+               where: dict[str, Any] | None, ids: Sequence[str] | None
+               ) -> list[tuple[str, float]]:
         col = self._collection(vault, user_id, create=False)
         if col is None or (ids is not None and not ids):
             return []
@@ -135,6 +172,9 @@ class ChromaIndex:
         self, vault: str, user_id: str, ids: Sequence[str] | None = None
     ) -> dict[str, Any]:
         """Stored vectors of this scope (all, or those of `ids`), by id (numpy arrays)."""
+        return self._call(lambda: self._embeddings(vault, user_id, ids))
+
+    def _embeddings(self, vault: str, user_id: str, ids: Sequence[str] | None) -> dict[str, Any]:
         col = self._collection(vault, user_id, create=False)
         if col is None:
             return {}
@@ -151,7 +191,8 @@ class ChromaIndex:
         return out
 
     def count(self) -> int:
-        return sum(c.count() for c in self.client.list_collections() if c.name.startswith("memos_"))
+        return self._call(lambda: sum(c.count() for c in self.client.list_collections()
+                                      if c.name.startswith("memos_")))
 
     def close(self) -> None:
         """Release the client (an in-process one frees the dir for a server) and the dir."""

@@ -117,7 +117,8 @@ def _url(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
-def _answers(url: str, timeout: float = 2.0) -> bool:
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether the Chroma server at `url` answers its heartbeat."""
     import httpx
 
     try:
@@ -142,7 +143,7 @@ def running_server(chroma_dir: Path) -> str | None:
     if state is None or not _alive(int(state["pid"])) or not _held(chroma_dir):
         return None
     url = _url(int(state["port"]))
-    return url if _answers(url) else None
+    return url if answers(url) else None
 
 
 def _chroma_command() -> str:
@@ -232,7 +233,7 @@ def _spawn(chroma_dir: Path, fd: int, managed: bool) -> str:
 def _wait_answering(chroma_dir: Path, proc: subprocess.Popen[bytes], url: str) -> int | None:
     """None once `proc` answers at `url`; its exit code if it exits first."""
     deadline = time.monotonic() + _START_TIMEOUT
-    while not _answers(url, timeout=1.0):
+    while not answers(url, timeout=1.0):
         if (code := proc.poll()) is not None:
             return code
         if time.monotonic() >= deadline:
@@ -317,6 +318,19 @@ class Attachment:
         self.url = url
         self._fd = fd
         self._user_fd = user_fd
+
+    def reconnect(self) -> str:
+        """The url of the dir's server after it has gone (crashed, killed): started again for
+        a process that asked for the shared server (the first to ask starts it, the others
+        find it), else the one that runs now (StoreError if none)."""
+        if self._user_fd is not None:
+            self.url = _ensure(self.chroma_dir, managed=True)
+        elif (url := running_server(self.chroma_dir)) is not None:
+            self.url = url
+        else:
+            raise StoreError(f"the vector server of {self.chroma_dir} has gone; "
+                             f"{_see_log(self.chroma_dir)}")
+        return self.url
 
     def close(self) -> None:
         """Release the dir; the last user of a shared server that one of them started stops it."""
