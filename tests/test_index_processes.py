@@ -138,6 +138,22 @@ def test_update_delete_and_purge_in_a_peer_leave_the_results(two) -> None:
     assert loads == ["ana"]
 
 
+def _older_catalog(tmp_path: Path, *ddl: str) -> str:
+    """The url of a new SQLite catalog taken back to an older schema by `ddl`."""
+    import sqlalchemy as sa
+
+    from memos_agents.catalog import Catalog
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Catalog(url).close()
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        for stmt in ddl:
+            c.execute(sa.text(stmt))
+    eng.dispose()
+    return url
+
+
 def test_an_old_catalog_gains_change_marks(tmp_path: Path) -> None:
     """A catalog from before change marks gains `memos_cubes.seq` on open; writes then raise
     the scope's mark."""
@@ -146,14 +162,8 @@ def test_an_old_catalog_gains_change_marks(tmp_path: Path) -> None:
     from memos_agents.catalog import Catalog
     from memos_agents.cube import MemCube, Provenance, Scope
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    Catalog(url).close()
-    eng = sa.create_engine(url)
-    with eng.begin() as c:
-        c.execute(sa.text("DROP INDEX ix_memos_cubes_seq"))
-        c.execute(sa.text("ALTER TABLE memos_cubes DROP COLUMN seq"))
-    eng.dispose()
-    cat = Catalog(url)
+    cat = Catalog(_older_catalog(tmp_path, "DROP INDEX ix_memos_cubes_seq",
+                                 "ALTER TABLE memos_cubes DROP COLUMN seq"))
     try:
         cols = {c["name"] for c in sa.inspect(cat.engine).get_columns("memos_cubes")}
         assert "seq" in cols
@@ -176,13 +186,7 @@ def test_an_old_catalog_gains_the_form_index(tmp_path: Path) -> None:
     from memos_agents.catalog import Catalog
     from memos_agents.cube import Form
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    Catalog(url).close()
-    eng = sa.create_engine(url)
-    with eng.begin() as c:
-        c.execute(sa.text("DROP INDEX ix_memos_cubes_form"))
-    eng.dispose()
-    cat = Catalog(url)
+    cat = Catalog(_older_catalog(tmp_path, "DROP INDEX ix_memos_cubes_form"))
     try:
         names = {i["name"] for i in sa.inspect(cat.engine).get_indexes("memos_cubes")}
         assert "ix_memos_cubes_form" in names
