@@ -261,14 +261,15 @@ class Router:
 
     def _beside(self, q: Query, routes: Sequence[Route]) -> list[Future[Found]]:
         """Routes that do not read the scope index (dense: the embedder and Chroma, which
-        leave the GIL) run on the router's thread while this one runs the index's routes."""
+        leave the GIL) run on a router thread while this one runs the index's routes (one
+        thread per search running at once, up to the executor's default)."""
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-route")
+                self._pool = ThreadPoolExecutor(thread_name_prefix="memos-route")
             return [self._pool.submit(r.find, q, None) for r in routes]
 
     def close(self) -> None:
-        """Stop the routes' thread (a later search starts it again)."""
+        """Stop the routes' threads (a later search starts them again)."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -327,10 +328,11 @@ class Router:
 
     def _time(self, idx: ScopeIndex, q: Query, order: list[int],
               run: Run) -> tuple[list[int], np.ndarray, TimeRange | None, str]:
-        """The query's time range: rows in it (said then, or telling of then: `ScopeIndex.told_of`),
-        the rows kept (a hard filter keeps only those), the range and the filter mode. Whether
-        the filter is hard is decided by the rows said in the range: a resolved "last week" is
-        a guess of the day, good for weighing in, not for leaving the rest out."""
+        """The query's time range: rows in it (said then, or telling of then:
+        `ScopeIndex.told_of`), the rows kept (a hard filter keeps only those), the range and the
+        filter mode. Whether the filter is hard is decided by the rows said in the range: a
+        resolved "last week" is a guess of the day, good for weighing in, not for leaving the
+        rest out."""
         time_range = resolve_time(idx, q.intent, q.as_of)
         in_range: np.ndarray = np.zeros(len(order), dtype=bool)
         if time_range is None or not (time_range.start or time_range.end):
