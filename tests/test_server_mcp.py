@@ -175,8 +175,9 @@ async def test_stdio_command_serves_the_tools_as_the_keys_principal(mem, data_di
     mem.close()  # the subprocess opens the same data dir
     params = StdioServerParameters(
         command=_console_script(), args=["mcp", "--dir", str(data_dir)],
-        env={"HF_HUB_OFFLINE": "1", "MEMOS_SCHEDULER": "0", "MEMOS_API_KEY": carol,
-             **{k: v for k, v in os.environ.items() if k.startswith("MEMOS_MODEL")}},
+        # the deployment's stores (MEMOS_CATALOG_URL, ... under --deployment=scaleout) and model
+        env={**{k: v for k, v in os.environ.items() if k.startswith("MEMOS_")},
+             "HF_HUB_OFFLINE": "1", "MEMOS_SCHEDULER": "0", "MEMOS_API_KEY": carol},
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
         await s.initialize()

@@ -268,9 +268,10 @@ def down(data_dir: DirOpt = Path(".memos")) -> None:
     from ..graph.falkordb_server import stop_server
     from ..vector.chroma_server import stop_server as stop_vector_server
 
-    was = stop_server(data_dir / "graph")
+    # a dir whose stores are servers has no embedded ones: nothing to stop, nothing to create
+    was = (data_dir / "graph").is_dir() and stop_server(data_dir / "graph")
     console.print("graph server stopped" if was else "no graph server was running")
-    was = stop_vector_server(data_dir / "chroma")
+    was = (data_dir / "chroma").is_dir() and stop_vector_server(data_dir / "chroma")
     console.print("vector server stopped" if was else "no vector server was running")
 
 
