@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -611,16 +611,19 @@ class Catalog:
             row = conn.execute(q).first()
         return (0, 0) if row is None else (int(row.seq), int(row.purged))
 
-    def scope_changes(self, vault: str, user_id: str, since: int,
-                      form: str = "plaintext") -> list[MemCube]:
+    def scope_changes(self, vault: str, user_id: str, since: int, form: str = "plaintext",
+                      held: Callable[[str, int, str, float | None], bool] | None = None
+                      ) -> list[MemCube]:
         """The cubes of one scope and form written after mark `since` (any state), in the
-        order they were written."""
+        order they were written; those `held(id, version, state, expires_at)` says the caller
+        already has as they are are not parsed (nor returned)."""
         q = (select(cubes_t)
              .where(cubes_t.c.vault == vault, cubes_t.c.user_id == user_id,
                     cubes_t.c.seq > since, cubes_t.c.form == form)
              .order_by(cubes_t.c.seq, cubes_t.c.id))
         with self._connect() as conn:
-            return [self._cube(r) for r in conn.execute(q)]
+            return [self._cube(r) for r in conn.execute(q)
+                    if held is None or not held(r.id, r.version, r.state, r.expires_at)]
 
     def scope_ids(self, vault: str, user_id: str) -> set[str]:
         """The ids of every cube of one scope."""

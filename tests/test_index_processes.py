@@ -198,3 +198,39 @@ def test_an_old_catalog_gains_the_form_index(tmp_path: Path) -> None:
         assert cat.active_cubes(form=Form.activation, vault="default", user_id="ana") == []
     finally:
         cat.close()
+
+
+def test_catch_up_parses_only_what_this_process_does_not_hold(two, monkeypatch) -> None:
+    """Rows this process wrote are already in its index: the next search's catch-up does not
+    parse them again; a peer's write, and another writer's TTL change without a new version,
+    are still parsed and applied."""
+    from datetime import UTC, datetime, timedelta
+
+    from memos_agents.catalog import Catalog
+
+    mem, peer, _ = two
+    caught: list[str] = []
+    changes = mem.vault.catalog.scope_changes
+
+    def counted(*a: object, **kw: object) -> list:
+        got = changes(*a, **kw)
+        caught.extend(c.id for c in got)
+        return got
+
+    monkeypatch.setattr(mem.vault.catalog, "scope_changes", counted)
+    _found(mem, "lighthouse")
+    ours = [c.id for c in mem.add(["Ana sails to Bergen.", "Ana paints gulls."], user_id="ana")]
+    caught.clear()
+    assert set(ours) <= set(_found(mem, "Bergen gulls sails paints"))
+    assert caught == []  # applied by `on_write`: held at that version
+    theirs = peer("add", "Ana bakes rye bread.")
+    assert theirs in _found(mem, "rye bread")
+    assert caught == [theirs]
+    other = Catalog(mem.vault.catalog.url)  # another writer: no `on_write` in this process
+    try:
+        other.set_expiry({ours[0]: datetime.now(UTC) - timedelta(minutes=1)})
+    finally:
+        other.close()
+    caught.clear()
+    assert ours[0] not in _found(mem, "Bergen sails")
+    assert caught == [ours[0]]  # same version, another expiry: parsed

@@ -10,6 +10,7 @@ builds a `Doc` of a row on demand."""
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -536,6 +537,17 @@ class ScopeIndex:
     def when_of(self, i: int) -> tuple[tuple[float, float], ...]:
         """Doc `i`'s `when` spans."""
         return self._c.when_of(i)
+
+    def holds(self, cid: str, version: int, state: str, expires_at: float | None) -> bool:
+        """Whether the current entry of `cid` is at this version, state and expiry: a row
+        written since the index's mark that it already has (this process applied it)."""
+        i = self.pos.get(cid)
+        if i is None:
+            return False
+        r = self._c.rows
+        exp = float(r["expires_at"][i])
+        return (int(r["version"][i]) == version and self.state_of(i) == state
+                and (math.isnan(exp) if expires_at is None else exp == expires_at))
 
     def state_of(self, i: int) -> str:
         return self._c.tables["states"].items[int(self._c.rows["state"][i])]

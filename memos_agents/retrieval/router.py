@@ -165,7 +165,8 @@ class Router:
         assert idx.mark is not None
         seq, purged = idx.mark
         if mark[0] > seq:
-            changed = self.catalog.scope_changes(idx.vault, idx.user_id, seq)
+            # rows this process wrote are in the index already (`on_write`): not parsed again
+            changed = self.catalog.scope_changes(idx.vault, idx.user_id, seq, held=idx.holds)
             idx.upsert([doc_of(c) for c in changed])
         if mark[1] != purged:
             there = self.catalog.scope_ids(idx.vault, idx.user_id)
