@@ -100,6 +100,21 @@ def pytest_runtest_setup(item) -> None:
         pytest.skip(f"embedded deployment only: {reason}")
 
 
+def caught_changes(monkeypatch, catalog) -> list[str]:
+    """The ids of the cubes `catalog.scope_changes` returns (the rows a scope index's catch-up
+    parses), recorded from now on."""
+    caught: list[str] = []
+    changes = catalog.scope_changes
+
+    def counted(*args: object, **kw: object) -> list:
+        got = changes(*args, **kw)
+        caught.extend(cube.id for cube in got)
+        return got
+
+    monkeypatch.setattr(catalog, "scope_changes", counted)
+    return caught
+
+
 def deployment_of(config) -> str:
     return str(config.getoption("--deployment", default="embedded"))
 

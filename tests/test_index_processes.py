@@ -207,17 +207,10 @@ def test_catch_up_parses_only_what_this_process_does_not_hold(two, monkeypatch) 
     from datetime import UTC, datetime, timedelta
 
     from memos_agents.catalog import Catalog
+    from tests.conftest import caught_changes
 
     mem, peer, _ = two
-    caught: list[str] = []
-    changes = mem.vault.catalog.scope_changes
-
-    def counted(*a: object, **kw: object) -> list:
-        got = changes(*a, **kw)
-        caught.extend(c.id for c in got)
-        return got
-
-    monkeypatch.setattr(mem.vault.catalog, "scope_changes", counted)
+    caught = caught_changes(monkeypatch, mem.vault.catalog)
     _found(mem, "lighthouse")
     ours = [c.id for c in mem.add(["Ana sails to Bergen.", "Ana paints gulls."], user_id="ana")]
     caught.clear()

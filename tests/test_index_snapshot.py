@@ -12,6 +12,7 @@ import pytest
 
 from memos_agents import MemOS
 from memos_agents.retrieval.snapshot import scope_dir
+from tests.conftest import caught_changes
 
 pytestmark = pytest.mark.embedded_only(
     "keyword snapshots are written next to a SQLite catalog only (none on PostgreSQL)")
@@ -127,15 +128,7 @@ def test_the_tail_is_snapshotted_too(built, data_dir, embedder, monkeypatch) -> 
     assert ia is not None and len(ia.docs) - ia.saved_n < snapshot.EVERY
     b, loads = _open(data_dir, embedder, monkeypatch)
     try:
-        caught: list[str] = []
-        changes = b.vault.catalog.scope_changes
-
-        def counted(*args: object, **kw: object) -> list:
-            got = changes(*args, **kw)
-            caught.extend(c.id for c in got)
-            return got
-
-        monkeypatch.setattr(b.vault.catalog, "scope_changes", counted)
+        caught = caught_changes(monkeypatch, b.vault.catalog)
         for q in [*QUERIES, "red kite", "boathouse green", "ferret Pixel"]:
             assert _keyword(b, q) == _keyword(a, q)  # same main segment and tail: same scores
         ib = b.vault.router.loaded("default", "ana")
