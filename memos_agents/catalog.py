@@ -267,9 +267,7 @@ class Catalog:
         self._add_seal_column()
         self._add_seq_column()
         self._add_form_index()
-        if self.get_meta("schema_version") is None:
-            with suppress(Conflict):  # another process opening a new catalog wrote it first
-                self.set_meta("schema_version", SCHEMA_VERSION)
+        self._meta_once("schema_version", SCHEMA_VERSION)
         self.catalog_id = self._meta_once("catalog_id", uuid.uuid4().hex)
         self.settings = SettingsStore(self.engine, legacy=self)  # typed settings, own table
 

@@ -534,10 +534,6 @@ class ScopeIndex:
         except UnicodeDecodeError:
             return [b.decode() for b in got.tolist()]
 
-    def when_of(self, i: int) -> tuple[tuple[float, float], ...]:
-        """Doc `i`'s `when` spans."""
-        return self._c.when_of(i)
-
     def holds(self, cid: str, version: int, state: str, expires_at: float | None) -> bool:
         """Whether the current entry of `cid` is at this version, state and expiry: a row
         written since the index's mark that it already has (this process applied it)."""
