@@ -12,8 +12,9 @@ Organise, on every write, without a model:
   (a phrase to its head word);
 - topics: each new fact joins the nearest topic centroid of its scope (cosine over the vectors
   the vault already computed; nothing is embedded twice), or seeds a new topic; the scope is
-  re-clustered (k-means over its stored vectors) whenever it has doubled since the last time,
-  so the cost stays amortised O(1) per add. Topics are labelled by YAKE keyphrases of their
+  re-clustered (k-means over its stored vectors, fitted on at most `CLUSTER_SAMPLE` of them, on
+  one thread) whenever it has doubled since the last time, so the cost stays amortised O(1)
+  per add. Topics are labelled by YAKE keyphrases of their
   facts that are frequent in them and rare in other topics (c-TF-IDF style), and the entity
   most of their facts name; with a LangChain chat model, the model names them.
 
@@ -299,6 +300,7 @@ def _relations(
 
 
 LABEL_SAMPLE = 50  # facts of a topic YAKE reads for its label: those nearest its centroid
+CLUSTER_SAMPLE = 4096  # facts k-means fits its centroids on; every fact then joins its nearest
 
 
 def _keyphrases(cubes: Sequence[MemCube], names: set[str], top: int = 30) -> list[str]:
@@ -658,6 +660,7 @@ class MemOperator:
         """Cluster the scope's live facts afresh (k-means on their stored vectors), label the
         topics, and rewrite the hierarchy; returns the number of topics."""
         from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
 
         cubes = [c for c in self.catalog.list(vault=vault, user_id=user_id,
                                               states=[State.active], limit=10**9)
@@ -670,8 +673,13 @@ class MemOperator:
             return 0
         x = _unit(np.asarray([vecs_by_id[c.id] for c in cubes], dtype=np.float32))
         k = int(min(self.config.max_topics, max(2, round(math.sqrt(len(cubes) / 2)))))
-        km = KMeans(n_clusters=k, n_init=2, random_state=0, max_iter=100).fit(x)
-        labels_of = km.labels_
+        fit = x
+        if len(x) > CLUSTER_SAMPLE:  # a fixed-size sample bounds the fit; all facts are assigned
+            rows = np.random.default_rng(0).choice(len(x), CLUSTER_SAMPLE, replace=False)
+            fit = x[np.sort(rows)]
+        with threadpool_limits(1):  # background work: leave the other cores to the writes
+            km = KMeans(n_clusters=k, n_init=1, random_state=0, max_iter=100).fit(fit)
+            labels_of = km.labels_ if fit is x else km.predict(x)
         concepts = [self.concepts_of(c) for c in cubes]
         # labelling (YAKE over every topic) takes seconds: outside the lock, which every
         # write's `annotate` takes to place its facts

@@ -189,6 +189,35 @@ def test_store_items_are_never_superseded(mem: MemOS) -> None:
     assert len(mem.list(user_id="kv")) == 2
 
 
+def test_recluster_fits_a_sample_and_places_every_fact(mem: MemOS, monkeypatch) -> None:
+    """Past `CLUSTER_SAMPLE` facts k-means fits on a sample; every fact still joins a topic
+    and the themes stay apart."""
+    from sklearn.cluster import KMeans
+
+    from memos_agents import operator as opm
+
+    monkeypatch.setattr(opm, "CLUSTER_SAMPLE", 21)
+    fitted: list[int] = []
+    fit = KMeans.fit
+    monkeypatch.setattr(KMeans, "fit", lambda self, x, *a, **kw: fitted.append(len(x))
+                        or fit(self, x, *a, **kw))
+    ids = _themed(mem)
+    op = mem.vault.operator
+    op.flush()
+    fitted.clear()
+    k = op.recluster("default", "alice")
+    assert fitted == [21] and k >= 3
+    topic_of = dict(mem.vault.graph._read(
+        "MATCH (f:Fact)-[:IN_TOPIC]->(t:Topic) WHERE f.user_id = $u RETURN f.id, t.tid",
+        {"u": "alice"}))
+    assert len(topic_of) == 42
+    theme_of = {i: theme for theme, theme_ids in ids.items() for i in theme_ids}
+    members: dict[str, list[str]] = {}
+    for fid, tid in topic_of.items():
+        members.setdefault(tid, []).append(theme_of[fid])
+    assert sum(max(m.count(t) for t in set(m)) for m in members.values()) / 42 >= 0.8, members
+
+
 def test_labels_read_the_facts_nearest_each_topic_centroid(mem: MemOS, monkeypatch) -> None:
     """YAKE reads at most `LABEL_SAMPLE` facts of a topic for its label: those nearest its
     centroid, in the order they were written."""
