@@ -322,6 +322,50 @@ def test_bm25_tail_matches_the_formula_and_follows_new_docs() -> None:
     assert again[600:] == pytest.approx(expected([*tail, ["miso", "miso", "trip"]]), rel=1e-5)
 
 
+def test_bm25_segment_scores_in_half_precision_match_the_formula(tmp_path) -> None:
+    """The main segment keeps its per-term scores in float16 (saved and memory-mapped so) and
+    sums them in float32: Lucene BM25 to within half precision; a float32 segment an older
+    snapshot saved scores the same."""
+    import math
+    from collections import Counter
+
+    import bm25s
+    import numpy as np
+
+    from memos_agents.retrieval.bm25 import BM25Segment
+
+    words = ["dog", "miso", "lisbon", "porto", "trip", "paint", "sunrise", "adopt"]
+    rng = np.random.default_rng(3)
+    docs = [[str(w) for w in rng.choice(words, size=int(rng.integers(1, 9)))] for _ in range(500)]
+    seg = BM25Segment(docs, k1=1.2, b=0.75)
+    query = ["miso", "trip", "nothing"]
+    df = Counter(w for d in docs for w in set(d))
+    avgdl = sum(map(len, docs)) / len(docs)
+
+    def lucene(d: list[str]) -> float:
+        tf, norm = Counter(d), 1.2 * (1 - 0.75 + 0.75 * len(d) / avgdl)
+        return sum(math.log(1 + (500 - df[t] + 0.5) / (df[t] + 0.5)) * tf[t] / (tf[t] + norm)
+                   for t in query if t in tf)
+
+    want = [lucene(d) for d in docs]
+    got = seg.scores(query)
+    assert got.dtype == np.float32 and seg.model.scores["data"].dtype == np.float16
+    assert got.tolist() == pytest.approx(want, rel=2e-3, abs=1e-3)
+    stats = seg.save(tmp_path / "half")
+    opened = BM25Segment.opened(tmp_path / "half", stats, k1=1.2, b=0.75)
+    assert isinstance(opened.model.scores["data"], np.memmap)
+    assert opened.model.scores["data"].dtype == np.float16
+    assert opened.scores(query).tolist() == got.tolist()
+    vocab: dict[str, int] = {"": 0}
+    ids = [[vocab.setdefault(t, len(vocab)) for t in d] for d in docs]
+    older = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+    older.index((ids, vocab), show_progress=False)
+    older.save(str(tmp_path / "single"), show_progress=False)
+    single = BM25Segment.opened(tmp_path / "single", stats, k1=1.2, b=0.75)
+    assert single.model.scores["data"].dtype == np.float32
+    assert single.scores(query).tolist() == pytest.approx(want, rel=1e-5)
+
+
 def test_graph_route_ranks_an_entitys_facts_by_meaning_not_by_age(mem: MemOS) -> None:
     """The graph route takes every fact of the query's entity and ranks them by the cosine of
     their stored vectors to the query (`graph_entity_facts="dense"`, opt-in): an old fact

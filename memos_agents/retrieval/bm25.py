@@ -14,7 +14,8 @@ import numpy as np
 
 
 class BM25Segment:
-    """bm25s over a fixed list of token lists (lucene BM25)."""
+    """bm25s over a fixed list of token lists (lucene BM25), its per-term scores in float16
+    (older snapshots' float32 read the same way)."""
 
     def __init__(self, docs: list[Sequence[str]], k1: float, b: float) -> None:
         import bm25s
@@ -34,6 +35,9 @@ class BM25Segment:
             ids = [[vocab.setdefault(t, len(vocab)) for t in toks] or [0] for toks in docs]
             self.model = bm25s.BM25(k1=k1, b=b, method="lucene")
             self.model.index((ids, vocab), show_progress=False)
+            # half precision per (term, doc) score: half the pages a search touches; the sums
+            # are taken in float32 (`scores`)
+            self.model.scores["data"] = self.model.scores["data"].astype(np.float16)
             self.vocab = vocab
 
     def save(self, path: Path) -> dict[str, Any]:
@@ -75,9 +79,13 @@ class BM25Segment:
         if self.model is None:
             return np.zeros(0, dtype=np.float32)
         ids = [self.vocab[t] for t in query if t in self.vocab]
-        if not ids:
-            return np.zeros(self.n, dtype=np.float32)
-        return self.model.get_scores(ids)
+        out = np.zeros(self.n, dtype=np.float32)
+        index = self.model.scores
+        data, docs, starts = index["data"], index["indices"], index["indptr"]
+        for t in ids:  # a term's docs are distinct: one fancy-indexed add per term
+            a, z = starts[t], starts[t + 1]
+            out[docs[a:z]] += data[a:z]
+        return out
 
     def idf(self, token: str, n_total: int, df_extra: int) -> float:
         df = self.df.get(token, 0) + df_extra
