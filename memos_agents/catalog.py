@@ -57,7 +57,7 @@ from sqlalchemy.sql import Select
 from .cube import Form, MemCube, State, VersionRecord
 from .errors import Conflict, InvalidInput, MemOSError, NotFound, StoreError
 from .settings import SettingsStore
-from .tables import create_tables
+from .tables import add_missing_indexes, create_tables
 
 PENDING = "pending"
 COMMITTED = "committed"
@@ -266,7 +266,7 @@ class Catalog:
         create_tables(metadata, self.engine, f"catalog ({url})")
         self._add_seal_column()
         self._add_seq_column()
-        self._add_form_index()
+        add_missing_indexes(cubes_t, self.engine, f"catalog ({url})")  # after the columns
         self._meta_once("schema_version", SCHEMA_VERSION)
         self.catalog_id = self._meta_once("catalog_id", uuid.uuid4().hex)
         self.settings = SettingsStore(self.engine, legacy=self)  # typed settings, own table
@@ -334,8 +334,9 @@ class Catalog:
                 )
 
     def _add_seq_column(self) -> None:
-        """A catalog from before change marks gains `memos_cubes.seq` and its index (its rows
-        keep seq NULL: a scope index loads them whole, then follows the marks)."""
+        """A catalog from before change marks gains `memos_cubes.seq` (its index: with the
+        others, `add_missing_indexes`; its rows keep seq NULL: a scope index loads them
+        whole, then follows the marks)."""
         def has_seq() -> bool:
             return "seq" in {c["name"] for c in inspect(self.engine).get_columns(cubes_t.name)}
 
@@ -344,20 +345,9 @@ class Catalog:
         try:
             with self.engine.begin() as conn:  # fixed DDL, no user text
                 conn.execute(text(f"ALTER TABLE {cubes_t.name} ADD COLUMN seq BIGINT"))
-                conn.execute(text("CREATE INDEX IF NOT EXISTS ix_memos_cubes_seq "
-                                  f"ON {cubes_t.name} (vault, user_id, seq)"))
         except SQLAlchemyError as exc:  # another process opening this catalog added it first
             if not has_seq():
                 raise StoreError(f"cannot add the seq column to {self.url!r}: {exc}") from exc
-
-    def _add_form_index(self) -> None:
-        """A catalog from before the form index gains it (an index only: rows untouched)."""
-        ix = next(i for i in cubes_t.indexes if i.name == "ix_memos_cubes_form")
-        try:
-            ix.create(self.engine, checkfirst=True)
-        except SQLAlchemyError as exc:  # another process opening this catalog added it first
-            if ix.name not in {i["name"] for i in inspect(self.engine).get_indexes(cubes_t.name)}:
-                raise StoreError(f"cannot add {ix.name} to {self.url!r}: {exc}") from exc
 
     def _bump(self, conn: Connection, scopes: Iterable[tuple[str, str]],
               purged: int = 0) -> dict[tuple[str, str], int]:

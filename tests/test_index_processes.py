@@ -167,6 +167,8 @@ def test_an_old_catalog_gains_change_marks(tmp_path: Path) -> None:
     try:
         cols = {c["name"] for c in sa.inspect(cat.engine).get_columns("memos_cubes")}
         assert "seq" in cols
+        names = {i["name"] for i in sa.inspect(cat.engine).get_indexes("memos_cubes")}
+        assert "ix_memos_cubes_seq" in names
         assert cat.scope_mark("default", "ana") == (0, 0)
         cube = MemCube(content="a fact", scope=Scope(user_id="ana"),
                        provenance=Provenance(created_by="user:ana"))
