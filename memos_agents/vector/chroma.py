@@ -93,8 +93,9 @@ class ChromaIndex:
             log.warning("the vector server at %s has gone (%s); reattaching", att.url, exc)
             with self._lock:
                 if not answers(att.url):
-                    self.client = _http_client(att.reconnect(), _settings())
+                    old, self.client = self.client, _http_client(att.reconnect(), _settings())
                     self._collections.clear()
+                    old.close()  # its connection pool to the server that has gone
         return op()
 
     def _collection(self, vault: str, user_id: str, create: bool) -> Any:
