@@ -14,9 +14,9 @@ Organise, on every write, without a model:
   the vault already computed; nothing is embedded twice), or seeds a new topic; the scope is
   re-clustered (k-means over its stored vectors, fitted on at most `CLUSTER_SAMPLE` of them, on
   one thread) whenever it has doubled since the last time, so the cost stays amortised O(1)
-  per add. Topics are labelled by YAKE keyphrases of their
-  facts that are frequent in them and rare in other topics (c-TF-IDF style), and the entity
-  most of their facts name; with a LangChain chat model, the model names them.
+  per add. Topics are labelled by YAKE keyphrases of their facts that are frequent in them
+  and rare in other topics (c-TF-IDF style), and the entity most of their facts name; with a
+  LangChain chat model, the model names them.
 
 Supersede, conservatively: a new fact supersedes an older one of the same scope only when
 (a) neither is a keyed store item and both have the same speaker, (b) they are close in meaning

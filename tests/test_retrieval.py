@@ -4,6 +4,8 @@ facts, scope isolation, explain, neighbouring context. Not the benchmark score."
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -270,12 +272,17 @@ def test_intent_from_a_chat_model_is_merged() -> None:
     assert read_intent("where?", None, broken).source == "rules"
 
 
+def _lucene(toks: list[str], query: list[str], n: int, df: Counter[str], avgdl: float,
+            k1: float, b: float) -> float:
+    """Lucene BM25 of one doc of `n` (document frequencies `df`) for the distinct query terms."""
+    tf, norm = Counter(toks), k1 * (1 - b + b * len(toks) / avgdl)
+    return sum(math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) * tf[t] / (tf[t] + norm)
+               for t in dict.fromkeys(query) if t in tf)
+
+
 def test_bm25_tail_matches_the_formula_and_follows_new_docs() -> None:
     """Docs added after the BM25 segment was built are scored with the same Lucene formula
     (the segment's statistics plus the tail's), and a new write is seen by the next query."""
-    import math
-    from collections import Counter
-
     import numpy as np
 
     from memos_agents.retrieval import Doc, RetrievalConfig, ScopeIndex
@@ -301,18 +308,9 @@ def test_bm25_tail_matches_the_formula_and_follows_new_docs() -> None:
 
     def expected(tail: list[list[str]]) -> list[float]:
         n = 600 + len(tail)
-        df = Counter(w for toks in tail for w in set(toks))
+        df = seg.df + Counter(w for toks in tail for w in set(toks))
         avgdl = (seg.avgdl * 600 + sum(map(len, tail))) / n
-        out = []
-        for toks in tail:
-            tf = Counter(toks)
-            norm = seg.k1 * (1 - seg.b + seg.b * len(toks) / avgdl)
-            out.append(sum(
-                math.log(1 + (n - (seg.df[t] + df[t]) + 0.5) / (seg.df[t] + df[t] + 0.5))
-                * tf[t] / (tf[t] + norm)
-                for t in dict.fromkeys(query) if t in tf
-            ))
-        return out
+        return [_lucene(toks, query, n, df, avgdl, seg.k1, seg.b) for toks in tail]
 
     tail = [t.split() for t in texts[600:]]
     assert got[600:] == pytest.approx(expected(tail), rel=1e-5)
@@ -326,9 +324,6 @@ def test_bm25_segment_scores_in_half_precision_match_the_formula(tmp_path) -> No
     """The main segment keeps its per-term scores in float16 (saved and memory-mapped so) and
     sums them in float32: Lucene BM25 to within half precision; a float32 segment an older
     snapshot saved scores the same."""
-    import math
-    from collections import Counter
-
     import bm25s
     import numpy as np
 
@@ -341,13 +336,7 @@ def test_bm25_segment_scores_in_half_precision_match_the_formula(tmp_path) -> No
     query = ["miso", "trip", "nothing"]
     df = Counter(w for d in docs for w in set(d))
     avgdl = sum(map(len, docs)) / len(docs)
-
-    def lucene(d: list[str]) -> float:
-        tf, norm = Counter(d), 1.2 * (1 - 0.75 + 0.75 * len(d) / avgdl)
-        return sum(math.log(1 + (500 - df[t] + 0.5) / (df[t] + 0.5)) * tf[t] / (tf[t] + norm)
-                   for t in query if t in tf)
-
-    want = [lucene(d) for d in docs]
+    want = [_lucene(d, query, 500, df, avgdl, 1.2, 0.75) for d in docs]
     got = seg.scores(query)
     assert got.dtype == np.float32 and seg.model.scores["data"].dtype == np.float16
     assert got.tolist() == pytest.approx(want, rel=2e-3, abs=1e-3)
