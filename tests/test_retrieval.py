@@ -322,8 +322,8 @@ def test_bm25_tail_matches_the_formula_and_follows_new_docs() -> None:
 
 def test_bm25_segment_scores_in_half_precision_match_the_formula(tmp_path) -> None:
     """The main segment keeps its per-term scores in float16 (saved and memory-mapped so) and
-    sums them in float32: Lucene BM25 to within half precision; a float32 segment an older
-    snapshot saved scores the same."""
+    sums them in float32: Lucene BM25 over the distinct query terms to within half precision; a
+    float32 segment an older snapshot saved scores the same."""
     import bm25s
     import numpy as np
 
@@ -333,7 +333,7 @@ def test_bm25_segment_scores_in_half_precision_match_the_formula(tmp_path) -> No
     rng = np.random.default_rng(3)
     docs = [[str(w) for w in rng.choice(words, size=int(rng.integers(1, 9)))] for _ in range(500)]
     seg = BM25Segment(docs, k1=1.2, b=0.75)
-    query = ["miso", "trip", "nothing"]
+    query = ["miso", "trip", "miso", "nothing"]  # a repeated term counts once, as in the tail
     df = Counter(w for d in docs for w in set(d))
     avgdl = sum(map(len, docs)) / len(docs)
     want = [_lucene(d, query, 500, df, avgdl, 1.2, 0.75) for d in docs]

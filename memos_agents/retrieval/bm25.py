@@ -78,7 +78,7 @@ class BM25Segment:
     def scores(self, query: Sequence[str]) -> np.ndarray:
         if self.model is None:
             return np.zeros(0, dtype=np.float32)
-        ids = [self.vocab[t] for t in query if t in self.vocab]
+        ids = [self.vocab[t] for t in dict.fromkeys(query) if t in self.vocab]
         out = np.zeros(self.n, dtype=np.float32)
         index = self.model.scores
         data, docs, starts = index["data"], index["indices"], index["indptr"]
