@@ -270,49 +270,84 @@ def resolve(phrase: str, said_at: datetime, future: bool = False) -> TimeSpan | 
         return TimeSpan(phrase=phrase, start=ruled[0], end=ruled[1], grain=ruled[2])
     text = re.sub(r"^(?:in|on|since|during|by|until|early|late|mid|of) ", "", phrase,
                   flags=re.IGNORECASE)
-    got = _dateparse(text, said_at, future)
+    grain = _grain(phrase)
+    if grain == "year" and re.fullmatch(r"\d{4}", text):  # "in 2021"
+        got: date | None = date(int(text), 1, 1)
+    else:
+        got = _dateparse(text, said_at, future)
     if got is None:
         return None
-    grain = _grain(phrase)
     start, end = _widen(got, grain)
     return TimeSpan(phrase=phrase, start=start, end=end, grain=grain)
 
 
 _MONTH_NUMBER = {m.casefold(): i + 1 for i, m in enumerate(_MONTH.split("|"))}
-# what dateparser read a bare month name as, per (name, future, year and month said, day said
-# if past the 28th): the same for every moment of the days 1-28 of a month other than the one
-# named (a June said in May is the June before or after that May), and for every moment of
-# each later day (dateparser starts from the day said: "February" said on 30 January 2024,
-# looking back, is February 2020); checked for every day and three times of day of 2023 and
-# 2024 (`tests/test_operator.py` samples it). Other phrases are parsed each time.
-_MONTH_READ: dict[tuple[str, bool, int, int, int], date | None] = {}
-
 
 # the day dateparser reads these as: the day said plus so many days, at any time of day, in
 # any letter case, looking back or ahead (checked for every 5th day and three times of day of
 # 2023/2024); computed here, not parsed
 _DAYS_FROM = {"today": 0, "yesterday": -1, "tomorrow": 1, "last week": -7, "this week": 0,
               "next week": 7}
+# a month or a year away from the one said, read to its grain (the phrase's month or year)
+_MONTHS_FROM = {"last month": -1, "this month": 0, "next month": 1,
+                "last year": -12, "this year": 0, "next year": 12}
+
+
+_WEEKDAY = {d: i for i, d in enumerate(
+    "monday tuesday wednesday thursday friday saturday sunday".split())}
+_WEEKDAY_RE = re.compile(r"(?:(this|last|next) )?(" + "|".join(_WEEKDAY) + ")")
+_MONTH_YEAR_RE = re.compile(rf"({_MONTH.lower()}),? (\d{{4}})")
+
+
+def _weekday_of(text: str, said: date, future: bool) -> date | None:
+    """The day "(this|last|next) <weekday>" names, as dateparser reads it: "this" the one of
+    the week ahead (today's included), "last" / "next" the one before / after today, a bare
+    weekday the one before or after today as the sentence looks back or ahead."""
+    m = _WEEKDAY_RE.fullmatch(text)
+    if m is None:
+        return None
+    which, ahead = m.group(1), (_WEEKDAY[m.group(2)] - said.weekday()) % 7
+    if which == "this":
+        return said + timedelta(days=ahead)
+    if which == "next" or (which is None and future):
+        return said + timedelta(days=ahead or 7)
+    return said - timedelta(days=(7 - ahead) % 7 or 7)
+
+
+def _month_of(name: str, said: date, future: bool) -> date | None:
+    """The first day of the month a bare month name means, said on `said`: the last one
+    (looking back: this month's when it is the month said) or the next one (looking ahead:
+    next year's when it is the month said). What dateparser reads, but for its leap-year
+    slip: "February" said on 29-31 January 2024, looking back, is February 2023, not 2020."""
+    month = _MONTH_NUMBER.get(name.casefold())
+    if month is None:
+        return None
+    if future:
+        year = said.year if month > said.month else said.year + 1
+    else:
+        year = said.year if month <= said.month else said.year - 1
+    return date(year, month, 1)
 
 
 def _dateparse(text: str, said_at: datetime, future: bool) -> date | None:
-    """The day `dateparser` reads `text` as, said at `said_at`."""
-    days = _DAYS_FROM.get(text.casefold())
-    if days is not None:
-        return said_at.date() + timedelta(days=days)
-    month = _MONTH_NUMBER.get(text.casefold())
-    key = (text, future, said_at.year, said_at.month, said_at.day if said_at.day > 28 else 0)
-    if month is not None and month != said_at.month and key in _MONTH_READ:
-        return _MONTH_READ[key]
+    """The day `dateparser` reads `text` as, said at `said_at`: computed for days, weeks,
+    months and years away, weekdays, month names with or without a year; parsed otherwise."""
+    said, key = said_at.date(), text.casefold()
+    if (days := _DAYS_FROM.get(key)) is not None:
+        return said + timedelta(days=days)
+    if (months := _MONTHS_FROM.get(key)) is not None:
+        n = said.year * 12 + said.month - 1 + months
+        return date(n // 12, n % 12 + 1, 1)
+    if (month := _month_of(text, said, future)) is not None:
+        return month
+    if (day := _weekday_of(key, said, future)) is not None:
+        return day
+    if m := _MONTH_YEAR_RE.fullmatch(key):  # "May 2023", "May, 2023"
+        return date(int(m.group(2)), _MONTH_NUMBER[m.group(1)], 1)
     import dateparser
 
     got = dateparser.parse(text, languages=["en"], settings=_parser_settings(said_at, future))
-    day = None if got is None else got.date()
-    if month is not None and month != said_at.month:
-        if len(_MONTH_READ) >= 100_000:
-            _MONTH_READ.clear()
-        _MONTH_READ[key] = day
-    return day
+    return None if got is None else got.date()
 
 
 def time_phrases(text: str) -> list[re.Match[str]]:

@@ -7,7 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -374,10 +374,12 @@ def test_supersede_keeps_valid_to_in_time(mem: MemOS) -> None:
     assert new.provenance.derived_from == [old.id]
 
 
-def test_month_names_read_once_per_month_said_as_dateparser_reads_them() -> None:
-    """A bare month name ("on June") is read by dateparser once per (month said, day if past
-    the 28th) and reused: the same day dateparser gives for any moment of it, the February
-    leap-year quirk included (said on 29-31 January, looking back, it is a leap February)."""
+def test_month_names_read_by_rule_as_dateparser_reads_them() -> None:
+    """A bare month name ("on June") is the last such month (looking back) or the next one
+    (looking ahead), computed without dateparser: what dateparser reads, at any time of day,
+    but for its slip when the day said is not in the named month (said on 30 January 2024,
+    looking back, dateparser reads February 2020; it is February 2023)."""
+    import calendar
     import random
 
     import dateparser
@@ -385,30 +387,45 @@ def test_month_names_read_once_per_month_said_as_dateparser_reads_them() -> None
     from memos_agents import events
 
     rng = random.Random(7)
-    events._MONTH_READ.clear()
-    names = ["January", "February", "June", "December"]
-    for _ in range(120):
-        name, future = rng.choice(names), rng.random() < 0.5
-        year, month = rng.choice([2023, 2024]), rng.randint(1, 12)
-        day = rng.choice([1, 15, 28, 29, 30, 31, rng.randint(1, 31)])
-        day = min(day, [31, 29 if year == 2024 else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30,
-                        31][month - 1])
-        said = datetime(year, month, day, rng.randint(0, 23), rng.randint(0, 59), tzinfo=UTC)
-        got = events.resolve(f"on {name}", said, future=future)
-        want = dateparser.parse(name, languages=["en"],
-                                settings=events._parser_settings(said, future))
-        assert got is not None and want is not None
-        assert (got.start.year, got.start.month) == (want.year, want.month), (name, said, future)
-    assert events._MONTH_READ  # reused, not parsed each time
-    jan30 = datetime(2024, 1, 30, 9, tzinfo=UTC)
-    feb = events.resolve("in February", jan30)
-    assert feb is not None and feb.start.year == dateparser.parse(
-        "February", languages=["en"], settings=events._parser_settings(jan30, False)).year
+    names = ["January", "February", "June", "July", "December"]
+    calls = []
+    real = dateparser.parse
+    dateparser.parse = lambda *a, **kw: calls.append(a) or real(*a, **kw)
+    try:
+        checked = 0
+        for _ in range(300):
+            name, future = rng.choice(names), rng.random() < 0.5
+            year, month = rng.choice([2023, 2024]), rng.randint(1, 12)
+            day = rng.randint(1, calendar.monthrange(year, month)[1])
+            said = datetime(year, month, day, rng.randint(0, 23), rng.randint(0, 59), tzinfo=UTC)
+            got = events.resolve(f"on {name}", said, future=future)
+            assert got is not None and got.grain == "month" and not calls
+            start, today = got.start, said.date()
+            before, after = start.replace(year=start.year - 1), start.replace(year=start.year + 1)
+            if future:  # the nearest one ahead (the month said has begun: next year's)
+                assert before <= today < start, (name, said)
+            else:  # the nearest one back (the month said included)
+                assert start <= today < after, (name, said)
+            want = real(name, languages=["en"], settings=events._parser_settings(said, future))
+            if day > calendar.monthrange(start.year, start.month)[1]:
+                continue  # dateparser looks for that day in the named month: years away
+            assert (start.year, start.month) == (want.year, want.month), (name, said)
+            checked += 1
+        assert checked > 200
+    finally:
+        dateparser.parse = real
+    jan30 = events.resolve("in February", datetime(2024, 1, 30, 9, tzinfo=UTC))
+    assert jan30 is not None and (jan30.start, jan30.end) == (date(2023, 2, 1), date(2023, 2, 28))
+    june = events.resolve("in June", datetime(2023, 6, 15, tzinfo=UTC), future=True)
+    assert june is not None and june.start == date(2024, 6, 1)  # this June has begun: the next
+    year = events.resolve("in 2021", datetime(2023, 6, 15, tzinfo=UTC))
+    assert year is not None and (year.start, year.end) == (date(2021, 1, 1), date(2021, 12, 31))
 
 
-def test_day_and_week_phrases_computed_as_dateparser_reads_them() -> None:
-    """"today", "yesterday", "last week" ... are the day said plus so many days, as dateparser
-    reads them, whatever the time of day, the case or the direction."""
+def test_day_week_month_and_year_phrases_computed_as_dateparser_reads_them() -> None:
+    """"today", "yesterday", "last week", "next month", "this Friday", "last Monday", "May
+    2023" ... are computed, not parsed: the day dateparser reads (months and years: the month),
+    whatever the time of day, the case or the direction."""
     import random
 
     import dateparser
@@ -416,8 +433,10 @@ def test_day_and_week_phrases_computed_as_dateparser_reads_them() -> None:
     from memos_agents import events
 
     rng = random.Random(11)
-    for _ in range(60):
-        text = rng.choice(list(events._DAYS_FROM))
+    weekdays = [f"{w}{d}" for d in events._WEEKDAY for w in ("", "this ", "last ", "next ")]
+    months = ["May 2023", "December, 2021", "February 2024"]
+    for _ in range(400):
+        text = rng.choice([*events._DAYS_FROM, *events._MONTHS_FROM, *weekdays, *months])
         text = rng.choice([text, text.capitalize(), text.title()])
         said = datetime(rng.choice([2023, 2024]), rng.randint(1, 12), rng.randint(1, 28),
                         rng.choice([0, 13, 23]), rng.choice([0, 59]), tzinfo=UTC)
@@ -425,4 +444,8 @@ def test_day_and_week_phrases_computed_as_dateparser_reads_them() -> None:
         want = dateparser.parse(text, languages=["en"],
                                 settings=events._parser_settings(said, future))
         assert want is not None
-        assert events._dateparse(text, said, future) == want.date(), (text, said, future)
+        got = events._dateparse(text, said, future)
+        if text.casefold() in events._MONTHS_FROM or text in months:  # to the month: its 1st
+            assert got == want.date().replace(day=1), (text, said, future)
+        else:
+            assert got == want.date(), (text, said, future)
