@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta
-from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -117,35 +116,71 @@ _GREETING = (r"hey|hi|hello|thanks|thank you|wow|oh|yeah|yep|yes|no|aw+|congrats
              r"congratulations|sorry|bye|dear|ok|okay|haha|omg|whoa|woah|cheers|great|cool")
 
 
-@lru_cache(maxsize=8192)
-def _name_re(esc: str) -> re.Pattern[str]:
-    return re.compile(rf"\b{esc}\b", re.IGNORECASE)
+_BEFORE_NAME = re.compile(rf"(?:[,.!?;]\s*|\b(?:{_GREETING})\s*,?\s*)\Z", re.IGNORECASE)
+_AFTER_NAME = re.compile(r"\s*(?:[,.!?;]|$)")
 
 
-@lru_cache(maxsize=8192)
-def _address_res(esc: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """A name as a vocative, and as a possessive."""
-    return (re.compile(rf"(?:^|[,.!?;]\s*|\b(?:{_GREETING})\s*,?\s*)\b{esc}\b"
-                       r"(?=\s*(?:[,.!?;]|$))", re.IGNORECASE),
-            re.compile(rf"\b{esc}'s\b", re.IGNORECASE))
+def _wordy(text: str, i: int) -> bool:
+    """Whether `text[i]` is a word character (`\\w`); out of range is not."""
+    return 0 <= i < len(text) and (text[i].isalnum() or text[i] == "_")
+
+
+def _mentions(text: str, low: str, name: str) -> list[int]:
+    """Where `name` (lower case) stands in `text` (`low`: `text` lower-cased, as long) as a
+    whole word, as `\\bname\\b` finds it ignoring case: start offsets, not overlapping."""
+    out, pos, n = [], 0, len(name)
+    while (i := low.find(name, pos)) >= 0:
+        e = i + n
+        if (_wordy(text, i - 1) != _wordy(text, i)) and (_wordy(text, e - 1) != _wordy(text, e)):
+            out.append(i)
+            pos = e
+        else:
+            pos = i + 1
+    return out
 
 
 def addressed(text: str, names: list[str]) -> set[str]:
     """The names in `names` that `text` uses only to address someone ("Hey Caroline!",
     "Thanks, Mel!", "..., Melanie."): a name set off by punctuation after the start of a
-    sentence, a comma or a greeting, and never named otherwise. The patterns of each name are
-    compiled once per process (a write reads every entity of every fact: compiling them
-    each time, past the `re` module's cache, was most of the cost)."""
+    sentence, a comma or a greeting, and never named otherwise. Found by string search and
+    two fixed patterns (a pattern per name, compiled for every new name, was most of a
+    write's reading at 1e5 facts)."""
+    out: set[str] = set()
+    low = text.lower()
+    if len(low) != len(text):  # lower-casing moved offsets (rare letters): match per name
+        return _addressed_by_pattern(text, names)
+    for name in names:
+        key = name.strip().lower()
+        if not key or len(key) != len(name.strip()) or not (_wordy(key, 0)
+                                                             and _wordy(key, len(key) - 1)):
+            if _addressed_by_pattern(text, [name]):
+                out.add(name)
+            continue
+        at = _mentions(text, low, key)
+        if not at:
+            continue
+        n = len(key)
+        vocative = sum(1 for i in at if _AFTER_NAME.match(text, i + n)
+                       and (i == 0 or _BEFORE_NAME.search(text, max(0, i - 40), i)))
+        possessive = any(low.startswith("'s", i + n) and not _wordy(text, i + n + 2)
+                         for i in at)
+        if vocative >= len(at) and not possessive:
+            out.add(name)
+    return out
+
+
+def _addressed_by_pattern(text: str, names: list[str]) -> set[str]:
     out: set[str] = set()
     for name in names:
         esc = re.escape(name.strip())
         if not esc:
             continue
-        every = len(_name_re(esc).findall(text))
+        every = len(re.findall(rf"\b{esc}\b", text, re.IGNORECASE))
         if not every:
             continue
-        vocative, possessive = _address_res(esc)
-        if len(vocative.findall(text)) >= every and possessive.search(text) is None:
+        vocative = re.findall(rf"(?:^|[,.!?;]\s*|\b(?:{_GREETING})\s*,?\s*)\b{esc}\b"
+                              r"(?=\s*(?:[,.!?;]|$))", text, re.IGNORECASE)
+        if len(vocative) >= every and re.search(rf"\b{esc}'s\b", text, re.IGNORECASE) is None:
             out.add(name)
     return out
 

@@ -68,6 +68,23 @@ def test_a_name_a_turn_only_addresses_is_not_a_mention() -> None:
     assert addressed("Melanie's kids are fun, Caroline.", names) == {"Caroline"}
 
 
+def test_addressed_by_string_search_reads_as_the_patterns_do() -> None:
+    """`addressed` finds names by string search and two fixed patterns, not a pattern per
+    name: on random sentences of names, greetings, possessives and punctuation it gives what
+    the per-name patterns give (case, word boundaries, names with marks or odd letters)."""
+    import random
+
+    from memos_agents.events import _addressed_by_pattern
+
+    rng = random.Random(5)
+    names = ["Mel", "Melanie", "Ann-Marie", "Jr.", "O'Neil", "Zoë", "İlkay", "Mel_2"]
+    pieces = [*names, "mel", "MELANIE", "hey", "Thanks", "wow", ",", ", ", "!", ".", "?", ";",
+              " ", "  ", "'s", "'s dog", "I went with", "and", "Melanies", "xMel", "…", "\n"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) + rng.choice(["", " "]) for _ in range(rng.randint(1, 9)))
+        assert addressed(text, names) == _addressed_by_pattern(text, names), text
+
+
 def test_the_graph_does_not_link_a_turn_to_the_person_it_addresses(mem: MemOS) -> None:
     mem.add([{"role": "user", "speaker": "Caroline", "content": "Thanks, Melanie! I adopted "
               "a dog with Jon.", "timestamp": "2023-05-08T13:56:00"}], user_id="conv-y")
