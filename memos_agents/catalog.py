@@ -267,8 +267,8 @@ class Catalog:
         self._add_seal_column()
         self._add_seq_column()
         add_missing_indexes(cubes_t, self.engine, f"catalog ({url})")  # after the columns
-        self._meta_once("schema_version", SCHEMA_VERSION)
-        self.catalog_id = self._meta_once("catalog_id", uuid.uuid4().hex)
+        self.meta_once("schema_version", SCHEMA_VERSION)
+        self.catalog_id = self.meta_once("catalog_id", uuid.uuid4().hex)
         self.settings = SettingsStore(self.engine, legacy=self)  # typed settings, own table
 
     def _seal(self, cube_id: str, version: int, data: str) -> str | None:
@@ -408,12 +408,14 @@ class Catalog:
             return c.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar()
 
     def set_meta(self, key: str, value: str) -> None:
+        """Set `key` to `value` (one upsert: two processes setting it at once both succeed)."""
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = dialect_insert(meta_t).values(key=key, value=value)
         with self._begin() as c:
-            done = c.execute(update(meta_t).where(meta_t.c.key == key).values(value=value))
-            if done.rowcount == 0:
-                c.execute(insert(meta_t).values(key=key, value=value))
+            c.execute(stmt.on_conflict_do_update(index_elements=[meta_t.c.key],
+                                                 set_={"value": value}))
 
-    def _meta_once(self, key: str, value: str) -> str:
+    def meta_once(self, key: str, value: str) -> str:
         """The value of `key`, set to `value` if it has none (the first writer wins)."""
         got = self.get_meta(key)
         if got is None:

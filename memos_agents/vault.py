@@ -238,10 +238,9 @@ class MemVault:
         self.operator.llm = llm
 
     def _check_embedder(self) -> None:
-        known = self.catalog.get_meta("embedder")
-        if known is None:
-            self.catalog.set_meta("embedder", self.embedder.name)
-        elif known != self.embedder.name:
+        # the first process to open a new catalog names its embedder; the others check it
+        known = self.catalog.meta_once("embedder", self.embedder.name)
+        if known != self.embedder.name:
             raise ConfigError(
                 f"this data dir was indexed with embedder {known!r}; opening it with "
                 f"{self.embedder.name!r} would mix vector spaces (pass embedder={known!r})"

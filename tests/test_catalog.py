@@ -76,6 +76,40 @@ def test_touch_list_stats_purge(catalog_url: str) -> None:
     cat.close()
 
 
+def test_meta_set_by_several_writers_at_once(catalog_url: str) -> None:
+    """Processes opening one new catalog set its keys at once: `set_meta` is one upsert (no
+    writer fails on the key another just inserted), `meta_once` lets the first writer win and
+    every caller sees its value (what a new data dir's embedder check relies on)."""
+    import threading
+
+    cats = [Catalog(catalog_url) for _ in range(4)]
+    errors: list[BaseException] = []
+    seen: dict[str, set[str]] = {}
+
+    def run(cat: Catalog, i: int, key: str, gate: threading.Barrier) -> None:
+        try:
+            gate.wait()
+            cat.set_meta(f"set:{key}", f"v{i}")
+            seen.setdefault(key, set()).add(cat.meta_once(f"once:{key}", f"w{i}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    for k in range(12):
+        gate = threading.Barrier(len(cats))
+        threads = [threading.Thread(target=run, args=(c, i, str(k), gate))
+                   for i, c in enumerate(cats)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:2]
+    for k in range(12):
+        assert cats[0].get_meta(f"set:{k}") in {f"v{i}" for i in range(4)}
+        assert len(seen[str(k)]) == 1  # one value for every caller: the first writer's
+    for c in cats:
+        c.close()
+
+
 def test_meta_roundtrip_and_reopen(catalog_url: str) -> None:
     cat = Catalog(catalog_url)
     cat.set_meta("embedder", "x")
