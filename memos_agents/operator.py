@@ -215,6 +215,9 @@ class TopicState(BaseModel):
     n_total: int = 0
     n_clustered: int = 0
     sums: list[list[float]] | None = None
+    cores: list[list[str]] = Field(
+        default_factory=list, description="per topic, the facts its label was read from (id "
+        "prefixes): a re-clustering keeps the label of a topic whose core is mostly the same")
 
 
 @dataclass
@@ -231,6 +234,7 @@ class _Topics:
     n_total: int = 0
     n_clustered: int = 0
     dirty: int = 0
+    cores: list[list[str]] = field(default_factory=list)  # `TopicState.cores`
 
     def to_state(self) -> TopicState:
         return TopicState(
@@ -238,13 +242,14 @@ class _Topics:
             generation=self.generation, next_id=self.next_id, n_total=self.n_total,
             n_clustered=self.n_clustered,
             sums=None if self.sums is None else np.round(self.sums, 5).tolist(),
+            cores=self.cores,
         )
 
     @classmethod
     def from_state(cls, d: TopicState) -> _Topics:
         t = cls(tids=d.tids, sizes=d.sizes, labels=d.labels,
                 generation=d.generation, next_id=d.next_id, n_total=d.n_total,
-                n_clustered=d.n_clustered)
+                n_clustered=d.n_clustered, cores=d.cores)
         if d.sums:
             t.sums = np.asarray(d.sums, dtype=np.float32)
             t.centroids = _unit(t.sums)
@@ -301,6 +306,48 @@ def _relations(
 
 LABEL_SAMPLE = 50  # facts of a topic YAKE reads for its label: those nearest its centroid
 CLUSTER_SAMPLE = 4096  # facts k-means fits its centroids on; every fact then joins its nearest
+CORE_ID = 12  # characters of a fact id kept in a topic's core
+
+
+def _seeds(old: np.ndarray | None, sizes: Sequence[int], x: np.ndarray, k: int
+           ) -> np.ndarray | str:
+    """k-means' starting centroids: the previous clustering's (its largest k topics), then
+    facts of `x` drawn as k-means++ draws them (far from every centroid so far more likely);
+    "k-means++" without a previous clustering."""
+    if old is None or not len(old) or old.shape[1] != x.shape[1]:
+        return "k-means++"
+    keep = np.argsort(-np.asarray(sizes[: len(old)]), kind="stable")[:k]
+    seeds = [old[int(j)] for j in sorted(keep.tolist())]
+    best = (x @ np.asarray(seeds).T).max(1)
+    rng = np.random.default_rng(0)
+    while len(seeds) < k:  # k-means++'s draw: a fact with odds by its squared distance
+        d2 = np.square(np.clip(1.0 - best, 0.0, None)).astype(np.float64)
+        pick = int(rng.choice(len(x), p=d2 / d2.sum())) if d2.sum() > 0 else len(seeds)
+        seeds.append(x[pick])
+        best = np.maximum(best, x @ x[pick])
+    return np.asarray(seeds, dtype=x.dtype)
+
+
+def _kept_labels(cores: Sequence[Sequence[str]], old_cores: Sequence[Sequence[str]],
+                 old_labels: Sequence[str]) -> dict[int, str]:
+    """Topic -> the label it keeps: a previous topic's, where at least half of this topic's
+    core comes from that topic's core (each previous label goes to one topic, the one that
+    holds most of its core)."""
+    owner = {f: o for o, core in enumerate(old_cores) if o < len(old_labels) for f in core}
+    votes = []
+    for j, core in enumerate(cores):
+        got = Counter(owner[f] for f in core if f in owner)
+        if got:
+            o, n = got.most_common(1)[0]
+            if 2 * n >= len(core):
+                votes.append((-n, j, o))
+    out: dict[int, str] = {}
+    used: set[int] = set()
+    for _, j, o in sorted(votes):
+        if o not in used:
+            out[j] = old_labels[o]
+            used.add(o)
+    return out
 
 
 def _keyphrases(cubes: Sequence[MemCube], names: set[str], top: int = 30) -> list[str]:
@@ -677,14 +724,33 @@ class MemOperator:
         if len(x) > CLUSTER_SAMPLE:  # a fixed-size sample bounds the fit; all facts are assigned
             rows = np.random.default_rng(0).choice(len(x), CLUSTER_SAMPLE, replace=False)
             fit = x[np.sort(rows)]
+        with self._lock:
+            before = self._state(vault, user_id)
+            old_cores, old_labels = list(before.cores), list(before.labels)
+            # the last clustering's topics (not those opened one by one since: a fact that
+            # joined no topic opens one, a poor start for k-means)
+            last = None if before.centroids is None else before.centroids[: len(old_cores)]
+            start = _seeds(last, before.sizes, fit, k)
         with threadpool_limits(1):  # background work: leave the other cores to the writes
-            km = KMeans(n_clusters=k, n_init=1, random_state=0, max_iter=100).fit(fit)
+            km = KMeans(n_clusters=k, init=start, n_init=1, random_state=0, max_iter=100)
+            km.fit(fit)
             labels_of = km.labels_ if fit is x else km.predict(x)
         concepts = [self.concepts_of(c) for c in cubes]
-        # labelling (YAKE over every topic) takes seconds: outside the lock, which every
-        # write's `annotate` takes to place its facts
+        # each topic's label is read from its facts nearest the centroid (its core); a topic
+        # whose core is mostly a previous topic's keeps that label (no YAKE for it)
         near = (x * _unit(km.cluster_centers_)[labels_of]).sum(1)  # cosine to its centroid
-        names = self._label(cubes, concepts, labels_of, k, near)
+        at: list[list[int]] = [[] for _ in range(k)]
+        for i, j in enumerate(labels_of):
+            at[int(j)].append(i)
+        sample = [sorted(np.asarray(a)[np.argsort(-near[a], kind="stable")[:LABEL_SAMPLE]]
+                         .tolist()) for a in at]
+        cores = [[cubes[i].id[:CORE_ID] for i in s] for s in sample]
+        kept = _kept_labels(cores, old_cores, old_labels)
+        log.debug("re-clustering %s/%s: %d facts, %d topics, %d labels kept", vault, user_id,
+                  len(cubes), k, len(kept))
+        # labelling (YAKE over every other topic) takes seconds: outside the lock, which
+        # every write's `annotate` takes to place its facts
+        names = self._label(cubes, concepts, labels_of, k, sample, kept)
         with self._lock:
             topics = self._state(vault, user_id)
             topics.generation += 1
@@ -696,6 +762,7 @@ class MemOperator:
             topics.centroids = _unit(sums)
             topics.sizes = np.bincount(labels_of, minlength=k).tolist()
             topics.labels = names
+            topics.cores = cores
             topics.n_total = topics.n_clustered = len(cubes)
             assignment = {c.id: topics.tids[int(j)] for c, j in zip(cubes, labels_of, strict=True)}
             nodes = [TopicNode(tid=t, vault=vault, user_id=user_id, label=lab, size=s)
@@ -708,19 +775,17 @@ class MemOperator:
         return k
 
     def _label(self, cubes: list[MemCube], concepts: list[list[str]], labels: np.ndarray,
-               k: int, near: np.ndarray) -> list[str]:
-        """Each topic's two most distinctive keyphrases (YAKE over the texts of the topic's
-        `LABEL_SAMPLE` facts nearest its centroid (`near`: each fact's cosine to it), scored
+               k: int, cores: list[list[int]], kept: dict[int, str]) -> list[str]:
+        """Each topic's two most distinctive keyphrases (YAKE over the texts of its core:
+        `cores`, the positions of its facts nearest its centroid, in the order written; scored
         c-TF-IDF style: on many of its facts, in few other topics; names left out) and the
         entity most of its facts name but the speakers; the fact concepts where YAKE finds
-        nothing."""
+        nothing. A topic in `kept` keeps that label."""
         members: list[list[MemCube]] = [[] for _ in range(k)]
-        at: list[list[int]] = [[] for _ in range(k)]
-        for i, (c, j) in enumerate(zip(cubes, labels, strict=True)):
+        for c, j in zip(cubes, labels, strict=True):
             members[int(j)].append(c)
-            at[int(j)].append(i)
-        sample = [[m[r] for r in sorted(np.argsort(-near[a], kind="stable")[:LABEL_SAMPLE])]
-                  for m, a in zip(members, at, strict=True)]  # in the order written
+        sample = [[] if j in kept else [cubes[i] for i in core]
+                  for j, core in enumerate(cores)]
         speakers = {norm_entity(c.provenance.speaker) for c in cubes if c.provenance.speaker}
         in_topics: list[set[str]] = [set() for _ in range(k)]
         for cs, t in zip(concepts, labels, strict=True):
@@ -729,11 +794,14 @@ class MemOperator:
         everything = _Holding([c.content.casefold() for c in cubes])
         common = math.floor(0.1 * len(cubes))
         phrases = [[p for p in _keyphrases(m, speakers) if spread[concept_norm(p)]  # no chat
-                    and everything.count(p.casefold(), common) <= common]
+                    and everything.count(p.casefold(), common) <= common] if m else []
                    for m in sample]  # nor on a tenth of the scope's facts ("photo")
         is_name = self._name_test(cubes[0].scope.vault, cubes[0].scope.user_id)
         out = []
         for j, m in enumerate(members):
+            if j in kept:
+                out.append(kept[j])
+                continue
             texts = _Holding([c.content.casefold() for c in m])
             held = {p: texts.count(p.casefold()) for p in phrases[j]}
             scored = sorted(

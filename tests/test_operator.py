@@ -235,6 +235,7 @@ def test_labels_read_the_facts_nearest_each_topic_centroid(mem: MemOS, monkeypat
     op = mem.vault.operator
     op.flush()
     read.clear()
+    op._state("default", "alice").cores = []  # no label kept from the first clustering
     k = op.recluster("default", "alice")
     assert len(read) == k and all(1 <= len(r) <= 3 for r in read)
     written = [c.id for c in op.catalog.list(vault="default", user_id="alice",
@@ -252,6 +253,55 @@ def test_labels_read_the_facts_nearest_each_topic_centroid(mem: MemOS, monkeypat
                        strict=True))
         rest = [cos[f] for f in members if f not in r]
         assert not rest or min(cos[f] for f in r) >= max(rest) - 1e-3  # the nearest ones
+
+
+def test_recluster_keeps_the_label_of_a_topic_whose_core_stays(mem: MemOS, monkeypatch) -> None:
+    """A re-clustering starts from the previous topics' centroids; a topic whose core (the
+    facts its label is read from) is mostly a previous topic's keeps that label without YAKE
+    reading it again; a new theme's topic is read afresh."""
+    from memos_agents import operator as opm
+
+    read: list[int] = []
+    keyphrases = opm._keyphrases
+    monkeypatch.setattr(opm, "_keyphrases",
+                        lambda cubes, names, top=30: read.append(len(cubes))
+                        or keyphrases(cubes, names, top))
+    _themed(mem)
+    op = mem.vault.operator
+    op.flush()
+    first = list(op._state("default", "alice").labels)
+    assert read and op._state("default", "alice").cores  # the first clustering read them all
+    read.clear()
+    k = op.recluster("default", "alice")
+    assert k == len(first) and read == []  # the same facts: every core and label stays
+    assert op._state("default", "alice").labels == first
+    mem.add([{"role": "user", "speaker": "Alice", "content": t} for t in [
+        "The telescope showed Saturn's rings and four moons of Jupiter.",
+        "We watched the Perseid meteor shower from the dark hills.",
+        "A nebula is a cloud of gas where new stars form.",
+        "The comet's tail points away from the sun.",
+        "I mapped the constellations Orion and Cassiopeia tonight.",
+        "The lunar eclipse turned the moon a coppery red.",
+        "Mars was bright and orange near the horizon.",
+        "I photographed the Andromeda galaxy with a long exposure.",
+    ] * 2], user_id="alice", session_id="s2")
+    op.flush()
+    read.clear()
+    op.recluster("default", "alice")
+    after = op._state("default", "alice").labels
+    assert read and len(read) < len(after)  # the new theme read afresh, the others kept
+    assert set(first) & set(after)
+
+
+def test_kept_labels_go_to_the_topic_holding_most_of_a_core() -> None:
+    from memos_agents.operator import _kept_labels
+
+    old = [["a", "b", "c", "d"], ["e", "f", "g", "h"]]
+    got = _kept_labels([["a", "b", "c", "x"], ["a", "b", "y", "z"], ["e", "q", "r", "s"],
+                        ["f", "g", "h", "t"]], old, ["cooking", "hiking"])
+    assert got == {0: "cooking", 3: "hiking"}  # 1 shares half of "cooking" but 0 holds more
+    assert _kept_labels([["a"]], [], []) == {}
+    assert _kept_labels([["a", "b", "x", "y", "z"]], old, ["cooking", "hiking"]) == {}
 
 
 def test_chat_model_labels_topics(data_dir: Path, embedder) -> None:
