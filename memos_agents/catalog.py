@@ -57,7 +57,7 @@ from sqlalchemy.sql import Select
 from .cube import Form, MemCube, State, VersionRecord
 from .errors import Conflict, InvalidInput, MemOSError, NotFound, StoreError
 from .settings import SettingsStore
-from .tables import add_missing_indexes, create_tables
+from .tables import add_missing_indexes, create_tables, upsert
 
 PENDING = "pending"
 COMMITTED = "committed"
@@ -409,11 +409,8 @@ class Catalog:
 
     def set_meta(self, key: str, value: str) -> None:
         """Set `key` to `value` (one upsert: two processes setting it at once both succeed)."""
-        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = dialect_insert(meta_t).values(key=key, value=value)
         with self._begin() as c:
-            c.execute(stmt.on_conflict_do_update(index_elements=[meta_t.c.key],
-                                                 set_={"value": value}))
+            upsert(c, meta_t, {"key": key, "value": value}, keys=("key",))
 
     def meta_once(self, key: str, value: str) -> str:
         """The value of `key`, set to `value` if it has none (the first writer wins)."""

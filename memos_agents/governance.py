@@ -28,9 +28,7 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
-    insert,
     select,
-    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -48,7 +46,7 @@ from .audit import (
 from .catalog import Catalog
 from .cube import MemCube, Visibility, check_name
 from .errors import InvalidInput, MemOSError
-from .tables import create_tables
+from .tables import create_tables, upsert
 
 __all__ = [
     "GENESIS",
@@ -155,19 +153,10 @@ class MemGovernance:
             role = Role(role)
         except ValueError as exc:
             raise InvalidInput(f"role must be one of {[r.value for r in Role]}") from exc
-        with self.engine.begin() as conn:
-            conn.execute(
-                delete(roles_t).where(roles_t.c.vault == vault, roles_t.c.principal == principal)
-            )
-            conn.execute(
-                insert(roles_t).values(
-                    vault=vault,
-                    principal=principal,
-                    role=role.value,
-                    granted_by=by,
-                    granted_at=_now(),
-                )
-            )
+        row = {"vault": vault, "principal": principal, "role": role.value, "granted_by": by,
+               "granted_at": _now()}
+        with self.engine.begin() as conn:  # one statement: two grants at once both succeed
+            upsert(conn, roles_t, row, keys=("vault", "principal"))
 
     def revoke_role(self, vault: str, principal: str) -> bool:
         with self.engine.begin() as conn:
@@ -199,22 +188,10 @@ class MemGovernance:
             access = Access(access)
         except ValueError as exc:
             raise InvalidInput("access must be 'read' or 'write'") from exc
+        row = {"cube_id": cube_id, "principal": principal, "access": access.value,
+               "granted_by": by, "granted_at": _now()}
         with self.engine.begin() as conn:
-            done = conn.execute(
-                update(grants_t)
-                .where(grants_t.c.cube_id == cube_id, grants_t.c.principal == principal)
-                .values(access=access.value, granted_by=by, granted_at=_now())
-            )
-            if done.rowcount == 0:
-                conn.execute(
-                    insert(grants_t).values(
-                        cube_id=cube_id,
-                        principal=principal,
-                        access=access.value,
-                        granted_by=by,
-                        granted_at=_now(),
-                    )
-                )
+            upsert(conn, grants_t, row, keys=("cube_id", "principal"))
 
     def unshare(self, cube_id: str, principal: str) -> bool:
         with self.engine.begin() as conn:

@@ -23,13 +23,11 @@ import time
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import JSON, Column, Float, MetaData, String, Table, delete, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import JSON, Column, Float, MetaData, String, Table, delete, select
+from sqlalchemy.engine import Engine
 
 from .errors import InvalidInput, StoreError
-from .tables import create_tables
+from .tables import create_tables, upsert
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -116,7 +114,7 @@ class SettingsStore:
             "updated_at": time.time(),
         }
         with self.engine.begin() as c:
-            _upsert(c, row)
+            upsert(c, settings_t, row, keys=("kind", "scope"))
 
     def delete(
         self, model: type[BaseModel], scope: str = "", *, legacy_key: str | None = None
@@ -157,23 +155,3 @@ class SettingsStore:
 
 def _value_of(kind: str, scope: str) -> Any:
     return select(settings_t.c.value).where(settings_t.c.kind == kind, settings_t.c.scope == scope)
-
-
-def _upsert(c: Connection, row: dict[str, Any]) -> None:
-    """Insert or replace one row in one statement on SQLite and PostgreSQL (so two writers of
-    the same setting cannot collide); update-then-insert elsewhere."""
-    name = c.dialect.name
-    if name in ("sqlite", "postgresql"):
-        dialect_insert = sqlite_insert if name == "sqlite" else pg_insert
-        stmt = dialect_insert(settings_t).values(**row)
-        c.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[settings_t.c.kind, settings_t.c.scope],
-                set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            )
-        )
-        return
-    where = (settings_t.c.kind == row["kind"], settings_t.c.scope == row["scope"])
-    values = {"value": row["value"], "updated_at": row["updated_at"]}
-    if not c.execute(update(settings_t).where(*where).values(**values)).rowcount:
-        c.execute(insert(settings_t).values(**row))

@@ -12,6 +12,7 @@ from memos_agents.catalog import Catalog
 from memos_agents.cube import MemCube, Provenance, Scope
 from memos_agents.errors import InvalidInput
 from memos_agents.governance import (
+    Access,
     Action,
     MemGovernance,
     PermissionDenied,
@@ -35,6 +36,40 @@ def gov(catalog_url: str, tmp_path):
     cat = Catalog(catalog_url)
     yield MemGovernance(cat, data_dir=tmp_path)
     cat.close()
+
+
+def test_roles_and_grants_given_by_several_admins_at_once(catalog_url: str, tmp_path) -> None:
+    """Two admins granting the same principal the same vault role or cube at the same instant
+    both succeed (one upsert each); the principal then holds one of the values granted."""
+    import threading
+
+    cats = [Catalog(catalog_url) for _ in range(4)]
+    govs = [MemGovernance(c, data_dir=tmp_path) for c in cats]
+    errors: list[BaseException] = []
+    roles, access = ["reader", "writer", "reader", "writer"], ["read", "write", "read", "write"]
+
+    def run(i: int, k: int, gate: threading.Barrier) -> None:
+        try:
+            gate.wait()
+            govs[i].grant_role(f"v{k}", "user:bob", roles[i], by=f"user:admin{i}")
+            govs[i].share(f"cube-{k}", "user:bob", access[i], by=f"user:admin{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    for k in range(10):
+        gate = threading.Barrier(len(govs))
+        threads = [threading.Thread(target=run, args=(i, k, gate)) for i in range(len(govs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:2]
+    for k in range(10):
+        assert govs[0].role(f"v{k}", "user:bob") in (Role.reader, Role.writer)
+        assert govs[0].grants([f"cube-{k}"], "user:bob")[f"cube-{k}"] in (Access.read,
+                                                                            Access.write)
+    for c in cats:
+        c.close()
 
 
 def test_owner_roles_grants_and_visibility(gov: MemGovernance) -> None:
