@@ -3,7 +3,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,30 @@ def pytest_runtest_setup(item) -> None:
     if marker is not None and deployment_of(item.config) != "embedded":
         reason = marker.args[0] if marker.args else "needs the embedded stores"
         pytest.skip(f"embedded deployment only: {reason}")
+
+
+def at_once(n: int, rounds: int, work: Callable[[int, int], object]) -> list[BaseException]:
+    """Run `work(i, round)` on `n` threads released together behind a barrier, `rounds` times;
+    the errors they raised."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(i: int, k: int, gate: threading.Barrier) -> None:
+        try:
+            gate.wait()
+            work(i, k)
+        except BaseException as exc:
+            errors.append(exc)
+
+    for k in range(rounds):
+        gate = threading.Barrier(n)
+        threads = [threading.Thread(target=run, args=(i, k, gate)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return errors
 
 
 def caught_changes(monkeypatch, catalog) -> list[str]:

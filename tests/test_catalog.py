@@ -80,32 +80,20 @@ def test_meta_set_by_several_writers_at_once(catalog_url: str) -> None:
     """Processes opening one new catalog set its keys at once: `set_meta` is one upsert (no
     writer fails on the key another just inserted), `meta_once` lets the first writer win and
     every caller sees its value (what a new data dir's embedder check relies on)."""
-    import threading
+    from tests.conftest import at_once
 
     cats = [Catalog(catalog_url) for _ in range(4)]
-    errors: list[BaseException] = []
-    seen: dict[str, set[str]] = {}
+    seen: dict[int, set[str]] = {}
 
-    def run(cat: Catalog, i: int, key: str, gate: threading.Barrier) -> None:
-        try:
-            gate.wait()
-            cat.set_meta(f"set:{key}", f"v{i}")
-            seen.setdefault(key, set()).add(cat.meta_once(f"once:{key}", f"w{i}"))
-        except BaseException as exc:
-            errors.append(exc)
+    def work(i: int, k: int) -> None:
+        cats[i].set_meta(f"set:{k}", f"v{i}")
+        seen.setdefault(k, set()).add(cats[i].meta_once(f"once:{k}", f"w{i}"))
 
-    for k in range(12):
-        gate = threading.Barrier(len(cats))
-        threads = [threading.Thread(target=run, args=(c, i, str(k), gate))
-                   for i, c in enumerate(cats)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    errors = at_once(len(cats), 12, work)
     assert not errors, errors[:2]
     for k in range(12):
         assert cats[0].get_meta(f"set:{k}") in {f"v{i}" for i in range(4)}
-        assert len(seen[str(k)]) == 1  # one value for every caller: the first writer's
+        assert len(seen[k]) == 1  # one value for every caller: the first writer's
     for c in cats:
         c.close()
 

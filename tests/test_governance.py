@@ -41,28 +41,17 @@ def gov(catalog_url: str, tmp_path):
 def test_roles_and_grants_given_by_several_admins_at_once(catalog_url: str, tmp_path) -> None:
     """Two admins granting the same principal the same vault role or cube at the same instant
     both succeed (one upsert each); the principal then holds one of the values granted."""
-    import threading
+    from tests.conftest import at_once
 
     cats = [Catalog(catalog_url) for _ in range(4)]
     govs = [MemGovernance(c, data_dir=tmp_path) for c in cats]
-    errors: list[BaseException] = []
     roles, access = ["reader", "writer", "reader", "writer"], ["read", "write", "read", "write"]
 
-    def run(i: int, k: int, gate: threading.Barrier) -> None:
-        try:
-            gate.wait()
-            govs[i].grant_role(f"v{k}", "user:bob", roles[i], by=f"user:admin{i}")
-            govs[i].share(f"cube-{k}", "user:bob", access[i], by=f"user:admin{i}")
-        except BaseException as exc:
-            errors.append(exc)
+    def work(i: int, k: int) -> None:
+        govs[i].grant_role(f"v{k}", "user:bob", roles[i], by=f"user:admin{i}")
+        govs[i].share(f"cube-{k}", "user:bob", access[i], by=f"user:admin{i}")
 
-    for k in range(10):
-        gate = threading.Barrier(len(govs))
-        threads = [threading.Thread(target=run, args=(i, k, gate)) for i in range(len(govs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    errors = at_once(len(govs), 10, work)
     assert not errors, errors[:2]
     for k in range(10):
         assert govs[0].role(f"v{k}", "user:bob") in (Role.reader, Role.writer)
