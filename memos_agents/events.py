@@ -170,6 +170,8 @@ def addressed(text: str, names: list[str]) -> set[str]:
 
 
 def _addressed_by_pattern(text: str, names: list[str]) -> set[str]:
+    """`addressed` by patterns compiled per name: for a text or name whose lower case changes
+    its length, or a name that starts or ends with a mark."""
     out: set[str] = set()
     for name in names:
         esc = re.escape(name.strip())
