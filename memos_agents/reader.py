@@ -40,7 +40,8 @@ _NOT_ENTITIES = frozenset(
     cool yeah yep nope please sorry congrats congratulations awesome amazing love haha lol
     btw today tomorrow yesterday last next first after before maybe actually anyway
     january february march april june july august september october november december
-    monday tuesday wednesday thursday friday saturday sunday
+    monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs
+    fri sat
     definitely absolutely totally right true sounds glad happy hope let let's did do does is
     are was were have has had can could would should will shall may might must not don't
     can't won't
@@ -105,14 +106,66 @@ Conversation (turn index: speaker: text):
 """
 
 
-def extract_entities(text: str) -> list[str]:
-    """Proper-noun phrases, found without a model (capitalised runs that are not stop words)."""
+_WORD_RE = re.compile(r"[A-Za-z][\w'’&-]*")
+_CONTRACTION_RE = re.compile(r"\w+['’](?:re|ve|ll|d|m|t)$")
+_SELF = frozenset({"i", "i'm", "i've", "i'd", "i'll", "i’m", "i’ve", "i’d", "i’ll"})
+
+
+def _opens_sentence(text: str, i: int) -> bool:
+    """Whether the word at `i` is the first of a sentence (of the text, or after . ! ? : ; or a
+    line break; quotes and brackets before it do not count)."""
+    gap = text[max(0, i - 12) : i]
+    before = gap.rstrip(" \t\"'“‘([*_-")
+    if "\n" in gap[len(before) :] or not before:
+        return i <= 12 or "\n" in gap
+    return before[-1] in ".!?…:;\n"
+
+
+class Casing:
+    """How words are written across a batch of texts: the words seen capitalised where no
+    sentence opens (names by their use) and the words seen in lower case (common words)."""
+
+    def __init__(self, texts: Sequence[str], names: Sequence[str] = ()) -> None:
+        self.names: set[str] = {n.casefold() for n in names}
+        self.common: set[str] = set()
+        for text in texts:
+            for m in _WORD_RE.finditer(text):
+                word = m.group(0)
+                if word[0].islower():
+                    self.common.add(word.casefold())
+                elif not _opens_sentence(text, m.start()):
+                    self.names.add(_base(word.casefold()))
+
+
+def _base(word: str) -> str:
+    return word[:-2] if word.endswith(("'s", "’s")) else word.strip("'’")
+
+
+def _opener_kept(word: str, rest: int, casing: Casing | None) -> bool:
+    """Whether the capitalised word opening a sentence is part of a name: not a stop word or a
+    pronoun's contraction ("You're"); with a batch's `casing`, a lone word only if it is seen
+    capitalised mid-sentence, and the first of several only if it is not seen in lower case."""
+    low = word.casefold().strip("'’")
+    if _base(low) in _STOP_WORDS or _CONTRACTION_RE.match(low):
+        return False
+    if casing is None or _base(low) in casing.names:
+        return True
+    return rest > 0 and low not in casing.common
+
+
+def extract_entities(text: str, casing: Casing | None = None) -> list[str]:
+    """Proper-noun phrases, found without a model: capitalised runs that are not stop words. A
+    capitalised word that opens a sentence is kept only by `_opener_kept` ("Keep", "Anything",
+    "You're" are not names)."""
     seen: dict[str, str] = {}
     for m in _ENTITY_RE.finditer(text):
         words = m.group(0).split()
+        if _opens_sentence(text, m.start()) and not _opener_kept(words[0], len(words) - 1, casing):
+            words.pop(0)
         while words and words[0].casefold().strip("'’") in _NOT_ENTITIES:
             words.pop(0)
-        while words and words[-1].casefold() in {"of", "de", "da", "van", "von", "the"}:
+        while words and (words[-1].casefold() in {"of", "de", "da", "van", "von", "the"}
+                         or words[-1].casefold() in _SELF):
             words.pop()
         phrase = " ".join(words).strip("'’-&")
         if phrase.endswith(("'s", "’s")):
@@ -255,7 +308,8 @@ class MemReader:
             raise InvalidInput("no messages given")
         msgs = [normalise_message(m, i) for i, m in enumerate(messages)]
         if mode == "fast":
-            return [self._draft_of(m) for m in msgs]
+            casing = Casing([m.content for m in msgs], [m.speaker for m in msgs if m.speaker])
+            return [self._draft_of(m, casing) for m in msgs]
         if mode == "fine":
             return self._extract(msgs)
         raise InvalidInput(f"mode must be 'fast' or 'fine', got {mode!r}")
@@ -276,8 +330,9 @@ class MemReader:
             chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap
         )
         drafts = []
+        casing = Casing([text])
         for i, chunk in enumerate(splitter.split_text(text)):
-            entities = extract_entities(chunk)
+            entities = extract_entities(chunk, casing)
             drafts.append(
                 MemoryDraft(
                     text=chunk,
@@ -291,8 +346,8 @@ class MemReader:
         return drafts
 
     @staticmethod
-    def _draft_of(m: Message) -> MemoryDraft:
-        entities = extract_entities(m.content)
+    def _draft_of(m: Message, casing: Casing) -> MemoryDraft:
+        entities = extract_entities(m.content, casing)
         if m.speaker and m.speaker.casefold() not in {e.casefold() for e in entities}:
             entities.insert(0, m.speaker)
         return MemoryDraft(
@@ -390,7 +445,8 @@ def parse_facts_json(text: str) -> ExtractedFacts:
 
 _CHAT_WORDS = frozenset(
     """
-    hey hi hello wow yeah yes yep nope oh ok okay thanks thank great good nice cool awesome
+    hey hi hello bye wow woah whoa woohoo yay aww yeah yes yep nope oh ok okay thanks thank
+    great good nice cool awesome remember
     amazing love lol haha glad happy sure really totally super pretty lot lots things thing
     stuff kind sort way time day today guess feel feeling felt think thought know knew hope
     tell told said say glad sounds sound looks look looking wonderful fantastic incredible

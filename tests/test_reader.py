@@ -276,3 +276,26 @@ def test_concept_stop_list_is_scikit_learns_without_importing_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_words_opening_a_sentence_are_names_only_by_their_use_in_the_batch() -> None:
+    said = [
+        ("Mel", "Keep going! Anything new with Luna?"),
+        ("Jon", "Luna is asleep. You're kind, seeing it. Bye Mel!"),
+        ("Jon", "Seeing the Grand Canyon was great."),
+        ("Mel", "Painting is fun. It's Shia Labeouf! Oof."),
+        ("Mel", "Charlotte's Web is on my list; painting too."),
+    ]
+    msgs = [{"role": "user", "speaker": who, "content": text} for who, text in said]
+    drafts = MemReader().read_messages(msgs)
+    ents = [set(d.entities) for d in drafts]
+    assert ents[0] == {"Mel", "Luna"}  # "Keep", "Anything": stop words opening a sentence
+    assert ents[1] == {"Jon", "Luna", "Mel"}  # a lone opener: a name seen mid-sentence
+    assert ents[2] == {"Jon", "Grand Canyon"}  # "Seeing": a lower-case word elsewhere
+    assert ents[3] == {"Mel", "Shia Labeouf"}  # no "Painting", "It's", "Oof"
+    assert ents[4] == {"Mel", "Charlotte's Web"}  # a run whose opener is never lower case
+
+
+def test_entities_of_one_text_keep_a_lone_opener_unless_a_stop_word() -> None:
+    assert extract_entities("Caroline's hobbies? Anything else?") == ["Caroline"]
+    assert extract_entities("Keep it up. You're great, Jon I guess. Fri?") == ["Jon"]
