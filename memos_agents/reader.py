@@ -142,15 +142,16 @@ def _base(word: str) -> str:
 
 
 def _opener_kept(word: str, rest: int, casing: Casing | None) -> bool:
-    """Whether the capitalised word opening a sentence is part of a name: not a stop word or a
-    pronoun's contraction ("You're"); with a batch's `casing`, a lone word only if it is seen
-    capitalised mid-sentence, and the first of several only if it is not seen in lower case."""
+    """Whether the capitalised word opening a sentence is part of a name: never a stop word or
+    a pronoun's contraction ("You're"); with a batch's `casing`, always if the batch writes it
+    capitalised mid-sentence, never if it writes it in lower case, and a lone word ending in
+    "-ing" ("Seeing", "Dancing") only by that evidence."""
     low = word.casefold().strip("'’")
     if _base(low) in _STOP_WORDS or _CONTRACTION_RE.match(low):
         return False
     if casing is None or _base(low) in casing.names:
         return True
-    return rest > 0 and low not in casing.common
+    return low not in casing.common and (rest > 0 or not low.endswith("ing"))
 
 
 def extract_entities(text: str, casing: Casing | None = None) -> list[str]:
@@ -446,7 +447,8 @@ def parse_facts_json(text: str) -> ExtractedFacts:
 _CHAT_WORDS = frozenset(
     """
     hey hi hello bye wow woah whoa woohoo yay aww yeah yes yep nope oh ok okay thanks thank
-    great good nice cool awesome remember
+    great good nice cool awesome remember appreciate appreciated agree agreed believe gotta
+    wanna plus
     amazing love lol haha glad happy sure really totally super pretty lot lots things thing
     stuff kind sort way time day today guess feel feeling felt think thought know knew hope
     tell told said say glad sounds sound looks look looking wonderful fantastic incredible

@@ -278,12 +278,12 @@ def test_concept_stop_list_is_scikit_learns_without_importing_it() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_words_opening_a_sentence_are_names_only_by_their_use_in_the_batch() -> None:
+def test_words_opening_a_sentence_are_read_by_their_use_in_the_batch() -> None:
     said = [
         ("Mel", "Keep going! Anything new with Luna?"),
         ("Jon", "Luna is asleep. You're kind, seeing it. Bye Mel!"),
         ("Jon", "Seeing the Grand Canyon was great."),
-        ("Mel", "Painting is fun. It's Shia Labeouf! Oof."),
+        ("Mel", "Painting is fun. It's Shia Labeouf! Dancing too."),
         ("Mel", "Charlotte's Web is on my list; painting too."),
     ]
     msgs = [{"role": "user", "speaker": who, "content": text} for who, text in said]
@@ -292,8 +292,11 @@ def test_words_opening_a_sentence_are_names_only_by_their_use_in_the_batch() -> 
     assert ents[0] == {"Mel", "Luna"}  # "Keep", "Anything": stop words opening a sentence
     assert ents[1] == {"Jon", "Luna", "Mel"}  # a lone opener: a name seen mid-sentence
     assert ents[2] == {"Jon", "Grand Canyon"}  # "Seeing": a lower-case word elsewhere
-    assert ents[3] == {"Mel", "Shia Labeouf"}  # no "Painting", "It's", "Oof"
+    assert ents[3] == {"Mel", "Shia Labeouf"}  # "Dancing": a lone "-ing" word, no evidence
     assert ents[4] == {"Mel", "Charlotte's Web"}  # a run whose opener is never lower case
+    # no evidence either way: a name opening the only message is still a name
+    alone = MemReader().read_messages([{"role": "user", "content": "Priya got the job! Oof."}])
+    assert alone[0].entities == ["Priya", "Oof"]
 
 
 def test_entities_of_one_text_keep_a_lone_opener_unless_a_stop_word() -> None:
