@@ -112,13 +112,21 @@ _SELF = frozenset({"i", "i'm", "i've", "i'd", "i'll", "i’m", "i’ve", "i’d"
 
 
 def _opens_sentence(text: str, i: int) -> bool:
-    """Whether the word at `i` is the first of a sentence (of the text, or after . ! ? : ; or a
-    line break; quotes and brackets before it do not count)."""
-    gap = text[max(0, i - 12) : i]
-    before = gap.rstrip(" \t\"'“‘([*_-")
-    if "\n" in gap[len(before) :] or not before:
-        return i <= 12 or "\n" in gap
-    return before[-1] in ".!?…:;\n"
+    """Whether the word at `i` is the first of a sentence: of the text, or after . ! ? : ; or a
+    line break; what is neither a letter, a digit nor a comma before it (spaces, quotes,
+    brackets, emoji) does not count."""
+    j = i - 1
+    while j >= 0 and i - j <= 16:
+        ch = text[j]
+        if ch in _SENTENCE_ENDS:
+            return True
+        if ch.isalnum() or ch == ",":
+            return False
+        j -= 1
+    return j < 0
+
+
+_SENTENCE_ENDS = frozenset(".!?…:;\n")
 
 
 class Casing:

@@ -302,3 +302,4 @@ def test_words_opening_a_sentence_are_read_by_their_use_in_the_batch() -> None:
 def test_entities_of_one_text_keep_a_lone_opener_unless_a_stop_word() -> None:
     assert extract_entities("Caroline's hobbies? Anything else?") == ["Caroline"]
     assert extract_entities("Keep it up. You're great, Jon I guess. Fri?") == ["Jon"]
+    assert extract_entities("Thanks! 😊 Keep going, Jon. (Anything new?)") == ["Jon"]
