@@ -60,7 +60,7 @@ from .graph.base import (
     concept_norm,
     norm_entity,
 )
-from .reader import extract_concepts
+from .reader import extract_concepts, stop_words
 from .retrieval.index import content_hash_of
 from .text import keyword_tokens
 from .vector.base import VectorIndex
@@ -361,9 +361,10 @@ def _keyphrases(cubes: Sequence[MemCube], names: set[str], top: int = 30) -> lis
     avoid = names | {norm_entity(e) for c in cubes for e in c.organisation.entities}
     words = {w for n in avoid for w in n.split()}
     found = yake.KeywordExtractor(lan="en", n=3, top=top, dedupLim=0.8).extract_keywords(text)
+    stop = stop_words()
     return [p for p, _ in found
             if not words & set(p.casefold().split()) and concept_norm(p)
-            and not p.isupper()]
+            and not p.isupper() and not set(p.casefold().split()) <= stop]
 
 
 def _ctfidf(concepts: list[list[str]], labels: np.ndarray, k: int, j: int) -> list[str]:
@@ -809,7 +810,11 @@ class MemOperator:
                  * math.log(1 + k / spread[concept_norm(p)]) ** 2 * (1 + 0.5 * p.count(" ")), p)
                 for p, n in held.items() if n >= 2
             )
-            names = [p for sc, p in reversed(scored) if sc > 0][:2]
+            best: dict[str, str] = {}  # one phrase per stem: not "customer / customers"
+            for sc, p in reversed(scored):
+                if sc > 0:
+                    best.setdefault(concept_norm(p), p)
+            names = list(best.values())[:2]
             names = names or _ctfidf(concepts, labels, k, j)
             ent = Counter(n for c in m for n in {norm_entity(e): e for e in
                                                  c.organisation.entities}.values()

@@ -506,7 +506,8 @@ _ENGLISH_STOP_WORDS = frozenset(
 _STOP_WORDS = _ENGLISH_STOP_WORDS | _CHAT_WORDS | _NOT_ENTITIES
 
 
-def _stop_words() -> frozenset[str]:
+def stop_words() -> frozenset[str]:
+    """English and chat stop words: never a concept or a name on their own."""
     return _STOP_WORDS
 
 
@@ -515,7 +516,7 @@ def extract_concepts(text: str, limit: int = 5, entities: Sequence[str] | None =
     (1-3 words, longest first). Names (`entities`, default: those found in `text`) are entities,
     not concepts, and split phrases like stop words do."""
     names = extract_entities(text) if entities is None else entities
-    stop = _stop_words() | {w.lower() for e in names for w in e.split()}
+    stop = stop_words() | {w.lower() for e in names for w in e.split()}
     found: dict[str, tuple[float, str]] = {}
     for chunk in _PHRASE_SPLIT.split(text):
         run: list[str] = []

@@ -499,3 +499,21 @@ def test_day_week_month_and_year_phrases_computed_as_dateparser_reads_them() -> 
             assert got == want.date().replace(day=1), (text, said, future)
         else:
             assert got == want.date(), (text, said, future)
+
+
+def test_label_keyphrases_are_not_made_of_stop_words_only(mem: MemOS, monkeypatch) -> None:
+    """YAKE ranks "give back" first here; a label of stop words only says nothing of the topic."""
+    from memos_agents import operator as opm
+    from memos_agents.reader import stop_words
+
+    said = ["I want to give back to the community, give back every week.",
+            "We give back at the food bank; giving back feels right.",
+            "The food bank needs volunteers to give back on Sundays.",
+            "Volunteers at the food bank give back with a smile."]
+    mem.add([{"role": "user", "speaker": "Ann", "content": t} for t in said], user_id="ann")
+    cubes = mem.list(user_id="ann")
+    got = opm._keyphrases(cubes, set())
+    assert got[0] == "food bank"
+    assert not [p for p in got if set(p.casefold().split()) <= stop_words()]
+    monkeypatch.setattr(opm, "stop_words", frozenset)  # the filter off: YAKE's own order
+    assert opm._keyphrases(cubes, set())[:2] == ["give back", "food bank"]
