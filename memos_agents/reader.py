@@ -134,7 +134,7 @@ class Casing:
     sentence opens (names by their use) and the words seen in lower case (common words)."""
 
     def __init__(self, texts: Sequence[str], names: Sequence[str] = ()) -> None:
-        self.names: set[str] = {n.casefold() for n in names}
+        self.names: set[str] = {_base(w) for n in names for w in n.casefold().split()}
         self.common: set[str] = set()
         for text in texts:
             for m in _WORD_RE.finditer(text):
@@ -146,6 +146,7 @@ class Casing:
 
 
 def _base(word: str) -> str:
+    """A lower-case word without its possessive "'s" or quotes."""
     return word[:-2] if word.endswith(("'s", "’s")) else word.strip("'’")
 
 

@@ -297,6 +297,12 @@ def test_words_opening_a_sentence_are_read_by_their_use_in_the_batch() -> None:
     # no evidence either way: a name opening the only message is still a name
     alone = MemReader().read_messages([{"role": "user", "content": "Priya got the job! Oof."}])
     assert alone[0].entities == ["Priya", "Oof"]
+    # a speaker's first name is a name by use: "Sterling Lee" speaks, "Sterling" opens
+    both = MemReader().read_messages([
+        {"role": "user", "speaker": "Sterling Lee", "content": "Thanks for the tip."},
+        {"role": "user", "speaker": "Bo", "content": "Sterling helped a lot. Dancing too."},
+    ])
+    assert both[1].entities == ["Bo", "Sterling"]
 
 
 def test_entities_of_one_text_keep_a_lone_opener_unless_a_stop_word() -> None:
