@@ -108,7 +108,10 @@ Conversation (turn index: speaker: text):
 
 _WORD_RE = re.compile(r"[A-Za-z][\w'’&-]*")
 _CONTRACTION_RE = re.compile(r"\w+['’](?:re|ve|ll|d|m|t)$")
-_SELF = frozenset({"i", "i'm", "i've", "i'd", "i'll", "i’m", "i’ve", "i’d", "i’ll"})
+# words a name does not end with: a dangling particle, or the speaker ("Fri I", "Now I'm")
+_NOT_LAST = frozenset({"of", "de", "da", "van", "von", "the",
+                       "i", "i'm", "i've", "i'd", "i'll", "i’m", "i’ve", "i’d", "i’ll"})
+_SENTENCE_ENDS = frozenset(".!?…:;\n")
 
 
 def _opens_sentence(text: str, i: int) -> bool:
@@ -124,9 +127,6 @@ def _opens_sentence(text: str, i: int) -> bool:
             return False
         j -= 1
     return j < 0
-
-
-_SENTENCE_ENDS = frozenset(".!?…:;\n")
 
 
 class Casing:
@@ -156,9 +156,10 @@ def _opener_kept(word: str, rest: int, casing: Casing | None) -> bool:
     capitalised mid-sentence, never if it writes it in lower case, and a lone word ending in
     "-ing" ("Seeing", "Dancing") only by that evidence."""
     low = word.casefold().strip("'’")
-    if _base(low) in _STOP_WORDS or _CONTRACTION_RE.match(low):
+    base = _base(low)
+    if base in _STOP_WORDS or _CONTRACTION_RE.match(low):
         return False
-    if casing is None or _base(low) in casing.names:
+    if casing is None or base in casing.names:
         return True
     return low not in casing.common and (rest > 0 or not low.endswith("ing"))
 
@@ -174,8 +175,7 @@ def extract_entities(text: str, casing: Casing | None = None) -> list[str]:
             words.pop(0)
         while words and words[0].casefold().strip("'’") in _NOT_ENTITIES:
             words.pop(0)
-        while words and (words[-1].casefold() in {"of", "de", "da", "van", "von", "the"}
-                         or words[-1].casefold() in _SELF):
+        while words and words[-1].casefold() in _NOT_LAST:
             words.pop()
         phrase = " ".join(words).strip("'’-&")
         if phrase.endswith(("'s", "’s")):
