@@ -31,10 +31,16 @@ def stem_words(words: Sequence[str]) -> list[str]:
     return list(_stemmer().stemWords(list(words)))
 
 
+def keyword_words(text: str) -> tuple[list[str], list[str]]:
+    """The lower-cased, stop-listed words of `text` and their Snowball stems (`keyword_tokens`),
+    aligned."""
+    words = [w for w in WORD_RE.findall(text.lower()) if w not in KEYWORD_STOPWORDS]
+    return words, (stem_words(words) if words else [])
+
+
 def keyword_tokens(text: str) -> list[str]:
     """Lower-cased, stop-listed, Snowball-stemmed words: what BM25 indexes and matches."""
-    words = [w for w in WORD_RE.findall(text.lower()) if w not in KEYWORD_STOPWORDS]
-    return stem_words(words) if words else []
+    return keyword_words(text)[1]
 
 
 def concept_key(phrase: str) -> str:

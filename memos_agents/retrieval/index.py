@@ -24,9 +24,10 @@ from ..cube import MemCube, State
 from ..events import time_phrases
 from ..graph.base import norm_entity
 from ..lifecycle import LIVE as LIVE_STATES
-from ..text import keyword_tokens
+from ..text import keyword_words
 from .bm25 import BM25Segment, BM25Tail
 from .config import RetrievalConfig
+from .lexicon import Lexicon
 
 LIVE: frozenset[str] = frozenset(s.value for s in LIVE_STATES)
 """State values search finds (`lifecycle.LIVE`)."""
@@ -53,6 +54,7 @@ class Doc:
     dated: bool = False  # the text says when (a time phrase, see `events.time_phrases`)
     when: tuple[tuple[float, float], ...] = ()  # the days its time phrases name: [start, end)
     version: int = 0  # the cube's version: an older one never replaces a newer one
+    surface: tuple[str, ...] = ()  # the words `tokens` are the stems of (for the lexicon)
 
 
 def content_hash_of(speaker: str | None, text: str) -> int:
@@ -67,6 +69,7 @@ def doc_of(cube: MemCube) -> Doc:
     speaker = cube.provenance.speaker
     text = f"{speaker}: {cube.content}" if speaker else cube.content
     lc = cube.lifecycle
+    words, stems = keyword_words(text)
     return Doc(
         id=cube.id,
         session=cube.scope.session_id,
@@ -79,11 +82,12 @@ def doc_of(cube: MemCube) -> Doc:
         importance=cube.organisation.importance,
         state=lc.state.value,
         keyed="key" in cube.metadata,
-        tokens=tuple(keyword_tokens(text)),
+        tokens=tuple(stems),
         content_hash=content_hash_of(speaker, cube.content),
         dated=bool(time_phrases(cube.content)),
         when=spans_of(cube.metadata.get("when")),
         version=lc.version,
+        surface=tuple(words),
     )
 
 
@@ -491,6 +495,7 @@ class ScopeIndex:
         self.pos = RowsById(self)
         self.by_hash = RowsByHash(self)
         self.entity_names: Counter[str] = Counter()
+        self.lexicon = Lexicon()  # the scope's words and their embeddings (query expansion)
         # each fact's graph links, ("entity" | "concept", norm), fetched on first need
         self.links: dict[str, tuple[tuple[str, str], ...]] = {}
         self.lock = threading.RLock()
@@ -662,13 +667,15 @@ class ScopeIndex:
             self._reset(Columns())
             for d in sorted(docs, key=lambda d: (d.created_at, d.id)):
                 self._append(d)
+            self.lexicon.keep(self._c.tables["words"].code)
 
     def restore(self, docs: Columns, segments: dict[str, BM25Segment],
-                mark: tuple[int, int]) -> None:
+                mark: tuple[int, int], lexicon: Lexicon) -> None:
         """Take a snapshot's docs, `segments` built over the first of them (the others are the
-        tail), at `mark`."""
+        tail), and its lexicon, at `mark`."""
         with self.lock:
             self._reset(docs)
+            self.lexicon = lexicon
             self._segments, self.mark = segments, mark
             self._main_n = min(seg.n for seg in segments.values())
             self.saved_n, self.holds_purged = self._c.n, False
@@ -696,6 +703,8 @@ class ScopeIndex:
         self._set_names(i, d)
         words = t["words"]
         toks = [words.add(w) for w in d.tokens]
+        if d.surface:
+            self.lexicon.add(d.tokens, d.surface)
         r["tok_start"][i], r["tok_len"][i] = c.push_flat("tokens", toks), len(toks)
         self._set_when(i, d)
         c.n = i + 1
@@ -793,6 +802,7 @@ class ScopeIndex:
                 self._forget(i)
             if rows:
                 self._drop_unused()
+                self.lexicon.keep(self._c.tables["words"].code)
             self._version += 1
 
     def _forget(self, i: int) -> None:
@@ -925,6 +935,7 @@ class ScopeIndex:
         keep = np.flatnonzero(c.view("alive"))
         keep = keep[np.lexsort((c.ids[keep], c.view("created_at")[keep]))]
         self._reset(c.taken(keep))
+        self.lexicon.keep(self._c.tables["words"].code)
 
     def _ensure_segments(self) -> None:
         c = self._c

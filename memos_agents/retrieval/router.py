@@ -99,7 +99,7 @@ class Router:
         self.config = config or RetrievalConfig()
         self.routes: dict[str, Route] = {
             "dense": DenseRoute(index, embedder),
-            "keyword": KeywordRoute(),
+            "keyword": KeywordRoute(embedder),
             "graph": GraphRoute(graph, index, embedder),
             "walk": WalkRoute(graph),
         }

@@ -29,6 +29,7 @@ from ..text import concept_key
 from ..vector.base import VectorIndex
 from .config import RetrievalConfig
 from .index import ScopeIndex
+from .lexicon import expandable_words
 from .models import Stage, stage_of
 
 
@@ -159,7 +160,9 @@ def top_rows(arr: np.ndarray, n: int) -> list[tuple[int, float]]:
 
 
 class KeywordRoute:
-    """BM25 of the query's keywords over each turn, and over each turn with its neighbours."""
+    """BM25 of the query's keywords over each turn, and over each turn with its neighbours; the
+    keywords with each query word's nearest words of the scope (`Lexicon.expand`, when given
+    an embedder)."""
 
     name = "keyword"
     signals = ("keyword", "context", "window")
@@ -168,15 +171,25 @@ class KeywordRoute:
     needs_organised = False
     seeded = False
 
+    def __init__(self, embedder: Embedder | None = None) -> None:
+        self.embedder = embedder
+
     def find(self, q: Query, idx: ScopeIndex | None) -> Found:
         assert idx is not None
         t0 = time.perf_counter()
-        terms = q.intent.keywords
+        terms = list(q.intent.keywords)
+        expanded: dict[str, list[str]] = {}
+        if terms and q.cfg.keyword_expansion and self.embedder is not None:
+            expanded = idx.lexicon.expand(expandable_words(q.text), self.embedder,
+                                          q.cfg.keyword_expansion, q.cfg.keyword_expansion_min)
+            terms += [s for s in dict.fromkeys(s for ss in expanded.values() for s in ss)
+                      if s not in terms]
         kw = idx.keyword_scores(terms) if terms else {}
         top = {name: top_rows(arr, q.n) for name, arr in kw.items()}
         stage = stage_of(self.name, t0, [(idx.id_of(i), s) for i, s in top.get("keyword", [])],
                          q.cfg.explain_top,
-                         {"terms": terms, "context_hits": len(top.get("context", [])),
+                         {"terms": terms, "expanded": expanded,
+                          "context_hits": len(top.get("context", [])),
                           "window_hits": len(top.get("window", []))})
         return Found(route=self.name, arrays=kw, top=top, stage=stage)
 

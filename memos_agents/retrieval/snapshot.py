@@ -26,10 +26,11 @@ import numpy as np
 from .bm25 import BM25Segment
 from .config import RetrievalConfig
 from .index import FLAT_COLUMNS, ROW_COLUMNS, TABLES, Columns, ScopeIndex
+from .lexicon import Lexicon
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # 3: the docs as columns (`.npy` under `columns/`, `tables.json`); 1: `docs.json`
+FORMAT = 4  # 4: with the lexicon; 3: the docs as columns (`.npy` under `columns/`, `tables.json`)
 EVERY = 2000  # docs added since the last snapshot that make the router write a new one
 
 
@@ -85,6 +86,7 @@ def save(root: Path, idx: ScopeIndex) -> None:
         tmp.mkdir(parents=True)
         stats = {key: seg.save(tmp / key) for key, seg in segments.items()}
         _write_columns(tmp, idx.columns)
+        idx.lexicon.save(tmp)
         meta = {"format": FORMAT, "vault": idx.vault, "user_id": idx.user_id, "mark": mark,
                 "params": _params(idx.config), "segments": stats}
         (tmp / "meta.json").write_text(json.dumps(meta), "utf-8")
@@ -126,6 +128,7 @@ def restore(root: Path, idx: ScopeIndex) -> bool:
         segments = {key: BM25Segment.opened(folder / key, stats, cfg.bm25_k1, cfg.bm25_b)
                     for key, stats in meta["segments"].items()}
         docs = _read_columns(folder)
+        lexicon = Lexicon.load(folder)
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         if not isinstance(exc, FileNotFoundError):
             log.warning("keyword index snapshot of %s/%s not used: %s",
@@ -134,7 +137,7 @@ def restore(root: Path, idx: ScopeIndex) -> bool:
     if len({seg.n for seg in segments.values()}) != 1 or any(
             seg.n > docs.n for seg in segments.values()):
         return False
-    idx.restore(docs, segments, (int(meta["mark"][0]), int(meta["mark"][1])))
+    idx.restore(docs, segments, (int(meta["mark"][0]), int(meta["mark"][1])), lexicon)
     return True
 
 

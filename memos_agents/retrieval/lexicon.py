@@ -1,0 +1,135 @@
+"""The words of one scope and their embeddings, for keyword query expansion.
+
+BM25 matches a question's words only: "What activities does Melanie do?" misses the turn that
+says "hobbies", "kids" the one that says "children". The lexicon holds one surface form per
+stem the scope's facts use (`ScopeIndex` feeds it) and embeds each once, on first need, with
+the vault's embedder; `expand` gives each query word the scope's words nearest to it in that
+space, which the keyword route adds to its BM25 terms. Only the scope's own words are
+candidates, so an expansion always matches something the user said; a purge drops the words
+no live fact uses any more (`keep`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Container, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..embeddings import Embedder
+from ..reader import stop_words
+from ..text import WORD_RE, stem_words
+
+FILE = "lexicon"  # <snapshot>/lexicon.json (words) and lexicon.npy (their vectors, float16)
+
+
+def eligible(word: str) -> bool:
+    """A word worth embedding and expanding: letters only, 3 or more, not a stop word."""
+    return len(word) >= 3 and word.isalpha() and word not in stop_words()
+
+
+def expandable_words(text: str) -> list[str]:
+    """The words of a query that are expanded (lower-cased, `eligible`, each once)."""
+    return list(dict.fromkeys(w for w in WORD_RE.findall(text.lower()) if eligible(w)))
+
+
+class Lexicon:
+    """Stems -> one surface form each (the first seen) and, for the first `len(vectors)` of
+    them, its unit embedding. Safe across threads: embedding runs outside the lock and is
+    dropped when a `keep` changed the rows meanwhile."""
+
+    def __init__(self, stems: Sequence[str] = (), surfaces: Sequence[str] = (),
+                 vectors: np.ndarray | None = None) -> None:
+        self.stems: list[str] = list(stems)
+        self.surfaces: list[str] = list(surfaces)
+        self.code: dict[str, int] = {s: i for i, s in enumerate(self.stems)}
+        self.vectors = (np.zeros((0, 0), dtype=np.float32) if vectors is None
+                        else np.asarray(vectors, dtype=np.float32))
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by each `keep` that drops rows
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def add(self, stems: Sequence[str], surfaces: Sequence[str]) -> None:
+        """Take the stems not held yet, with the word each was written as."""
+        with self._lock:
+            for stem, word in zip(stems, surfaces, strict=True):
+                if stem not in self.code and eligible(word):
+                    self.code[stem] = len(self.stems)
+                    self.stems.append(stem)
+                    self.surfaces.append(word)
+
+    def keep(self, stems: Container[str]) -> None:
+        """Only the stems in `stems` (the index's words after a purge or a compaction)."""
+        with self._lock:
+            rows = [i for i, s in enumerate(self.stems) if s in stems]
+            if len(rows) == len(self.stems):
+                return
+            n = len(self.vectors)
+            self.vectors = self.vectors[[i for i in rows if i < n]]
+            self.stems = [self.stems[i] for i in rows]
+            self.surfaces = [self.surfaces[i] for i in rows]
+            self.code = {s: i for i, s in enumerate(self.stems)}
+            self._generation += 1
+
+    def embed_missing(self, embedder: Embedder) -> None:
+        """Embed the words added since the last call."""
+        with self._lock:
+            n, generation = len(self.vectors), self._generation
+            todo = self.surfaces[n:]
+        if not todo:
+            return
+        new = _unit(embedder.embed_documents(todo))
+        with self._lock:
+            if generation == self._generation and len(self.vectors) == n:
+                self.vectors = new if not n else np.vstack([self.vectors, new])
+
+    def expand(self, words: Sequence[str], embedder: Embedder, per_word: int,
+               min_similarity: float) -> dict[str, list[str]]:
+        """Each of `words` -> the stems of its `per_word` nearest scope words with a cosine of
+        at least `min_similarity`, its own stem left out (words with none are left out)."""
+        if not words or per_word < 1 or not self.stems:
+            return {}
+        self.embed_missing(embedder)
+        with self._lock:
+            vectors, stems = self.vectors, self.stems[: len(self.vectors)]
+            known = {w: i for i, w in enumerate(self.surfaces[: len(vectors)])}
+        if not len(vectors):
+            return {}
+        unknown = [w for w in words if w not in known]
+        fresh = dict(zip(unknown, _unit(embedder.embed_documents(unknown)), strict=True)
+                     ) if unknown else {}
+        sims = np.stack([vectors[known[w]] if w in known else fresh[w] for w in words]) @ vectors.T
+        own = stem_words(list(words))
+        out: dict[str, list[str]] = {}
+        for j, word in enumerate(words):
+            best = np.argsort(-sims[j], kind="stable")[: per_word + 1].tolist()
+            got = [stems[i] for i in best if sims[j, i] >= min_similarity and stems[i] != own[j]]
+            if got:
+                out[word] = got[:per_word]
+        return out
+
+    def save(self, folder: Path) -> None:
+        """`lexicon.json` (stems, surfaces) and `lexicon.npy` (the vectors held, float16)."""
+        (folder / f"{FILE}.json").write_text(
+            json.dumps({"stems": self.stems, "surfaces": self.surfaces}), "utf-8")
+        np.save(folder / f"{FILE}.npy", self.vectors.astype(np.float16), allow_pickle=False)
+
+    @classmethod
+    def load(cls, folder: Path) -> Lexicon:
+        """`save`'s files, checked (ValueError, OSError: not usable)."""
+        got = json.loads((folder / f"{FILE}.json").read_text("utf-8"))
+        stems, surfaces = got["stems"], got["surfaces"]
+        vectors = np.load(folder / f"{FILE}.npy", allow_pickle=False)
+        if (not isinstance(stems, list) or not isinstance(surfaces, list)
+                or len(stems) != len(surfaces) or len(vectors) > len(stems)
+                or (len(vectors) and vectors.ndim != 2)):
+            raise ValueError("lexicon: stems, surfaces and vectors do not agree")
+        return cls(stems, surfaces, vectors if len(vectors) else None)
+
+
+def _unit(vectors: Sequence[Sequence[float]]) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float32)
+    return v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)
