@@ -1,12 +1,12 @@
 """The words of one scope and their embeddings, for keyword query expansion.
 
 BM25 matches a question's words only: "What activities does Melanie do?" misses the turn that
-says "hobbies", "kids" the one that says "children". The lexicon holds one surface form per
-stem the scope's facts use (`ScopeIndex` feeds it) and embeds each once, on first need, with
-the vault's embedder; `expand` gives each query word the scope's words nearest to it in that
-space, which the keyword route adds to its BM25 terms. Only the scope's own words are
-candidates, so an expansion always matches something the user said; a purge drops the words
-no live fact uses any more (`keep`)."""
+says "hobbies", "kids" the one that says "children". The lexicon holds every word the scope's
+facts use, as written, with its stem (`ScopeIndex` feeds it), and embeds each once, on first
+need, with the vault's embedder; `expand` gives each query word the scope's words nearest to
+it in that space, which the keyword route adds to its BM25 terms. Only the scope's own words
+are candidates, so an expansion always matches something the user said; a purge drops the
+words no live fact uses any more (`keep`)."""
 
 from __future__ import annotations
 
@@ -35,15 +35,16 @@ def expandable_words(text: str) -> list[str]:
 
 
 class Lexicon:
-    """Stems -> one surface form each (the first seen) and, for the first `len(vectors)` of
-    them, its unit embedding. Safe across threads: embedding runs outside the lock and is
-    dropped when a `keep` changed the rows meanwhile."""
+    """Words as written (`surfaces`), their stems and, for the first `len(vectors)` of them,
+    their unit embeddings (every form: "children" and "child" sit apart in the embedding).
+    Safe across threads: embedding runs outside the lock and is dropped when a `keep` changed
+    the rows meanwhile."""
 
     def __init__(self, stems: Sequence[str] = (), surfaces: Sequence[str] = (),
                  vectors: np.ndarray | None = None) -> None:
         self.stems: list[str] = list(stems)
         self.surfaces: list[str] = list(surfaces)
-        self.code: dict[str, int] = {s: i for i, s in enumerate(self.stems)}
+        self.code: dict[str, int] = {w: i for i, w in enumerate(self.surfaces)}
         self.vectors = (np.zeros((0, 0), dtype=np.float32) if vectors is None
                         else np.asarray(vectors, dtype=np.float32))
         self._lock = threading.Lock()
@@ -53,16 +54,17 @@ class Lexicon:
         return len(self.stems)
 
     def add(self, stems: Sequence[str], surfaces: Sequence[str]) -> None:
-        """Take the stems not held yet, with the word each was written as."""
+        """Take the words not held yet (`surfaces`), each with its stem."""
         with self._lock:
             for stem, word in zip(stems, surfaces, strict=True):
-                if stem not in self.code and eligible(word):
-                    self.code[stem] = len(self.stems)
+                if word not in self.code and eligible(word):
+                    self.code[word] = len(self.stems)
                     self.stems.append(stem)
                     self.surfaces.append(word)
 
     def keep(self, stems: Container[str]) -> None:
-        """Only the stems in `stems` (the index's words after a purge or a compaction)."""
+        """Only the words whose stem is in `stems` (the index's words after a purge or a
+        compaction)."""
         with self._lock:
             rows = [i for i, s in enumerate(self.stems) if s in stems]
             if len(rows) == len(self.stems):
@@ -71,7 +73,7 @@ class Lexicon:
             self.vectors = self.vectors[[i for i in rows if i < n]]
             self.stems = [self.stems[i] for i in rows]
             self.surfaces = [self.surfaces[i] for i in rows]
-            self.code = {s: i for i, s in enumerate(self.stems)}
+            self.code = {w: i for i, w in enumerate(self.surfaces)}
             self._generation += 1
 
     def embed_missing(self, embedder: Embedder) -> None:
@@ -88,8 +90,9 @@ class Lexicon:
 
     def expand(self, words: Sequence[str], embedder: Embedder, per_word: int,
                min_similarity: float) -> dict[str, list[str]]:
-        """Each of `words` -> the stems of its `per_word` nearest scope words with a cosine of
-        at least `min_similarity`, its own stem left out (words with none are left out)."""
+        """Each of `words` -> the stems of its `per_word` nearest scope words (distinct stems)
+        with a cosine of at least `min_similarity`, its own stem left out (words with none are
+        left out)."""
         if not words or per_word < 1 or not self.stems:
             return {}
         self.embed_missing(embedder)
@@ -105,10 +108,14 @@ class Lexicon:
         own = stem_words(list(words))
         out: dict[str, list[str]] = {}
         for j, word in enumerate(words):
-            best = np.argsort(-sims[j], kind="stable")[: per_word + 1].tolist()
-            got = [stems[i] for i in best if sims[j, i] >= min_similarity and stems[i] != own[j]]
+            got: list[str] = []
+            for i in _best(sims[j], 4 * (per_word + 1)):
+                if sims[j, i] < min_similarity or len(got) == per_word:
+                    break
+                if stems[i] != own[j] and stems[i] not in got:
+                    got.append(stems[i])
             if got:
-                out[word] = got[:per_word]
+                out[word] = got
         return out
 
     def save(self, folder: Path) -> None:
@@ -128,6 +135,14 @@ class Lexicon:
                 or (len(vectors) and vectors.ndim != 2)):
             raise ValueError("lexicon: stems, surfaces and vectors do not agree")
         return cls(stems, surfaces, vectors if len(vectors) else None)
+
+
+def _best(row: np.ndarray, n: int) -> list[int]:
+    """The indexes of the `n` largest of `row`, largest first."""
+    if len(row) > n:
+        top = np.argpartition(-row, n - 1)[:n]
+        return top[np.argsort(-row[top], kind="stable")].tolist()
+    return np.argsort(-row, kind="stable").tolist()
 
 
 def _unit(vectors: Sequence[Sequence[float]]) -> np.ndarray:
