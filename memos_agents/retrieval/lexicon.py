@@ -90,9 +90,10 @@ class Lexicon:
 
     def expand(self, words: Sequence[str], embedder: Embedder, per_word: int,
                min_similarity: float) -> dict[str, list[str]]:
-        """Each of `words` -> the stems of its `per_word` nearest scope words (distinct stems)
-        with a cosine of at least `min_similarity`, its own stem left out (words with none are
-        left out)."""
+        """Each of `words` -> the stems among its `per_word + 1` nearest scope words with a
+        cosine of at least `min_similarity`, other than its own (at most `per_word`; words with
+        none are left out). Its own forms ("kids", "kid") count among the nearest and add
+        nothing: a word whose neighbours are its own forms is matched as it is."""
         if not words or per_word < 1 or not self.stems:
             return {}
         self.embed_missing(embedder)
@@ -109,11 +110,10 @@ class Lexicon:
         out: dict[str, list[str]] = {}
         for j, word in enumerate(words):
             got: list[str] = []
-            for i in _best(sims[j], 4 * (per_word + 1)):
-                if sims[j, i] < min_similarity or len(got) == per_word:
-                    break
-                if stems[i] != own[j] and stems[i] not in got:
+            for i in _best(sims[j], per_word + 1):
+                if sims[j, i] >= min_similarity and stems[i] not in (own[j], *got):
                     got.append(stems[i])
+            got = got[:per_word]
             if got:
                 out[word] = got
         return out
