@@ -85,13 +85,13 @@ class RetrievalConfig(BaseModel):
         "over RELATED and BROADER (related), BROADER only (broader), none")
     keyword_expansion: int = Field(
         default=1, ge=0, description="keyword route: each query word's nearest words of the "
-        "scope by the embedder (cosine >= keyword_expansion_min, not its own stem) join its "
-        "BM25 terms (\"activities\" -> \"hobbies\", \"kids\" -> \"children\"); 0: off. "
-        "LoCoMo dev hybrid r@5 / r@10: conv-26 0.732 / 0.811 -> 0.763 / 0.836, conv-30 "
-        "0.736 / 0.802 -> 0.755 / 0.808 (1, 2, 3, 5 all lift both)")
+        "scope by the embedder (cosine >= keyword_expansion_min, not its own forms) join its "
+        "BM25 terms (\"kids\" -> \"children\", \"career\" -> \"job\"); 0: off. LoCoMo dev "
+        "hybrid r@5 / r@10: conv-26 0.732 / 0.811 -> 0.761 / 0.836, conv-30 0.736 / 0.802 -> "
+        "0.755 / 0.815 (1, 2 and 3 all lift both)")
     keyword_expansion_min: float = Field(
         default=0.6, ge=-1.0, le=1.0, description="keyword expansion: the least cosine of a "
-        "word to a query word (0.55-0.65 lift both dev conversations)")
+        "scope word to a query word (0.55-0.65 lift both dev conversations)")
     context_turns: int = Field(default=1, ge=0, description="neighbours in the context index")
     window_turns: int = Field(default=3, ge=0, description="neighbours in the window index")
     time_filter: Literal["soft", "hard", "auto"] = "auto"
