@@ -4,8 +4,8 @@ graph, fused with time filters, recency and importance, every stage visible in `
     intent   MemReader.read_intent: entities, concepts, time range, answer kind
     routes   one object per route, by name (`ROUTES`): dense (Chroma, the scope's own
              collection), keyword (BM25 over "speaker: text", and over each turn with its session
-             neighbours), graph (entities -> facts; concepts -> facts, one hop over RELATED /
-             BROADER concepts)
+             neighbours; each query word with its nearest word of the scope), graph
+             (entities -> facts; concepts -> facts, one hop over RELATED / BROADER concepts)
     fuse     each signal scaled to [0, 1] over the candidate pool, weighted and summed; a turn
              also gains from its session neighbours' scores (an answer often follows the
              question that names its subject); entity, time, recency and importance terms
@@ -21,6 +21,7 @@ one (vault, user) scope it was built for.
     config.py   RetrievalConfig, ROUTES, PRESETS
     models.py   RoutedHit, SearchResult and the explain models
     index.py    ScopeIndex (BM25 segments from bm25.py, sessions, entity names)
+    lexicon.py  the scope's words and their embeddings (keyword query expansion)
     snapshot.py ScopeIndex snapshots under the data dir (`keyword-index/`)
     routes.py   DenseRoute, KeywordRoute, GraphRoute
     fusion.py   fusion as pure functions over arrays
