@@ -82,7 +82,8 @@ def test_a_snapshot_keeps_the_embedded_words(data_dir: Path, embedder, monkeypat
         got = b.vault.router.loaded("default", "ana").lexicon
         assert got.surfaces == held.surfaces
         assert np.allclose(got.vectors, held.vectors, atol=1e-3)  # stored as float16
-        assert embedded == [["kids"]]  # only the query word: the scope's words came with it
+        # the scope's words came with the snapshot; "kids" is cached from the first process
+        assert embedded == []
     finally:
         b.close()
 
@@ -101,3 +102,21 @@ def test_lexicon_units(embedder, tmp_path: Path) -> None:
     (tmp_path / "lexicon.json").write_text('{"stems": [], "surfaces": []}')
     with pytest.raises(ValueError, match="do not agree"):
         Lexicon.load(tmp_path)
+
+
+def test_query_words_outside_the_scope_are_embedded_once(embedder, monkeypatch) -> None:
+    from memos_agents.retrieval import lexicon
+
+    calls: list[list[str]] = []
+    real = embedder.embed_documents
+    monkeypatch.setattr(embedder, "embed_documents",
+                        lambda texts: calls.append(list(texts)) or real(texts))
+    monkeypatch.setattr(lexicon, "CACHED_WORDS", 2)
+    lex = Lexicon()
+    lex.add(["children"], ["children"])
+    lex.expand(["toddlers", "kiddos"], embedder, 1, 0.6)
+    lex.expand(["kiddos", "toddlers"], embedder, 1, 0.6)
+    assert calls == [["children"], ["toddlers", "kiddos"]]
+    lex.expand(["youngsters"], embedder, 1, 0.6)  # the least recently used goes
+    lex.expand(["toddlers", "kiddos"], embedder, 1, 0.6)
+    assert calls[2:] == [["youngsters"], ["kiddos"]]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Container, Sequence
 from pathlib import Path
 
@@ -102,9 +104,7 @@ class Lexicon:
             known = {w: i for i, w in enumerate(self.surfaces[: len(vectors)])}
         if not len(vectors):
             return {}
-        unknown = [w for w in words if w not in known]
-        fresh = dict(zip(unknown, _unit(embedder.embed_documents(unknown)), strict=True)
-                     ) if unknown else {}
+        fresh = _word_vectors(embedder, [w for w in words if w not in known])
         sims = np.stack([vectors[known[w]] if w in known else fresh[w] for w in words]) @ vectors.T
         own = stem_words(list(words))
         out: dict[str, list[str]] = {}
@@ -135,6 +135,36 @@ class Lexicon:
                 or (len(vectors) and vectors.ndim != 2)):
             raise ValueError("lexicon: stems, surfaces and vectors do not agree")
         return cls(stems, surfaces, vectors if len(vectors) else None)
+
+
+CACHED_WORDS = 4096  # query words not in their scope, embedded, kept per embedder (~6 MB)
+_cache: weakref.WeakKeyDictionary[Embedder, OrderedDict[str, np.ndarray]] = (
+    weakref.WeakKeyDictionary())
+_cache_lock = threading.Lock()
+
+
+def _word_vectors(embedder: Embedder, words: Sequence[str]) -> dict[str, np.ndarray]:
+    """Unit embeddings of `words`, from a process-wide LRU per embedder (an ONNX call costs
+    ~3 ms even for one word; a user's questions reuse their words)."""
+    if not words:
+        return {}
+    with _cache_lock:
+        try:
+            held = _cache.setdefault(embedder, OrderedDict())
+        except TypeError:  # an embedder that cannot be weakly referenced: no cache
+            held = OrderedDict()
+        got = {w: held[w] for w in words if w in held}
+        for w in got:
+            held.move_to_end(w)
+    todo = [w for w in words if w not in got]
+    if todo:
+        new = dict(zip(todo, _unit(embedder.embed_documents(todo)), strict=True))
+        got.update(new)
+        with _cache_lock:
+            held.update(new)
+            while len(held) > CACHED_WORDS:
+                held.popitem(last=False)
+    return got
 
 
 def _best(row: np.ndarray, n: int) -> list[int]:
