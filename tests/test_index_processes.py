@@ -126,9 +126,10 @@ def test_update_delete_and_purge_in_a_peer_leave_the_results(two) -> None:
     assert moved in _found(mem, "kayak marina Bergen")
     assert gone in _found(mem, "telescope Omar")
     assert erased in _found(mem, "accordion flea market")
-    peer("update", [moved, "Ana keeps her canoe in a shed at Stavanger."])
+    # the new text shares no word, nor a near one ("canoe" is one of "kayak"'s), with the old
+    peer("update", [moved, "Ana keeps her sourdough starter in the fridge."])
     assert moved not in _found(mem, "kayak marina Bergen")
-    assert moved in _found(mem, "canoe shed Stavanger")
+    assert moved in _found(mem, "sourdough starter fridge")
     peer("delete", gone)
     assert gone not in _found(mem, "telescope Omar")
     peer("purge", erased)
