@@ -25,7 +25,7 @@ from .cube import (
 )
 from .errors import ExtractionError, InvalidInput
 from .llm import ask_structured, first_json, text_of_blocks, validate
-from .text import concept_key, keyword_tokens
+from .text import concept_key, keyword_tokens, query_tokens
 
 Mode = Literal["fast", "fine"]
 
@@ -846,7 +846,7 @@ def read_intent(query: str, now: datetime | None = None, llm: Any = None) -> Mem
     intent = MemoryIntent(
         query=query,
         content=content,
-        keywords=keyword_tokens(content),
+        keywords=query_tokens(content),
         entities=extract_entities(query),
         concepts=extract_concepts(content),
         time=time,

@@ -15,6 +15,15 @@ KEYWORD_STOPWORDS = frozenset(
     "then there these they this to was will with".split()
 )
 
+# a question's syntax, not what it asks about: interrogatives, auxiliaries and modals
+# ("may" is a month), personal pronouns. A query's BM25 terms leave them out: "her", "has",
+# "what" match every turn that happens to use them
+QUESTION_WORDS = frozenset(
+    "what which who whom whose when where why how do does did has have had having is are was "
+    "were be been being am will would shall should can could might must i me my mine you your "
+    "yours he him his she her hers it its we us our ours they them their theirs".split()
+)
+
 _local = threading.local()
 
 
@@ -41,6 +50,14 @@ def keyword_words(text: str) -> tuple[list[str], list[str]]:
 def keyword_tokens(text: str) -> list[str]:
     """Lower-cased, stop-listed, Snowball-stemmed words: what BM25 indexes and matches."""
     return keyword_words(text)[1]
+
+
+def query_tokens(text: str) -> list[str]:
+    """A query's BM25 terms: `keyword_tokens` but the `QUESTION_WORDS` (all of them when
+    nothing else is left: "Who is he?")."""
+    words, stems = keyword_words(text)
+    kept = [s for w, s in zip(words, stems, strict=True) if w not in QUESTION_WORDS]
+    return kept or stems
 
 
 def concept_key(phrase: str) -> str:

@@ -237,6 +237,25 @@ def test_intent_reading() -> None:
     assert b.anchor == "the trip to Japan" and b.direction == "before"
 
 
+def test_a_query_matches_by_what_it_asks_about_not_its_question_words() -> None:
+    assert read_intent("What has Melanie done with her kids?").keywords == ["melani", "done",
+                                                                            "kid"]
+    assert read_intent("Who is he?").keywords == ["who", "he"]  # nothing else: all of them
+    # the month stays: "may" is no modal to a keyword search
+    assert "may" in read_intent("What did Ana plant in the garden this May?").keywords
+
+
+def test_question_words_do_not_find_a_turn_by_themselves(mem: MemOS) -> None:
+    """A turn that shares only "what", "has", "her" with the question is no keyword hit."""
+    chatter = mem.add([turn("Ana", "What has she told her? What has he done?", T0, 1)],
+                      user_id="alice", session_id="s1")[0]
+    mem.add([turn("Bob", "Melanie painted a lake with the kids.", T0, 2)],
+            user_id="alice", session_id="s2")
+    found = [h.cube.id for h in mem.search("What has Melanie painted with her kids?",
+                                           user_id="alice", k=5, routes=["keyword"])]
+    assert found and chatter.id not in found
+
+
 def test_intent_reads_the_operation_asked_for() -> None:
     cases = {
         "Summarize what Melanie did with her kids": "summarize",
