@@ -397,6 +397,24 @@ def test_graph_route_ranks_an_entitys_facts_by_meaning_not_by_age(mem: MemOS) ->
     assert "I fired a clay bowl in the kiln." not in graph_first("newest")
 
 
+def test_graph_hop_follows_broader_concepts_by_default_not_co_occurrence(mem: MemOS) -> None:
+    """"class" hops to the phrase it heads ("pottery class"); "studio" only co-occurs with
+    "pottery class", which it reaches with `graph_hop="related"` alone."""
+    mem.add(["I joined a pottery class at the studio.", "The pottery class made bowls at the "
+             "studio.", "The studio smells of wet clay."], user_id="ana", session_id="s1")
+    mem.vault.operator.flush()
+    router = mem.vault.router
+
+    def hop_used(query: str) -> list[str]:
+        res = mem.explain(query, user_id="ana", k=3)
+        return next(s for s in res.explain.stages if s.name == "graph").detail["hop_used"]
+
+    assert hop_used("What did the class make?") == ["potteri class"]
+    assert hop_used("What happened at the studio?") == []
+    router.config = router.config.model_copy(update={"graph_hop": "related"})
+    assert "potteri class" in hop_used("What happened at the studio?")
+
+
 def test_graph_hop_skips_concepts_as_broad_as_the_fanout_bound(mem: MemOS) -> None:
     """A neighbour concept on more facts than `graph_fanout` is not expanded (its facts would
     cost a scan); a narrow one is."""

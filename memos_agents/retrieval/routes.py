@@ -4,7 +4,7 @@
     keyword  BM25 over "speaker: text" (keyword), and over each turn with its session
              neighbours (context: `context_turns` either side, window: `window_turns`)
     graph    entities -> facts that mention them; concepts -> facts about them, and one hop
-             over RELATED / BROADER concepts
+             over BROADER, a phrase and its head word (RELATED too with graph_hop)
     walk     (opt-in, `seeded`: runs after the others) spreading activation from the query's
              entities / concepts and the other routes' best facts, fact -> entity / concept ->
              fact; scores the facts it reaches beyond those seeds, with the path in `explain`
@@ -201,9 +201,10 @@ def _grams(words: Sequence[str]) -> list[str]:
 
 class GraphRoute:
     """Entities the query names -> facts that mention them; its concepts -> facts about them,
-    and one hop over RELATED / BROADER concepts (at half weight). Names and concepts on more
-    than `graph_fanout` facts are not asked about (they still count in fusion), which bounds
-    the route's cost at any scale. It reads concept links the operator makes after a write:
+    and one hop over BROADER, a phrase and its head word ("class" <-> "pottery class";
+    RELATED co-occurrence too with `graph_hop="related"`), at half weight. Names and concepts
+    on more than `graph_fanout` facts are not asked about (they still count in fusion), which
+    bounds the route's cost at any scale. It reads concept links the operator makes after a write:
     the router waits for those of the scope first (`needs_organised`)."""
 
     name = "graph"
@@ -281,8 +282,8 @@ class GraphRoute:
         s, v, n = q.scope.vault, q.scope.user_id, q.n
         for fid, m in self.graph.facts_about(s, v, concepts, limit=n):
             scores[fid] = scores.get(fid, 0.0) + m
-        # `graph_hop="none"` goes with `graph_entity_facts="dense"`: RELATED co-occurrence
-        # neighbours ("research" -> "setback", "express") cost LoCoMo recall@10 then
+        # RELATED co-occurrence neighbours ("paint" -> "blue", "inspired") bring in facts that
+        # share no meaning with the query: they cost LoCoMo recall (see `graph_hop`)
         related = ([] if q.cfg.graph_hop == "none"
                    else self.graph.related_concepts(s, v, concepts, limit=10))
         if q.cfg.graph_hop == "broader":
