@@ -16,12 +16,13 @@ KEYWORD_STOPWORDS = frozenset(
 )
 
 # a question's syntax, not what it asks about: interrogatives, auxiliaries and modals
-# ("may" is a month), personal pronouns. A query's BM25 terms leave them out: "her", "has",
-# "what" match every turn that happens to use them
+# ("may" is a month), third-person pronouns. A query's BM25 terms leave them out: "her",
+# "has", "what" match every turn that happens to use them. "I", "my", "you" stay: a user's
+# "my dog" is what their own turns say
 QUESTION_WORDS = frozenset(
     "what which who whom whose when where why how do does did has have had having is are was "
-    "were be been being am will would shall should can could might must i me my mine you your "
-    "yours he him his she her hers it its we us our ours they them their theirs".split()
+    "were be been being am will would shall should can could might must he him his she her "
+    "hers it its they them their theirs".split()
 )
 
 _local = threading.local()

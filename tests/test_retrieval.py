@@ -241,6 +241,8 @@ def test_a_query_matches_by_what_it_asks_about_not_its_question_words() -> None:
     assert read_intent("What has Melanie done with her kids?").keywords == ["melani", "done",
                                                                             "kid"]
     assert read_intent("Who is he?").keywords == ["who", "he"]  # nothing else: all of them
+    # a user's own first person stays: their turns say "my dog"
+    assert read_intent("Where does my dog like to go?").keywords == ["my", "dog", "like", "go"]
     # the month stays: "may" is no modal to a keyword search
     assert "may" in read_intent("What did Ana plant in the garden this May?").keywords
 
