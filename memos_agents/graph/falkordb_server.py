@@ -14,6 +14,10 @@ A new server is only spawned while ``server.pid`` is free, so one that is
 still starting or shutting down is never doubled (a second server on the same
 dir silently takes over the socket and loses writes).
 
+A server started here must also answer a first graph query (on a throwaway
+graph) within 20 s; one that answers PING but hangs on it is stopped and
+started once more, then reported.
+
 The supervisor compacts the append-only file (``BGREWRITEAOF``) before every
 shutdown so the next start loads a snapshot instead of replaying every write.
 It shuts the server down after `idle_timeout` seconds with no client, or on
@@ -62,6 +66,8 @@ _LOAD_TIMEOUT = 600.0  # for a server that answers LOADING to finish loading
 _EXIT_WAIT = 60.0  # for a previous server of the dir to finish shutting down
 _SPAWN_LOCK_WAIT = 60.0
 _KILL_WAIT = 10.0  # for a killed process group to exit and free the run lock
+_FIRST_QUERY_WAIT = 20.0  # for a server started here to answer its first graph query
+_PROBE_GRAPH = "memos-first-query"  # the throwaway graph that first query runs on
 _REPLY_TIMEOUT = 30.0  # the supervisor's wait for one reply (a stuck server never answers)
 _POLL = 1.0  # supervisor's idle check period
 _PR_SET_PDEATHSIG = 1
@@ -280,16 +286,47 @@ def ensure_server(graph_dir: Path, idle_timeout: float = 300.0) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot create the graph dir {graph_dir}: {exc}") from exc
     sock = socket_path(graph_dir)
-    state = _probe(sock)
-    if state == "up":
-        return sock
-    if state is None:
-        with spawn_lock(graph_dir / SPAWN_LOCK, _SPAWN_LOCK_WAIT, GRAPH_SPAWN):
-            state = _probe(sock) or _wait_for_exit(graph_dir, sock)
-            if state is None:
-                _spawn(graph_dir, sock, idle_timeout)
-    _wait_until_up(graph_dir, sock)
-    return sock
+    for restart in (False, True):
+        state = _probe(sock)
+        if state == "up":
+            return sock
+        spawned = False
+        if state is None:
+            with spawn_lock(graph_dir / SPAWN_LOCK, _SPAWN_LOCK_WAIT, GRAPH_SPAWN):
+                state = _probe(sock) or _wait_for_exit(graph_dir, sock)
+                if state is None:
+                    _spawn(graph_dir, sock, idle_timeout)
+                    spawned = True
+        _wait_until_up(graph_dir, sock)
+        if not spawned or _answers_queries(sock):
+            return sock
+        # seen twice in ~15 full test runs: a new server that answers PING but never its
+        # first GRAPH.QUERY; it has no client's writes yet, so it is stopped and started again
+        _note(graph_dir / LOG_NAME, f"no reply to a first graph query within "
+              f"{_FIRST_QUERY_WAIT:.0f} s: restarting", who="start")
+        stop_server(graph_dir)
+        if restart:
+            break
+    raise StoreError(f"the graph server of {graph_dir} does not answer graph queries; "
+                     f"{_see_log(graph_dir)}")
+
+
+def _answers_queries(sock: str) -> bool:
+    """Whether the server answers a graph query (on a throwaway graph, deleted after) within
+    `_FIRST_QUERY_WAIT` seconds."""
+    import redis
+
+    conn = redis.Redis(unix_socket_path=sock, **_connection_options(_FIRST_QUERY_WAIT))
+    try:
+        conn.execute_command("GRAPH.QUERY", _PROBE_GRAPH, "RETURN 1")
+        conn.execute_command("GRAPH.DELETE", _PROBE_GRAPH)
+    except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
+        return False
+    except redis.exceptions.ResponseError:
+        pass  # a reply all the same
+    finally:
+        conn.close()
+    return True
 
 
 def _wait_for_exit(graph_dir: Path, sock: str) -> Literal["up", "loading"] | None:
