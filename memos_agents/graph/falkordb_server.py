@@ -160,6 +160,12 @@ class _Admin:
         with _translated():
             return self._redis.info(section)
 
+    def first_query(self) -> None:
+        """A graph query on a throwaway graph, which is deleted again."""
+        with _translated():
+            self._redis.execute_command("GRAPH.QUERY", _PROBE_GRAPH, "RETURN 1")
+            self._redis.execute_command("GRAPH.DELETE", _PROBE_GRAPH)
+
     def rewrite_aof(self) -> None:
         with _translated():
             self._redis.bgrewriteaof()
@@ -314,18 +320,13 @@ def ensure_server(graph_dir: Path, idle_timeout: float = 300.0) -> str:
 def _answers_queries(sock: str) -> bool:
     """Whether the server answers a graph query (on a throwaway graph, deleted after) within
     `_FIRST_QUERY_WAIT` seconds."""
-    import redis
-
-    conn = redis.Redis(unix_socket_path=sock, **_connection_options(_FIRST_QUERY_WAIT))
     try:
-        conn.execute_command("GRAPH.QUERY", _PROBE_GRAPH, "RETURN 1")
-        conn.execute_command("GRAPH.DELETE", _PROBE_GRAPH)
-    except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
+        with _Admin(sock, _FIRST_QUERY_WAIT) as admin:
+            admin.first_query()
+    except _ErrorReply:
+        return True  # a reply all the same
+    except _Unreachable:
         return False
-    except redis.exceptions.ResponseError:
-        pass  # a reply all the same
-    finally:
-        conn.close()
     return True
 
 
