@@ -21,6 +21,17 @@ Chroma server's folder, the FalkorDB append-only file and its used memory.
     python bench/scaleout.py --cubes 1000000 --users 1000       # the target (many hours here)
     python bench/scaleout.py --cubes 100000 --users 100         # ~25 min on 2 cores
     python bench/scaleout.py --cubes 4000 --users 10 --stages 2 --out /tmp/sx   # a smoke run
+    python bench/scaleout.py --cubes 1000000 --users 1000 --pool 20000 --name scaleout_1e6
+
+`--pool N` measures the stores at a size the embedder alone would take hours to reach on 2
+cores: the turns are drawn from N generated ones (each user's turns distinct, every user a
+different sequence of them), whose vectors the real embedder computes once before the run;
+the workers' embedder looks a text's vector up there (the same vector the model gives it; a
+text not in the table is embedded by the model, and counted) under the model's own name, so
+the searching process embeds its queries with the model in the same vector space. The ingest
+rate is then the write path's own (catalog, Chroma, graph, keyword index, reading), and the
+embedder's throughput is measured beside it (`embedder_turns_per_s`) to say what the same
+ingest costs with embedding.
 
 Writes <out>/scaleout.{json,md,png}.
 """
@@ -29,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -67,25 +79,96 @@ def user_of(b: int, users: int) -> str:
     return f"u{b % users:04d}"
 
 
-def batch_turns(seed: int, b: int, size: int) -> tuple[list[dict[str, Any]], list[tuple]]:
-    """The turns of batch `b` and (turn id, question) for each of them."""
+def generated(rng: random.Random) -> tuple[str, str, str]:
+    """One generated (speaker, text, question about it)."""
     from ingest_search import CLOSERS, OPENERS, TEMPLATES, _fields
 
+    stmt, question = rng.choice(TEMPLATES)
+    f = _fields(rng)
+    text = (rng.choice(OPENERS) + stmt.format(**f) + rng.choice(CLOSERS)).strip()
+    return f["name"], text, question.format(**f)
+
+
+@functools.cache
+def pool(seed: int, n: int) -> list[tuple[str, str, str]]:
+    """The `n` generated turns of `--pool n`, distinct (speaker, text) pairs."""
+    rng = random.Random(seed)
+    out: dict[tuple[str, str], str] = {}
+    while len(out) < n:
+        speaker, text, question = generated(rng)
+        out.setdefault((speaker, text), question)
+    return [(sp, t, q) for (sp, t), q in out.items()]
+
+
+def pool_text(speaker: str, text: str) -> str:
+    """What the vault embeds for a turn (`vault.embed_text`)."""
+    return f"{speaker}: {text}"
+
+
+def batch_turns(seed: int, b: int, size: int, users: int = 1,
+                pooled: int = 0) -> tuple[list[dict[str, Any]], list[tuple]]:
+    """The turns of batch `b` and (turn id, question) for each of them; with `pooled`, drawn
+    from `pool(seed, pooled)`: a user's k-th turn is item (u * 104729 + 7 k) mod pooled, so
+    a user's first `pooled` turns are distinct (7 and the pool size share no factor)."""
     rng = random.Random(seed * 1_000_003 + b)
+    items = pool(seed, pooled) if pooled else None
     turns, facts = [], []
     for j in range(size):
-        stmt, question = rng.choice(TEMPLATES)
-        f = _fields(rng)
+        if items is None:
+            speaker, text, question = generated(rng)
+        else:
+            k = (b // users) * size + j
+            speaker, text, question = items[(b % users * 104729 + 7 * k) % pooled]
         tid = f"b{b}:{j}"
         turns.append({
             "role": "user",
-            "speaker": f["name"],
-            "content": rng.choice(OPENERS) + stmt.format(**f) + rng.choice(CLOSERS),
+            "speaker": speaker,
+            "content": text,
             "id": tid,
             "timestamp": 1.6e9 + rng.uniform(0, 4 * 365 * 86400),
         })
-        facts.append((tid, question.format(**f)))
+        facts.append((tid, question))
     return turns, facts
+
+
+class PooledEmbedder:
+    """The model's vectors of the pool's texts, looked up; any other text goes to the model
+    (`misses` counts them). Named as the model: the vectors are the model's."""
+
+    def __init__(self, model: Any, table: dict[str, np.ndarray]) -> None:
+        self.model, self.table = model, table
+        self.name = model.name
+        self.misses = 0
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        todo = [t for t in texts if t not in self.table]
+        if todo:
+            self.misses += len(todo)
+            self.table.update(zip(todo, map(np.asarray, self.model.embed_documents(todo)),
+                                  strict=True))
+        return [self.table[t].tolist() for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.model.embed_query(text)
+
+
+def pool_vectors(args: argparse.Namespace, root: Path) -> tuple[Path, float]:
+    """Embed the pool's texts once with the real embedder, in `mem.add`'s batches of 64:
+    (the .npy file, the embedder's turns per second on them)."""
+    from tqdm import tqdm
+
+    from memos_agents.embeddings import resolve_embedder
+
+    texts = [pool_text(sp, t) for sp, t, _ in pool(args.seed, args.pool)]
+    model = resolve_embedder(args.embedder)
+    model.embed_documents(texts[:8])  # loads the model
+    vecs, t0 = [], time.perf_counter()
+    for i in tqdm(range(0, len(texts), 64), desc="pool vectors", unit="batch"):
+        vecs.extend(model.embed_documents(texts[i:i + 64]))
+    rate = len(texts) / (time.perf_counter() - t0)
+    path = root / "pool.npy"
+    np.save(path, np.asarray(vecs, dtype=np.float32))
+    return path, rate
 
 
 # ---- a worker process: `python bench/scaleout.py --worker I` ---------------------------------
@@ -98,7 +181,16 @@ def worker_main(args: argparse.Namespace) -> int:
     from memos_agents import MemOS
 
     t0 = time.perf_counter()
-    mem = MemOS.open(Path(args.dir), embedder=args.embedder)
+    embedder: Any = args.embedder
+    if args.pool:
+        from memos_agents.embeddings import resolve_embedder
+
+        texts = [pool_text(sp, t) for sp, t, _ in pool(args.seed, args.pool)]
+        vecs = np.load(Path(args.dir).parent / "pool.npy")
+        embedder = PooledEmbedder(resolve_embedder(args.embedder),
+                                  dict(zip(texts, vecs, strict=True)))
+        embedder.model.embed_query("warm up")  # a worker holds the model, as without the pool
+    mem = MemOS.open(Path(args.dir), embedder=embedder)
     print(f"ready {json.dumps({'open_s': time.perf_counter() - t0})}", flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -110,14 +202,15 @@ def worker_main(args: argparse.Namespace) -> int:
         for b in range(b0, b1):
             if b % args.workers != args.index:
                 continue
-            turns, _ = batch_turns(args.seed, b, args.batch)
+            turns, _ = batch_turns(args.seed, b, args.batch, args.users, args.pool)
             t = time.perf_counter()
             added += len(mem.add(turns, user_id=user_of(b, args.users), session_id=f"s{b}"))
             spent += time.perf_counter() - t
             turns_in += len(turns)
             print(f"p {len(turns)}", flush=True)
         rss = psutil.Process().memory_info().rss / 2**20
-        out = {"turns": turns_in, "cubes": added, "add_s": spent, "rss_mb": rss}
+        out = {"turns": turns_in, "cubes": added, "add_s": spent, "rss_mb": rss,
+               "embedded_not_pooled": getattr(embedder, "misses", None)}
         print(f"done {json.dumps(out)}", flush=True)
     mem.close()
     return 0
@@ -127,7 +220,7 @@ class Worker:
     def __init__(self, index: int, args: argparse.Namespace, root: Path, env: dict) -> None:
         cmd = [sys.executable, __file__, "--worker", str(index), "--dir", str(root / f"w{index}"),
                "--workers", str(args.workers), "--users", str(args.users),
-               "--batch", str(args.batch), "--seed", str(args.seed)]
+               "--batch", str(args.batch), "--seed", str(args.seed), "--pool", str(args.pool)]
         if args.embedder:
             cmd += ["--embedder", args.embedder]
         self.index = index
@@ -226,7 +319,7 @@ def user_queries(args: argparse.Namespace, total_batches: int, n: int) -> list[t
     rng = random.Random(args.seed)
     facts: dict[str, tuple] = {}
     for b in range(0, total_batches, args.users):  # batches of user u0000
-        for tid, q in batch_turns(args.seed, b, args.batch)[1]:
+        for tid, q in batch_turns(args.seed, b, args.batch, args.users, args.pool)[1]:
             facts.setdefault(q, (tid, q))
     out = list(facts.values())
     rng.shuffle(out)
@@ -367,6 +460,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "config": {**vars(args), "total_turns": total_batches * args.batch},
                               "machine": machine, "stages": []}
     try:
+        if args.pool:
+            _, report["embedder_turns_per_s"] = pool_vectors(args, root)
         mem = MemOS.open(root / "reader", embedder=args.embedder)  # creates the tables first
         workers = [Worker(i, args, root, env) for i in range(args.workers)]
         report["worker_open_s"] = [w.expect("ready", [0], timeout=300)["open_s"] for w in workers]
@@ -421,6 +516,10 @@ def summarise(report: dict, args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "ingest_turns_per_s": rate,
         "ingest_wall_s": wall,
+        "pool": args.pool,
+        "embedder_turns_per_s": report.get("embedder_turns_per_s"),
+        "embedded_not_pooled": sum(w.get("embedded_not_pooled") or 0
+                                   for s in stages for w in s["workers"]),
         "search_user_cubes": last["search_user_cubes"],
         "hybrid_p50_ms": last["search"]["hybrid_ms"]["p50"],
         "hybrid_p95_ms": last["search"]["hybrid_ms"]["p95"],
@@ -457,6 +556,11 @@ def write_markdown(report: dict, path: Path) -> None:
         f"{report['machine']['load_start'][0]:.1f} at the start); embedder "
         f"{cfg['embedder'] or 'the packaged MiniLM'}.",
         "",
+        *([f"Vectors from a pool of {s['pool']:,} generated turns embedded once before the run "
+           f"(`--pool`: the ingest rate is the write path's own; the embedder alone ran at "
+           f"{s['embedder_turns_per_s']:.0f} turns/s on the pool in one process; "
+           f"{s['embedded_not_pooled']:,} texts were not in the pool and were embedded).", ""]
+          if s.get("pool") else []),
         "| cubes | ingest turns/s | hybrid p50 / p95 (ms) | dense p50 / p95 (ms) | "
         "worker RSS (MB) | PostgreSQL B/cube | Chroma B/cube | FalkorDB AOF B/cube | "
         "FalkorDB memory B/cube |",
@@ -538,6 +642,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--embedder", default=None, help="default: the packaged MiniLM")
+    ap.add_argument("--pool", type=int, default=0, metavar="N",
+                    help="draw the turns from N generated ones embedded once (see above)")
     ap.add_argument("--pg", default=PG_DEFAULT, help="PostgreSQL URL (a schema is made in it)")
     ap.add_argument("--root", default=None, help="folder for the servers' data (default: tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the schema and the folders")
