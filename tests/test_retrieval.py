@@ -399,6 +399,25 @@ def test_graph_route_ranks_an_entitys_facts_by_meaning_not_by_age(mem: MemOS) ->
     assert "I fired a clay bowl in the kiln." not in graph_first("newest")
 
 
+def test_graph_route_ranks_up_facts_on_both_paths_and_adds_no_bare_entity_facts(
+        mem: MemOS) -> None:
+    """A question naming a person and a concept: the graph route returns the facts about the
+    concept, those that mention the person first (entity -> fact <- concept), and not the
+    person's other facts, which share only the name with the question."""
+    other = [turn("Ana", f"The weather on day {i} was grey and the bus was late.", T0, i)
+             for i in range(3, 9)]
+    mem.add([turn("Ben", "My pottery class fired a bowl in the kiln.", T0, 1),
+             turn("Ana", "My pottery class glazed a blue vase.", T0, 2), *other],
+            user_id="ana", session_id="s1")
+    mem.vault.operator.flush()
+    res = mem.explain("What did Ana make in pottery class?", user_id="ana", k=5,
+                      routes=["graph"])
+    assert contents(res.hits) == ["My pottery class glazed a blue vase.",
+                                  "My pottery class fired a bowl in the kiln."]
+    graph = next(s for s in res.explain.stages if s.name == "graph")
+    assert graph.detail["entities"] == ["ana"] and graph.detail["on_both"] == 1
+
+
 def test_graph_hop_follows_broader_concepts_by_default_not_co_occurrence(mem: MemOS) -> None:
     """"class" hops to the phrase it heads ("pottery class"); "studio" only co-occurs with
     "pottery class", which it reaches with `graph_hop="related"` alone."""

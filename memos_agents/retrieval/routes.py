@@ -3,8 +3,9 @@
     dense    the scope's Chroma collection (cosine similarity)
     keyword  BM25 over "speaker: text" (keyword), and over each turn with its session
              neighbours (context: `context_turns` either side, window: `window_turns`)
-    graph    entities -> facts that mention them; concepts -> facts about them, and one hop
-             over BROADER, a phrase and its head word (RELATED too with graph_hop)
+    graph    concepts -> facts about them, and one hop over BROADER, a phrase and its head
+             word (RELATED too with graph_hop), those that mention the query's entities first;
+             entities -> facts that mention them when the concepts find none
     walk     (opt-in, `seeded`: runs after the others) spreading activation from the query's
              entities / concepts and the other routes' best facts, fact -> entity / concept ->
              fact; scores the facts it reaches beyond those seeds, with the path in `explain`
@@ -200,12 +201,15 @@ def _grams(words: Sequence[str]) -> list[str]:
 
 
 class GraphRoute:
-    """Entities the query names -> facts that mention them; its concepts -> facts about them,
-    and one hop over BROADER, a phrase and its head word ("class" <-> "pottery class";
-    RELATED co-occurrence too with `graph_hop="related"`), at half weight. Names and concepts
-    on more than `graph_fanout` facts are not asked about (they still count in fusion), which
-    bounds the route's cost at any scale. It reads concept links the operator makes after a write:
-    the router waits for those of the scope first (`needs_organised`)."""
+    """The query's concepts -> facts about them, and one hop over BROADER, a phrase and its
+    head word ("class" <-> "pottery class"; RELATED co-occurrence too with
+    `graph_hop="related"`), at half weight; of those, the facts that also mention the query's
+    entities (on both paths) score up to twice as much. A query whose concepts find no fact
+    gets its entities' facts instead (`graph_entity_facts`): a fact that shares only a name
+    with the question is no graph hit otherwise. Names and concepts on more than
+    `graph_fanout` facts are not asked about (they still count in fusion), which bounds the
+    route's cost at any scale. It reads concept links the operator makes after a write: the
+    router waits for those of the scope first (`needs_organised`)."""
 
     name = "graph"
     signals = ("graph",)
@@ -225,25 +229,44 @@ class GraphRoute:
         scores: dict[str, float] = {}
         words = query_words(q)
         entities, broad = self._entities(idx, q, words)
-        detail: dict[str, Any] = {"entities": entities, "too_common": broad}
-        s, v, n = q.scope.vault, q.scope.user_id, q.n
-        if entities:
-            mode = q.cfg.graph_entity_facts
-            if mode == "none":
-                pass
-            elif mode in ("newest", "all") or self.index is None or self.embedder is None:
-                lim = n if mode == "newest" else q.cfg.graph_fanout * len(entities)
-                for fid, m in self.graph.facts_mentioning(s, v, entities, limit=lim):
-                    scores[fid] = scores.get(fid, 0.0) + m / len(entities)
-            else:
-                self._by_meaning(q, entities, scores, detail)
         concepts, wide = self._concepts(idx, q, words, {*entities, *broad})
-        detail["too_common"] = [*broad, *wide]
+        detail: dict[str, Any] = {"entities": entities, "too_common": [*broad, *wide]}
         if concepts:
             self._about(idx, q, concepts, scores, detail)
+        mode = q.cfg.graph_entity_facts
+        if scores and entities and mode != "none":
+            self._on_both(q, entities, scores, detail)
+        elif entities and mode != "none":
+            self._entity_facts(q, entities, scores, detail)
         found = sorted(scores.items(), key=lambda x: -x[1])
         return Found(route=self.name, by_id=scores,
                      stage=stage_of(self.name, t0, found, q.cfg.explain_top, detail))
+
+    def _on_both(self, q: Query, entities: list[str], scores: dict[str, float],
+                 detail: dict[str, Any]) -> None:
+        """Facts about the query's concepts that also mention its entities (on both paths:
+        entity -> fact <- concept) score up to twice as much, by the share of the entities
+        they mention."""
+        s, v = q.scope.vault, q.scope.user_id
+        mentions = dict(self.graph.facts_mentioning(
+            s, v, entities, limit=q.cfg.graph_fanout * len(entities)))
+        both = [f for f in scores if f in mentions]
+        for fid in both:
+            scores[fid] *= 1.0 + mentions[fid] / len(entities)
+        detail["on_both"] = len(both)
+
+    def _entity_facts(self, q: Query, entities: list[str], scores: dict[str, float],
+                      detail: dict[str, Any]) -> None:
+        """The query's entities' facts (`graph_entity_facts`), for a query whose concepts
+        find none."""
+        s, v, n = q.scope.vault, q.scope.user_id, q.n
+        mode = q.cfg.graph_entity_facts
+        if mode in ("newest", "all") or self.index is None or self.embedder is None:
+            lim = n if mode == "newest" else q.cfg.graph_fanout * len(entities)
+            for fid, m in self.graph.facts_mentioning(s, v, entities, limit=lim):
+                scores[fid] = scores.get(fid, 0.0) + m / len(entities)
+        else:
+            self._by_meaning(q, entities, scores, detail)
 
     def _by_meaning(self, q: Query, entities: list[str], scores: dict[str, float],
                     detail: dict[str, Any]) -> None:
