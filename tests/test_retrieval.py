@@ -416,6 +416,10 @@ def test_graph_route_ranks_up_facts_on_both_paths_and_adds_no_bare_entity_facts(
                                   "My pottery class fired a bowl in the kiln."]
     graph = next(s for s in res.explain.stages if s.name == "graph")
     assert graph.detail["entities"] == ["ana"] and graph.detail["on_both"] == 1
+    both, concept_only = res.hits
+    assert both.graph_path[0] == "entity:ana" and both.graph_path[-1] == both.cube.id
+    assert any(p.startswith("concept:") for p in both.graph_path)
+    assert not any(p.startswith("entity:") for p in concept_only.graph_path)
 
 
 def test_graph_hop_follows_broader_concepts_by_default_not_co_occurrence(mem: MemOS) -> None:
