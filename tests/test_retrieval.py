@@ -458,3 +458,28 @@ def test_graph_hop_skips_concepts_as_broad_as_the_fanout_bound(mem: MemOS) -> No
 
     assert hop(500) == (["busi"], ["busi"])
     assert hop(3) == (["busi"], [])  # "busy" is on 7 facts: related, but not expanded
+
+
+def test_scope_indexes_beyond_the_cache_bound_are_unloaded_and_come_back_current(
+        mem: MemOS) -> None:
+    """A process serving many users keeps the scope indexes of the most recently searched
+    ones (`scope_cache_docs` documents together): an older scope is unloaded, and its next
+    search rebuilds it with every write since, its own process's included."""
+    router = mem.vault.router
+    router.config = router.config.model_copy(update={"scope_cache_docs": 4})
+    for user in ("ana", "ben", "cy"):
+        mem.add([f"{user} keeps bees on the roof.", f"{user} bakes rye bread."],
+                user_id=user, session_id="s1")
+        assert contents(mem.search("bees", user_id=user, k=1)) == [f"{user} keeps bees on "
+                                                                   "the roof."]
+    assert router.loaded("default", "ana") is None
+    assert router.loaded("default", "ben") is not None and router.loaded("default", "cy")
+    mem.add(["ana rows a kayak on the fjord."], user_id="ana", session_id="s2")
+    assert contents(mem.search("kayak fjord", user_id="ana", k=1)) == [
+        "ana rows a kayak on the fjord."]
+    assert router.loaded("default", "ana") is not None
+    assert router.loaded("default", "ben") is None
+    router.config = router.config.model_copy(update={"scope_cache_docs": 1})
+    mem.search("bread", user_id="cy", k=1)
+    assert router.loaded("default", "cy") is not None  # the one in use stays
+    assert router.loaded("default", "ana") is None

@@ -104,7 +104,7 @@ class Router:
             "walk": WalkRoute(graph),
         }
         self.settle = settle  # (vault, user): wait for the scope's pending organisation
-        self._scopes: dict[tuple[str, str], ScopeIndex] = {}
+        self._scopes: dict[tuple[str, str], ScopeIndex] = {}  # least recently used first
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None  # routes that run beside the index's
         self.reranker: Reranker | None = None
@@ -120,9 +120,9 @@ class Router:
         index's mark are applied to it (loaded whole the first time)."""
         key = (vault, user_id)
         with self._lock:
-            idx = self._scopes.get(key)
-            if idx is None:
-                idx = self._scopes[key] = self._new_index(vault, user_id)
+            idx = self._scopes.pop(key, None) or self._new_index(vault, user_id)
+            self._scopes[key] = idx  # the most recently used last
+            self._unload_beyond(self.config.scope_cache_docs)
         with idx.lock:
             mark = self.catalog.scope_mark(vault, user_id)
             if idx.mark is not None and mark[0] < idx.mark[0]:  # a catalog replaced: anew
@@ -139,6 +139,15 @@ class Router:
                         and len(idx.docs) - idx.saved_n >= snapshot.EVERY):
                     snapshot.save(root, idx)  # the tail too: a later open catches up less
         return idx
+
+    def _unload_beyond(self, docs: int) -> None:
+        """Unload the least recently used scope indexes while those loaded hold more than
+        `docs` documents (the one in use stays); an unloaded scope is restored from its
+        snapshot, or built from the catalog, when next searched. Called under `_lock`."""
+        held = sum(len(i.docs) for i in self._scopes.values())
+        while held > docs and len(self._scopes) > 1:
+            oldest = next(iter(self._scopes))
+            held -= len(self._scopes.pop(oldest).docs)
 
     def _new_index(self, vault: str, user_id: str) -> ScopeIndex:
         idx = ScopeIndex(vault, user_id, self.config)
