@@ -98,7 +98,7 @@ class RetrievalConfig(BaseModel):
         default=0.6, ge=-1.0, le=1.0, description="keyword expansion: the least cosine of a "
         "scope word to a query word (0.55-0.65 lift both dev conversations)")
     scope_cache_docs: int = Field(
-        default=250_000, ge=0, description="documents the loaded scope indexes of a process "
+        default=100_000, ge=0, description="documents the loaded scope indexes of a process "
         "hold together at most: beyond it the least recently used scopes are unloaded (and "
         "restored from their snapshot or the catalog when next searched); the scope in use "
         "always stays, so one scope larger than this is still served")
