@@ -100,6 +100,12 @@ def pool(seed: int, n: int) -> list[tuple[str, str, str]]:
     return [(sp, t, q) for (sp, t), q in out.items()]
 
 
+def pool_file(root: Path) -> Path:
+    """Where `pool_vectors` keeps the pool's vectors: in the run's folder, beside the
+    workers' data dirs."""
+    return root / "pool.npy"
+
+
 def pool_text(speaker: str, text: str) -> str:
     """What the vault embeds for a turn (`vault.embed_text`)."""
     return f"{speaker}: {text}"
@@ -152,9 +158,9 @@ class PooledEmbedder:
         return self.model.embed_query(text)
 
 
-def pool_vectors(args: argparse.Namespace, root: Path) -> tuple[Path, float]:
-    """Embed the pool's texts once with the real embedder, in `mem.add`'s batches of 64:
-    (the .npy file, the embedder's turns per second on them)."""
+def pool_vectors(args: argparse.Namespace, root: Path) -> float:
+    """Embed the pool's texts once with the real embedder, in `mem.add`'s batches of 64,
+    into `pool_file(root)`; the embedder's turns per second on them."""
     from tqdm import tqdm
 
     from memos_agents.embeddings import resolve_embedder
@@ -166,9 +172,8 @@ def pool_vectors(args: argparse.Namespace, root: Path) -> tuple[Path, float]:
     for i in tqdm(range(0, len(texts), 64), desc="pool vectors", unit="batch"):
         vecs.extend(model.embed_documents(texts[i:i + 64]))
     rate = len(texts) / (time.perf_counter() - t0)
-    path = root / "pool.npy"
-    np.save(path, np.asarray(vecs, dtype=np.float32))
-    return path, rate
+    np.save(pool_file(root), np.asarray(vecs, dtype=np.float32))
+    return rate
 
 
 # ---- a worker process: `python bench/scaleout.py --worker I` ---------------------------------
@@ -186,7 +191,7 @@ def worker_main(args: argparse.Namespace) -> int:
         from memos_agents.embeddings import resolve_embedder
 
         texts = [pool_text(sp, t) for sp, t, _ in pool(args.seed, args.pool)]
-        vecs = np.load(Path(args.dir).parent / "pool.npy")
+        vecs = np.load(pool_file(Path(args.dir).parent))
         embedder = PooledEmbedder(resolve_embedder(args.embedder),
                                   dict(zip(texts, vecs, strict=True)))
         embedder.model.embed_query("warm up")  # a worker holds the model, as without the pool
@@ -461,7 +466,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "machine": machine, "stages": []}
     try:
         if args.pool:
-            _, report["embedder_turns_per_s"] = pool_vectors(args, root)
+            report["embedder_turns_per_s"] = pool_vectors(args, root)
         mem = MemOS.open(root / "reader", embedder=args.embedder)  # creates the tables first
         workers = [Worker(i, args, root, env) for i in range(args.workers)]
         report["worker_open_s"] = [w.expect("ready", [0], timeout=300)["open_s"] for w in workers]

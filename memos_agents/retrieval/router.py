@@ -120,7 +120,9 @@ class Router:
         index's mark are applied to it (loaded whole the first time)."""
         key = (vault, user_id)
         with self._lock:
-            idx = self._scopes.pop(key, None) or self._new_index(vault, user_id)
+            idx = self._scopes.pop(key, None)
+            if idx is None:
+                idx = self._new_index(vault, user_id)
             self._scopes[key] = idx  # the most recently used last
             self._unload_beyond(self.config.scope_cache_docs)
         with idx.lock:

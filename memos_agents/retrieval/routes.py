@@ -233,11 +233,11 @@ class GraphRoute:
         detail: dict[str, Any] = {"entities": entities, "too_common": [*broad, *wide]}
         if concepts:
             self._about(idx, q, concepts, scores, detail)
-        mode = q.cfg.graph_entity_facts
-        if scores and entities and mode != "none":
-            self._on_both(q, entities, scores, detail)
-        elif entities and mode != "none":
-            self._entity_facts(q, entities, scores, detail)
+        if entities and q.cfg.graph_entity_facts != "none":
+            if scores:
+                self._on_both(q, entities, scores, detail)
+            else:
+                self._entity_facts(q, entities, scores, detail)
         found = sorted(scores.items(), key=lambda x: -x[1])
         return Found(route=self.name, by_id=scores,
                      stage=stage_of(self.name, t0, found, q.cfg.explain_top, detail))
